@@ -1,0 +1,211 @@
+"""The ``scaffold`` command line: a thin layer that turns flags into calls of the Python API.
+
+Each command's docstring is its help text. Errors a user can cause are printed as one line per
+problem, with the exit codes listed in :mod:`scaffold.errors`; ``--debug`` shows the traceback.
+torch and transformers are imported inside the commands that need them, never at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERNAL, ScaffoldError
+
+DEBUG_ENV = "SCAFFOLD_DEBUG"
+
+
+class ScaffoldGroup(click.Group):
+    """A click group that prints ScaffoldErrors as one-line messages with their exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ScaffoldError as err:
+            if _debug(ctx):
+                raise
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as err:  # a bug in scaffold or a library: say so plainly
+            if _debug(ctx):
+                raise
+            click.echo(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+def _debug(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool((root.obj or {}).get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@click.group(cls=ScaffoldGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scaffold")
+@click.option("--debug", is_flag=True, help=f"Show tracebacks for errors (or set {DEBUG_ENV}=1).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Declare a transformer language model in a TOML manifest, generate it as standalone Hugging Face
+    code, build a model directory any transformers install can load, and smoke-test it on a device.
+
+    \b
+      scaffold new llama_4m --from llama        # projects/llama_4m/
+      scaffold build projects/llama_4m          # projects/llama_4m/model/
+      scaffold test projects/llama_4m --device cpu
+    """
+    ctx.obj = {"debug": debug}
+
+
+set_option = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set any manifest key (section.key or a unique bare key); the value is read as TOML. Repeatable.",
+)
+
+
+def _overrides(sets: tuple[str, ...]) -> dict:
+    from .manifest import parse_sets
+
+    return parse_sets(sets)
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--from",
+    "blueprint",
+    required=True,
+    metavar="BLUEPRINT",
+    help="Blueprint folder (blueprints/llama) or a built-in blueprint's name (llama).",
+)
+@click.option("--preset", help="Preset of the blueprint to start from (default: the blueprint's).")
+@set_option
+@click.option(
+    "--projects-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("projects"),
+    show_default=True,
+    help="Folder the project is created in.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing project of that name (its files are lost).")
+def new(name: str, blueprint: str, preset: str | None, sets: tuple[str, ...], projects_dir: Path, force: bool) -> None:
+    """Create the project NAME from a blueprint: manifest, modeling and configuration files, tokenizer."""
+    from .render import create_project
+
+    path = create_project(
+        name, blueprint, projects_dir=projects_dir, preset=preset, overrides=_overrides(sets), force=force
+    )
+    click.echo(f"created {path}")
+    click.echo(f"next: scaffold build {path}")
+
+
+@cli.command()
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the model directory goes (default: PROJECT/model).",
+)
+@click.option("--force", is_flag=True, help="Replace a stale or foreign build in the output folder.")
+@click.option("--save-weights", is_flag=True, help="Also save initialised weights as safetensors.")
+@set_option
+def build(project: Path, output_dir: Path | None, force: bool, save_weights: bool, sets: tuple[str, ...]) -> None:
+    """Build PROJECT into a Hugging Face model directory that loads with trust_remote_code=True.
+
+    An up-to-date build is kept; a stale one (manifest, blueprint or scaffold changed) is replaced only
+    with --force. Deleting the output folder always gives a fresh build.
+    """
+    from .build import build as do_build
+    from .build import load_project
+
+    result = do_build(load_project(project, _overrides(sets)), output_dir, force=force, save_weights=save_weights)
+    click.echo(result.message)
+
+
+@cli.command(name="test")
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option("--device", help="Device: auto (CUDA when available, else CPU), cpu, cuda, cuda:N.")
+@click.option("--dtype", help="Parameter dtype: float32, bfloat16 or float16.")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per step.")
+@click.option("--sequence-length", type=click.IntRange(min=1), help="Tokens per sequence.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="AdamW learning rate.")
+@click.option(
+    "--attn-implementation",
+    type=click.Choice(["eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"]),
+    help="Attention backend.",
+)
+@click.option("--gradient-checkpointing", is_flag=True, default=None, help="Recompute activations in backward.")
+@click.option(
+    "--fuse-optim-with-backward",
+    is_flag=True,
+    default=None,
+    help="Step each parameter from its gradient hook, freeing gradients early.",
+)
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed.")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The model directory to test (default: PROJECT/model, built if missing).",
+)
+@set_option
+def test_cmd(project: Path, output_dir: Path | None, sets: tuple[str, ...], **flags: Any) -> None:
+    """Train the built model of PROJECT for a few steps: forward, backward and optimizer on random tokens.
+
+    Prints each step's loss, then the parameter count, tokens per second and peak memory. A non-finite
+    loss or gradient stops the run (exit 4). Options default to the manifest's [test] table.
+    """
+    from .build import build as do_build
+    from .build import load_project
+    from .smoke import TestOptions, run
+
+    test_flags = {k: v for k, v in flags.items() if v is not None}
+    overrides = _overrides(sets)
+    overrides.setdefault("test", {}).update(test_flags)
+    proj = load_project(project, overrides)
+    options = TestOptions(**proj.manifest["test"])
+    from .smoke import resolve_device, resolve_dtype
+
+    resolve_device(options.device)  # refuse a device that does not exist before building anything
+    resolve_dtype(options.dtype)
+    result = do_build(proj, output_dir)
+    click.echo(result.message)
+    report = run(result.output_dir, options)
+    click.echo(report.summary())
+
+
+@cli.command()
+def schema() -> None:
+    """Print every manifest key with its type and meaning."""
+    from .schema import describe
+
+    click.echo(describe(), nl=False)
+
+
+@cli.command(name="blueprints")
+def list_blueprints() -> None:
+    """List the built-in blueprints and their presets."""
+    from .blueprints import builtin_names, load
+
+    for name in builtin_names():
+        bp = load(name)
+        click.echo(f"{bp.name} {bp.version}: {bp.meta.get('description', '')}")
+        click.echo(f"    presets: {', '.join(bp.presets)} (default {bp.default_preset})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="scaffold")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The one error hierarchy of scaffold.
+
+Every error a user can cause is a :class:`ScaffoldError`. The CLI prints it as one line (or one line
+per problem, for a manifest with several) and exits with the class's exit code; ``--debug`` shows the
+traceback instead. Exit codes:
+
+====  ==========================================================
+1     internal error (a bug in scaffold: please report it)
+2     usage: bad flags, manifest, names, blueprints, devices
+3     integrity: corrupt, incomplete or mismatched files on disk
+4     test failure: ``scaffold test`` found a non-finite loss or gradient
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INTEGRITY = 3
+EXIT_TEST_FAILURE = 4
+
+
+class ScaffoldError(Exception):
+    """Base of all errors a user can cause; ``str(err)`` is the message shown."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, path: str | Path | None = None, key: str | None = None):
+        self.path = str(path) if path is not None else None
+        self.key = key
+        self.message = message
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ": ".join(p for p in (self.path, self.key) if p)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class UsageError(ScaffoldError):
+    """A flag, name or option that cannot be used as given."""
+
+
+class ManifestError(UsageError):
+    """One or more problems in a manifest; each problem names its TOML key path."""
+
+    def __init__(self, problems: Iterable[tuple[str, str]], *, path: str | Path | None = None):
+        self.problems = list(problems)
+        self.path = str(path) if path is not None else None
+        self.key = self.problems[0][0] if self.problems else None
+        where = f"{self.path}: " if self.path else ""
+        self.message = "\n".join(f"{where}{key}: {msg}" if key else f"{where}{msg}" for key, msg in self.problems)
+        Exception.__init__(self, self.message)
+
+    def _format(self) -> str:  # pragma: no cover - the message is built in __init__
+        return self.message
+
+
+class BlueprintError(UsageError):
+    """A blueprint that is missing, malformed or asks for something scaffold will not do."""
+
+
+class ProjectError(UsageError):
+    """A project folder that is missing, incomplete, or would be overwritten."""
+
+
+class DeviceError(UsageError):
+    """A device or dtype that does not exist on this machine."""
+
+
+class DataError(UsageError):
+    """A dataset or tokenizer input that cannot be used."""
+
+
+class IntegrityError(ScaffoldError):
+    """Files on disk that are corrupt, incomplete, or do not match what was recorded."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class CheckpointError(IntegrityError):
+    """A checkpoint that cannot be loaded into the model as asked."""
+
+
+class TestFailure(ScaffoldError):
+    """``scaffold test`` saw the model misbehave (a non-finite loss or gradient)."""
+
+    __test__ = False  # not a pytest test class
+    exit_code = EXIT_TEST_FAILURE

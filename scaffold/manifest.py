@@ -1,0 +1,178 @@
+"""Reading, merging, validating and writing ``scaffold.toml`` manifests.
+
+Precedence is command line > manifest > blueprint defaults: :func:`resolve` merges the three and
+:func:`validate` reports every problem at once, each with its TOML key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from . import schema
+from .errors import ManifestError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MANIFEST_NAME = "scaffold.toml"
+Manifest = dict[str, dict[str, Any]]
+
+ROPE_SCALING_KEYS = {
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "linear": ("factor",),
+}
+
+
+def load(path: str | Path) -> Manifest:
+    """Parse a manifest file; syntax errors become a :class:`ManifestError` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError([("", "no such manifest; is this a scaffold project?")], path=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ManifestError([("", f"not valid TOML: {err}")], path=path) from None
+    return data
+
+
+def dumps(manifest: Mapping[str, Mapping[str, Any]], header: str = "") -> str:
+    """The manifest as TOML text, sections in schema order, keys in schema order, nulls left out."""
+    order = {f.path: i for i, f in enumerate(schema.FIELDS)}
+    out: dict[str, dict[str, Any]] = {}
+    for section in schema.SECTIONS:
+        values = manifest.get(section) or {}
+        keys = sorted((k for k, v in values.items() if v is not None), key=lambda k: order.get(f"{section}.{k}", 1e9))
+        if keys:
+            out[section] = {k: values[k] for k in keys}
+    body = tomli_w.dumps(out)
+    return (header.rstrip() + "\n\n" if header else "") + body
+
+
+def fingerprint(manifest: Mapping[str, Any]) -> str:
+    """A short content hash of a resolved manifest, used to tell stale builds."""
+    return hashlib.sha256(dumps(manifest).encode()).hexdigest()[:16]
+
+
+def merge(*layers: Mapping[str, Mapping[str, Any]] | None) -> Manifest:
+    """Merge manifests section by section; later layers win. A None value removes a key."""
+    out: Manifest = {}
+    for layer in layers:
+        for section, values in (layer or {}).items():
+            if not isinstance(values, Mapping):
+                out[section] = values  # left for validate() to report
+                continue
+            target = out.setdefault(section, {})
+            for key, value in values.items():
+                target[key] = copy.deepcopy(value)
+    for values in out.values():
+        if isinstance(values, dict):
+            for key in [k for k, v in values.items() if v is None]:
+                del values[key]
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value read as TOML (numbers, booleans, arrays, inline tables); else a string."""
+    if text.strip().lower() in ("null", "none"):
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(pairs: Iterable[str]) -> Manifest:
+    """Turn ``--set key=value`` pairs into a manifest layer; bare keys are looked up in the schema."""
+    layer: Manifest = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set takes key=value, got {pair!r}")
+        f = schema.lookup(key)
+        if f is None:
+            hint = "; use section.key" if any(x.key == key for x in schema.FIELDS) else ""
+            raise UsageError(f"--set {key}: no such manifest key{hint} (see `scaffold schema`)")
+        layer.setdefault(f.section, {})[f.key] = parse_value(raw)
+    return layer
+
+
+def validate(manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = None, path: Path | None = None) -> None:
+    """Check a resolved manifest against the schema; raise one ManifestError listing every problem."""
+    problems: list[tuple[str, str]] = []
+    allowed_model = set(model_keys) if model_keys is not None else None
+    for section, values in manifest.items():
+        if section not in schema.SECTIONS:
+            problems.append((section, f"unknown section; expected one of {', '.join(schema.SECTIONS)}"))
+            continue
+        if not isinstance(values, Mapping):
+            problems.append((section, f"must be a table, got {type(values).__name__}"))
+            continue
+        for key, value in values.items():
+            f = schema.BY_PATH.get(f"{section}.{key}")
+            if f is None or (section == "model" and allowed_model is not None and key not in allowed_model):
+                family = " for this blueprint" if f is not None else ""
+                problems.append((f"{section}.{key}", f"unknown key{family}"))
+                continue
+            msg = f.problem(value)
+            if msg:
+                problems.append((f.path, msg))
+    if not problems:
+        problems.extend(_cross_checks(manifest))
+    if problems:
+        raise ManifestError(problems, path=path)
+
+
+def _cross_checks(m: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Checks that involve more than one key."""
+    problems: list[tuple[str, str]] = []
+    model = m.get("model", {})
+    heads = model.get("num_attention_heads")
+    kv = model.get("num_key_value_heads")
+    hidden = model.get("hidden_size")
+    if heads and kv and heads % kv:
+        problems.append(
+            ("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}")
+        )
+    if heads and hidden and "head_dim" not in model and hidden % heads:
+        problems.append(
+            (
+                "model.num_attention_heads",
+                f"{heads} does not divide hidden_size = {hidden}; set model.head_dim to choose the head width",
+            )
+        )
+    scaling = model.get("rope_scaling")
+    if isinstance(scaling, Mapping):
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in ROPE_SCALING_KEYS:
+            problems.append(
+                ("model.rope_scaling.rope_type", f"must be one of {', '.join(ROPE_SCALING_KEYS)}; got {kind!r}")
+            )
+        else:
+            for k in ROPE_SCALING_KEYS[kind]:
+                v = scaling.get(k)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
+    tok = m.get("tokenizer", {})
+    kind = tok.get("kind", "byte")
+    if kind == "bpe":
+        if not tok.get("files"):
+            problems.append(("tokenizer.files", "a bpe tokenizer needs text files to train on"))
+        if "vocab_size" not in tok:
+            problems.append(("tokenizer.vocab_size", "a bpe tokenizer needs a target vocabulary size"))
+    if kind == "pretrained" and not tok.get("path"):
+        problems.append(("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder"))
+    return problems

@@ -1,0 +1,20 @@
+"""Feed-forward parts."""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class GatedMLP(nn.Module):
+    """GLU feed-forward: ``down(act(gate(x)) * up(x))``; SwiGLU with silu, GLU-ReLU with relu."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act_fn: Callable, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,162 @@
+"""``scaffold new``: render a blueprint with Copier into a project folder.
+
+The resolved manifest (blueprint defaults < preset < ``--set``) is computed and validated here, then
+handed to the blueprint's templates with the parts' sources. Copier runs with ``unsafe=False``, so no
+template code is executed, and with StrictUndefined, so a misspelt variable is an error. A project is
+rendered into a staging folder and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import __version__, manifest
+from .blueprints import Blueprint
+from .blueprints import load as load_blueprint
+from .errors import BlueprintError, ProjectError, UsageError
+from .parts import part_sources
+from .tokenizer import build_tokenizer_json
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ANSWERS_FILE = ".copier-answers.yml"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def check_name(name: str) -> None:
+    """Refuse project names that are empty, hidden, or would escape the projects folder."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid project name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or "
+            "digit (no paths)"
+        )
+
+
+def new_manifest(
+    bp: Blueprint, name: str, preset: str | None, overrides: Mapping[str, Mapping[str, Any]] | None
+) -> manifest.Manifest:
+    """The manifest of a new project: blueprint defaults < preset < overrides, validated."""
+    preset = preset or bp.default_preset
+    project = {
+        "project": {"name": name, "blueprint": bp.ref, "blueprint_version": bp.version, "preset": preset}
+    }
+    m = manifest.merge(*bp.base_layers(), bp.preset(preset), overrides, project)
+    manifest.validate(m, model_keys=bp.model_keys, path=f"{name}/{manifest.MANIFEST_NAME}")
+    return m
+
+
+def render(
+    bp: Blueprint, dest: Path, name: str, preset: str | None, overrides: Mapping[str, Any] | None
+) -> Path:
+    """Render ``bp`` into the (new or empty) folder ``dest``; returns ``dest``."""
+    import copier
+
+    preset = preset or bp.default_preset
+    m = new_manifest(bp, name, preset, overrides)
+    data = {
+        "project_name": name,
+        "preset": preset,
+        "overrides": dict(overrides or {}),
+        # not questions: computed here, so not saved in the answers file
+        "manifest": m,
+        "manifest_toml": manifest.dumps(m).rstrip(),
+        "parts": part_sources(),
+        "scaffold_version": __version__,
+        "blueprint_name": bp.name,
+        "blueprint_version": bp.version,
+    }
+    try:
+        copier.run_copy(
+            str(bp.path),
+            dest,
+            data=data,
+            defaults=True,
+            overwrite=True,
+            unsafe=False,
+            quiet=True,
+            cleanup_on_error=False,
+        )
+    except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
+        raise BlueprintError(f"rendering failed: {type(err).__name__}: {_one_line(err)}", path=bp.path) from err
+    _normalise_answers(dest / ANSWERS_FILE, bp)
+    (dest / TOKENIZER_FILE).write_text(build_tokenizer_json(m.get("tokenizer", {}), dest), encoding="utf-8")
+    return dest
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def _normalise_answers(path: Path, bp: Blueprint) -> None:
+    """Record the blueprint by its stable reference, not this machine's absolute path."""
+    if path.is_file():
+        text = re.sub(r"(?m)^_src_path: .*$", f"_src_path: {bp.ref}", path.read_text(encoding="utf-8"))
+        path.write_text(text, encoding="utf-8")
+
+
+def read_answers(project_dir: Path) -> dict[str, Any]:
+    """The answers Copier recorded for a project (YAML, read with Copier's own dependency)."""
+    import yaml
+
+    path = project_dir / ANSWERS_FILE
+    if not path.is_file():
+        raise ProjectError("no Copier answers file; was this project made by `scaffold new`?", path=path)
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def create_project(
+    name: str,
+    blueprint: str | Path,
+    *,
+    projects_dir: str | Path = "projects",
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> Path:
+    """Create ``projects_dir/name`` from a blueprint. Refuses to replace a project unless ``force``."""
+    check_name(name)
+    bp = load_blueprint(blueprint)
+    projects_dir = Path(projects_dir)
+    target = projects_dir / name
+    if target.exists() and not force:
+        raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+    if target.exists() and not target.is_dir():
+        raise ProjectError("exists and is not a folder", path=target)
+    new_manifest(bp, name, preset, overrides)  # validate before anything is written
+    projects_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=projects_dir))
+    try:
+        render(bp, staging, name, preset, overrides)
+        swap_in(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Move a complete ``staging`` folder to ``target``, replacing what was there only at the end."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{staging.name[-8:]}")
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def rerender(project_dir: str | Path, dest: str | Path) -> Path:
+    """Render a project again, from its answers and blueprint, into ``dest`` (for the sync check)."""
+    project_dir = Path(project_dir)
+    answers = read_answers(project_dir)
+    m = manifest.load(project_dir)
+    bp = load_blueprint(m.get("project", {}).get("blueprint") or answers.get("_src_path"))
+    return render(bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {})

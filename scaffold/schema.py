@@ -1,0 +1,207 @@
+"""The manifest schema: every key a ``scaffold.toml`` may hold, its type, its check and its one doc line.
+
+The same text serves the manifest's validation messages, ``--help`` of the override flags, and the
+docs (``scaffold schema`` prints it). Model keys use transformers' standard names so that one
+vocabulary serves the manifest, the command-line flags and ``config.json``.
+
+A blueprint says which ``[model]`` keys its family understands (the keys of its defaults); any other
+model key is an error for that family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Check = Callable[[Any], "str | None"]
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be positive, got {v}"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else f"must be zero or more, got {v}"
+
+
+def probability(v: Any) -> str | None:
+    return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class Field:
+    """One manifest key: ``section.key``, its accepted types, a check and its doc line."""
+
+    section: str
+    key: str
+    types: tuple[type, ...]
+    doc: str
+    checks: tuple[Check, ...] = ()
+    nullable: bool = False  # may be set to null from the command line (removed from the manifest)
+    flags: tuple[str, ...] = field(default=())  # extra command-line spellings (the seed's)
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def type_name(self) -> str:
+        names = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "table", list: "array"}
+        return " or ".join(names[t] for t in self.types)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable for this key, or None."""
+        if value is None:
+            return None if self.nullable else "must not be null"
+        ok = any(
+            isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)) for t in self.types
+        )
+        if not ok:
+            return f"must be a {self.type_name}, got {type(value).__name__} {value!r}"
+        for check in self.checks:
+            msg = check(value)
+            if msg:
+                return msg
+        return None
+
+
+INT, FLOAT, NUM, BOOL, STR = (int,), (float,), (int, float), (bool,), (str,)
+ATTN = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+DTYPES = ("float32", "bfloat16", "float16")
+
+FIELDS: tuple[Field, ...] = (
+    # [project]
+    Field("project", "name", STR, "Project name; also the model's name in its card."),
+    Field("project", "blueprint", STR, "Blueprint (model family) the project was generated from."),
+    Field("project", "blueprint_version", STR, "Version of the blueprint the project was generated from."),
+    Field("project", "preset", STR, "Preset of the blueprint the sizes started from."),
+    Field("project", "description", STR, "One line for the model card."),
+    # [model]
+    Field("model", "vocab_size", INT, "Vocabulary size of the embedding and output head.", (positive,)),
+    Field("model", "hidden_size", INT, "Width of the residual stream (d_model).", (positive,)),
+    Field("model", "num_hidden_layers", INT, "Number of decoder layers.", (positive,)),
+    Field(
+        "model",
+        "num_attention_heads",
+        INT,
+        "Number of query heads (and KV heads, if otherwise unspecified).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "num_key_value_heads",
+        INT,
+        "Number of key/value heads (grouped-query attention); must divide the query heads.",
+        (positive,),
+        flags=("--num-kv-heads",),
+    ),
+    Field(
+        "model",
+        "head_dim",
+        INT,
+        "Width of one attention head; defaults to hidden_size / num_attention_heads.",
+        (positive,),
+        flags=("--d-head",),
+    ),
+    Field(
+        "model",
+        "intermediate_size",
+        INT,
+        "Width of the feed-forward layer.",
+        (positive,),
+        flags=("--dim-feedforward",),
+    ),
+    Field("model", "max_position_embeddings", INT, "Longest sequence the model is meant for.", (positive,)),
+    Field("model", "rope_theta", NUM, "Base of the rotary position embedding's frequencies.", (positive,)),
+    Field(
+        "model",
+        "rope_scaling",
+        (dict,),
+        'RoPE scaling as a table, e.g. {rope_type = "llama3", factor = 32.0, ...}; null disables.',
+        nullable=True,
+    ),
+    Field("model", "rms_norm_eps", NUM, "Epsilon of the RMS norms.", (positive,)),
+    Field("model", "layer_norm_eps", NUM, "Epsilon of the layer norms.", (positive,)),
+    Field(
+        "model",
+        "sliding_window",
+        INT,
+        "Attend only to this many most recent tokens; null disables.",
+        (positive,),
+        nullable=True,
+    ),
+    Field("model", "tie_word_embeddings", BOOL, "Share the input embedding with the output head."),
+    Field("model", "attention_dropout", NUM, "Dropout on attention probabilities.", (probability,)),
+    Field("model", "hidden_dropout", NUM, "Dropout on the embeddings and residual branches.", (probability,)),
+    Field("model", "initializer_range", NUM, "Standard deviation of the default weight init.", (positive,)),
+    Field("model", "alibi_trainable", BOOL, "Learn the ALiBi slopes instead of fixing them."),
+    Field("model", "alibi_slope_init", NUM, "Initial value of a single trainable ALiBi slope.", (positive,)),
+    # [tokenizer]
+    Field(
+        "tokenizer",
+        "kind",
+        STR,
+        "Tokenizer kind: byte (needs no data), bpe (trained on your text) or pretrained (a file on disk).",
+        (one_of("byte", "bpe", "pretrained"),),
+    ),
+    Field("tokenizer", "vocab_size", INT, "Target vocabulary size of a trained BPE tokenizer.", (positive,)),
+    Field("tokenizer", "files", (list,), "Text files a BPE tokenizer is trained on (relative to the project)."),
+    Field("tokenizer", "path", STR, "A tokenizer.json or tokenizer folder to reuse (kind = pretrained)."),
+    Field("tokenizer", "chat_template", STR, "A named chat template (chatml) or a template file; '' for none."),
+    Field("tokenizer", "model_max_length", INT, "Longest input the tokenizer announces.", (positive,)),
+    # [generation]
+    Field("generation", "max_new_tokens", INT, "Default number of tokens generate() adds.", (positive,)),
+    Field("generation", "do_sample", BOOL, "Sample instead of greedy decoding."),
+    Field("generation", "temperature", NUM, "Sampling temperature.", (positive,)),
+    Field("generation", "top_k", INT, "Keep only the k most likely tokens when sampling.", (non_negative,)),
+    Field("generation", "top_p", NUM, "Nucleus sampling probability mass.", (positive,)),
+    Field("generation", "repetition_penalty", NUM, "Penalty on repeated tokens (1.0 = none).", (positive,)),
+    # [test]
+    Field("test", "device", STR, "Device for scaffold test: auto (CUDA when available, else CPU), cpu, cuda:N."),
+    Field("test", "dtype", STR, "Parameter dtype for scaffold test.", (one_of(*DTYPES),)),
+    Field("test", "steps", INT, "Optimizer steps scaffold test runs.", (positive,)),
+    Field("test", "batch_size", INT, "Sequences per step.", (positive,)),
+    Field("test", "sequence_length", INT, "Tokens per sequence.", (positive,)),
+    Field("test", "lr", NUM, "AdamW learning rate.", (positive,)),
+    Field("test", "attn_implementation", STR, "Attention backend.", (one_of(*ATTN),)),
+    Field("test", "gradient_checkpointing", BOOL, "Recompute activations in backward to save memory."),
+    Field(
+        "test",
+        "fuse_optim_with_backward",
+        BOOL,
+        "Step each parameter as soon as its gradient is ready, freeing gradients early.",
+    ),
+    Field("test", "seed", INT, "Random seed for the weights and the random tokens.", (non_negative,)),
+)
+
+SECTIONS = ("project", "model", "tokenizer", "generation", "test")
+BY_PATH: dict[str, Field] = {f.path: f for f in FIELDS}
+
+
+def lookup(key: str) -> Field | None:
+    """Find a field by ``section.key`` or by a bare key that is unique across sections."""
+    if key in BY_PATH:
+        return BY_PATH[key]
+    hits = [f for f in FIELDS if f.key == key]
+    return hits[0] if len(hits) == 1 else None
+
+
+def describe() -> str:
+    """The schema as text, one key a line, for ``scaffold schema`` and the docs."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for f in FIELDS:
+            if f.section == section:
+                null = ", or null" if f.nullable else ""
+                lines.append(f"  {f.key:<26} {f.type_name}{null}: {f.doc}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,230 @@
+"""``scaffold test``: load a built model directory as a user would and train it for a few steps.
+
+Each step is forward, backward and an AdamW step on a batch of token ids drawn from the tokenizer's
+real vocabulary. ``fuse_optim_with_backward`` gives every parameter its own optimizer, stepped from
+the parameter's post-accumulate-grad hook, so each gradient is freed as soon as it is used. A
+non-finite loss or gradient stops the run with the step, the value and the first bad parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DeviceError, TestFailure
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(name: str | None):
+    """A torch.device for ``name`` ('auto' = CUDA when available, else CPU), or a DeviceError."""
+    import torch
+
+    name = (name or "auto").strip()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"no such device {name!r}; available: {', '.join(available)}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r}: CUDA is not available here; available: {', '.join(available)}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} does not exist; available: {', '.join(available)}")
+        return device
+    if str(device) not in available and device.type not in available:
+        raise DeviceError(f"device {name!r} is not available here; available: {', '.join(available)}")
+    return device
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise DeviceError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16")
+    return getattr(torch, DTYPES[name])
+
+
+@dataclass
+class TestOptions:
+    __test__ = False  # not a pytest test class
+
+    device: str = "auto"
+    dtype: str = "float32"
+    steps: int = 3
+    batch_size: int = 2
+    sequence_length: int = 128
+    lr: float = 1e-3
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    fuse_optim_with_backward: bool = False
+    seed: int = 0
+
+
+@dataclass
+class TestReport:
+    __test__ = False
+
+    losses: list[float] = field(default_factory=list)
+    parameters: int = 0
+    tokens_per_second: float = 0.0
+    peak_memory_bytes: int = 0
+    device: str = ""
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        mib = self.peak_memory_bytes / 2**20
+        return (
+            f"parameters {self.parameters:,} | loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f} | "
+            f"{self.tokens_per_second:,.0f} tokens/s | peak memory {mib:,.1f} MiB ({self.device})"
+        )
+
+
+def load_model(model_dir: str | Path, opts: TestOptions, device, dtype):
+    """Config, tokenizer and model through the Auto classes, as a user of the directory would."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    torch.manual_seed(opts.seed)
+    has_weights = any(model_dir.glob("*.safetensors"))
+    if has_weights:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, config=config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
+        )
+    else:
+        model = AutoModelForCausalLM.from_config(
+            config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
+        )
+    return tokenizer, model.to(device)
+
+
+def batches(vocab: int, opts: TestOptions, device) -> Iterator[Any]:
+    """Random token ids from the real vocabulary, forever."""
+    import torch
+
+    g = torch.Generator().manual_seed(opts.seed)
+    while True:
+        yield torch.randint(0, vocab, (opts.batch_size, opts.sequence_length), generator=g).to(device)
+
+
+def first_bad_parameter(model) -> tuple[str, str] | None:
+    import torch
+
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name, "gradient"
+        if not torch.isfinite(p).all():
+            return name, "value"
+    return None
+
+
+def run(
+    model_dir: str | Path,
+    opts: TestOptions,
+    *,
+    data: Iterator[Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> TestReport:
+    """Train the model in ``model_dir`` for ``opts.steps`` steps and report; raises TestFailure."""
+    import torch
+
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype)
+    tokenizer, model = load_model(model_dir, opts, device, dtype)
+    model.train()
+    if opts.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    report = TestReport(parameters=sum(p.numel() for p in model.parameters()), device=str(device))
+
+    bad: list[str] = []
+    if opts.fuse_optim_with_backward:
+        names = {p: n for n, p in model.named_parameters()}
+        optimizers = {p: torch.optim.AdamW([p], lr=opts.lr, foreach=False) for p in params}
+
+        def step_param(p: torch.Tensor) -> None:
+            if not bad and not torch.isfinite(p.grad).all():
+                bad.append(names[p])
+            optimizers[p].step()
+            optimizers[p].zero_grad(set_to_none=True)
+
+        hooks = [p.register_post_accumulate_grad_hook(step_param) for p in params]
+        optimizer = None
+    else:
+        optimizer = torch.optim.AdamW(params, lr=opts.lr)
+        hooks = []
+
+    data = data if data is not None else batches(len(tokenizer), opts, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tokens, start = 0, time.perf_counter()
+    try:
+        for step in range(1, opts.steps + 1):
+            batch = next(data)
+            inputs = batch if isinstance(batch, dict) else {"input_ids": batch}
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            labels = inputs.pop("labels", inputs["input_ids"])
+            loss = model(**inputs, labels=labels, use_cache=False).loss
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TestFailure(f"step {step}: loss is {value}; first bad parameter: {_first_bad(model)}")
+            loss.backward()
+            if bad:
+                raise TestFailure(f"step {step}: non-finite gradient; first bad parameter: {bad[0]}")
+            if optimizer is not None:
+                found = first_bad_parameter(model)
+                if found:
+                    raise TestFailure(f"step {step}: non-finite {found[1]} in parameter {found[0]}")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            tokens += labels.numel()
+            report.losses.append(value)
+            log(f"step {step}/{opts.steps}  loss {value:.4f}")
+    finally:
+        for h in hooks:
+            h.remove()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        report.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+    else:
+        report.peak_memory_bytes = _peak_rss()
+    report.seconds = time.perf_counter() - start
+    report.tokens_per_second = tokens / report.seconds if report.seconds > 0 else 0.0
+    return report
+
+
+def _first_bad(model) -> str:
+    found = first_bad_parameter(model)
+    return found[0] if found else "none (the parameters are finite; the input or the computation overflowed)"
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
