@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from . import __version__, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import ProjectError
-from .render import TOKENIZER_FILE, swap_in
+from .render import TOKENIZER_FILE, apply_umask, swap_in
 
 STAMP_FILE = "scaffold-build.json"
 DEFAULT_OUTPUT = "model"  # inside the project folder
@@ -163,20 +162,11 @@ def build(
         }
         stamp = {"inputs": record, "files": files}
         (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-        _apply_umask(staging)
+        apply_umask(staging)
         swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out, True, f"built {out}")
-
-
-def _apply_umask(folder: Path) -> None:
-    """Make every file readable as the user's umask says (some writers create files 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for p in folder.rglob("*"):
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def import_config_class(project: Project):

@@ -8,6 +8,7 @@ rendered into a staging folder and moved into place only when complete.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -131,10 +132,22 @@ def create_project(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=projects_dir))
     try:
         render(bp, staging, name, preset, overrides)
+        apply_umask(staging)
         swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def apply_umask(folder: Path) -> None:
+    """Make a staged folder's files readable as the user's umask says (temp folders and some writers,
+    safetensors among them, create files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for p in folder.rglob("*"):
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def swap_in(staging: Path, target: Path) -> None:

@@ -65,7 +65,8 @@ class Field:
             isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)) for t in self.types
         )
         if not ok:
-            return f"must be a {self.type_name}, got {type(value).__name__} {value!r}"
+            article = "an" if self.type_name[0] in "aeiou" else "a"
+            return f"must be {article} {self.type_name}, got {type(value).__name__} {value!r}"
         for check in self.checks:
             msg = check(value)
             if msg:

@@ -108,7 +108,8 @@ def load_model(model_dir: str | Path, opts: TestOptions, device, dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # trust_remote_code: the directory has custom code, and without it transformers may prompt
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     torch.manual_seed(opts.seed)
     has_weights = any(model_dir.glob("*.safetensors"))
