@@ -179,6 +179,7 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+        self.o_proj.writes_residual = True  # initialised smaller: it writes into the residual stream
 
     def forward(
         self,
@@ -223,6 +224,7 @@ class LlamaDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_idx)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, act_fn=F.silu)
+        self.mlp.down_proj.writes_residual = True
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -254,31 +256,25 @@ class LlamaPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """torchtitan-style init; every module, the output head included, is initialised here."""
+        """torchtitan-style init, leaf by leaf (transformers calls this once per module that holds tensors)."""
         config = self.config
         std = config.initializer_range
-        out_std = std / math.sqrt(2 * config.num_hidden_layers)  # projections writing into the residual
-        head_std = config.hidden_size**-0.5
-        if isinstance(module, LlamaAttention):
-            for proj in (module.q_proj, module.k_proj, module.v_proj):
-                init.trunc_normal_(proj.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
-            init.trunc_normal_(module.o_proj.weight, mean=0.0, std=out_std, a=-3 * out_std, b=3 * out_std)
-        elif isinstance(module, GatedMLP):
-            for proj in (module.gate_proj, module.up_proj):
-                init.trunc_normal_(proj.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
-            init.trunc_normal_(module.down_proj.weight, mean=0.0, std=out_std, a=-3 * out_std, b=3 * out_std)
+        if isinstance(module, nn.Linear):
+            if module is getattr(self, "lm_head", None):
+                std = config.hidden_size**-0.5
+            elif getattr(module, "writes_residual", False):  # o_proj and down_proj
+                std = std / math.sqrt(2 * config.num_hidden_layers)
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
         elif isinstance(module, nn.Embedding):
-            # a tied embedding is also the output head, so it takes the head's scale
-            if config.tie_word_embeddings:
-                init.trunc_normal_(module.weight, mean=0.0, std=head_std, a=-3 * head_std, b=3 * head_std)
+            if config.tie_word_embeddings:  # also the output head: take the head's scale
+                std = config.hidden_size**-0.5
+                init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
             else:
                 init.normal_(module.weight, mean=0.0, std=1.0)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, RotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
-        elif isinstance(module, LlamaForCausalLM):
-            init.trunc_normal_(module.lm_head.weight, mean=0.0, std=head_std, a=-3 * head_std, b=3 * head_std)
 
 
 class LlamaModel(LlamaPreTrainedModel):
