@@ -151,44 +151,61 @@ def run(
     data: Iterator[Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> TestReport:
-    """Train the model in ``model_dir`` for ``opts.steps`` steps and report; raises TestFailure."""
-    import torch
-
+    """Load the model in ``model_dir`` and train it for ``opts.steps`` steps; raises TestFailure."""
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype)
     tokenizer, model = load_model(model_dir, opts, device, dtype)
+    data = data if data is not None else batches(len(tokenizer), opts, device)
+    return train(model, opts, data, device=device, log=log)
+
+
+def fused_optimizers(model, lr: float, bad: list[str]) -> tuple[dict, list]:
+    """One AdamW per parameter, stepped from the parameter's post-accumulate-grad hook.
+
+    Each gradient is used and freed as soon as backward has produced it, so the full set of gradients
+    never exists at once. Non-finite gradients are recorded in ``bad`` (first one wins).
+    """
+    import torch
+
+    names = {p: n for n, p in model.named_parameters()}
+    optimizers = {p: torch.optim.AdamW([p], lr=lr, foreach=False) for p in names if p.requires_grad}
+
+    def step_param(p: torch.Tensor) -> None:
+        if not bad and not torch.isfinite(p.grad).all():
+            bad.append(names[p])
+        optimizers[p].step()
+        optimizers[p].zero_grad(set_to_none=True)
+
+    hooks = [p.register_post_accumulate_grad_hook(step_param) for p in optimizers]
+    return optimizers, hooks
+
+
+def train(
+    model, opts: TestOptions, data: Iterator[Any], *, device=None, log: Callable[[str], None] = print
+) -> TestReport:
+    """Run ``opts.steps`` steps of forward, backward and AdamW on ``model`` with batches from ``data``."""
+    import torch
+
+    device = device if device is not None else next(model.parameters()).device
     model.train()
     if opts.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
-    params = [p for p in model.parameters() if p.requires_grad]
     report = TestReport(parameters=sum(p.numel() for p in model.parameters()), device=str(device))
-
     bad: list[str] = []
     if opts.fuse_optim_with_backward:
-        names = {p: n for n, p in model.named_parameters()}
-        optimizers = {p: torch.optim.AdamW([p], lr=opts.lr, foreach=False) for p in params}
-
-        def step_param(p: torch.Tensor) -> None:
-            if not bad and not torch.isfinite(p.grad).all():
-                bad.append(names[p])
-            optimizers[p].step()
-            optimizers[p].zero_grad(set_to_none=True)
-
-        hooks = [p.register_post_accumulate_grad_hook(step_param) for p in params]
+        _, hooks = fused_optimizers(model, opts.lr, bad)
         optimizer = None
     else:
-        optimizer = torch.optim.AdamW(params, lr=opts.lr)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
         hooks = []
-
-    data = data if data is not None else batches(len(tokenizer), opts, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tokens, start = 0, time.perf_counter()
     try:
         for step in range(1, opts.steps + 1):
             batch = next(data)
-            inputs = batch if isinstance(batch, dict) else {"input_ids": batch}
+            inputs = dict(batch) if isinstance(batch, dict) else {"input_ids": batch}
             inputs = {k: v.to(device) for k, v in inputs.items()}
             labels = inputs.pop("labels", inputs["input_ids"])
             loss = model(**inputs, labels=labels, use_cache=False).loss
