@@ -40,7 +40,7 @@ COMMON_DEFAULTS: dict[str, dict[str, Any]] = {
 def builtin_dirs() -> list[Path]:
     """Where bare blueprint names are looked up: the repository's blueprints/, then the installed copy."""
     pkg = Path(__file__).resolve().parent
-    return [pkg.parent / "blueprints", pkg / "blueprints"]
+    return [pkg.parent / "blueprints", pkg / "_blueprints"]
 
 
 def builtin_names() -> list[str]:
