@@ -27,7 +27,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_llama import LlamaConfig
 
-# transformers renamed the outputs' cache field from past_key_values to cache in 5.20
+# transformers 5.x renamed the outputs' cache field from past_key_values to cache (5.17 has the old name)
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ class LlamaModel(LlamaPreTrainedModel):
         cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        # transformers 5.x before 5.20 passes the cache as past_key_values, later ones as cache
+        # older transformers 5.x releases (5.17) pass the cache as past_key_values, newer ones as cache
         cache = cache if cache is not None else past_key_values
         for unused in ("return_dict", "output_attentions", "cache_position"):
             kwargs.pop(unused, None)
@@ -330,7 +330,7 @@ class LlamaModel(LlamaPreTrainedModel):
         x = self.norm(x)
         if all_hidden is not None:
             all_hidden.append(x)
-        # positional: the cache field is past_key_values before transformers 5.20 and cache after
+        # positional: the cache field is past_key_values in older 5.x releases and cache in newer ones
         return BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None)
 
 
