@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -126,20 +127,29 @@ def load(spec: str | Path) -> Blueprint:
 
 def check_safe(path: Path) -> None:
     """Refuse blueprints that would run code or reach outside themselves when rendered."""
+    import yaml
+
     copier_yml = path / "copier.yml"
     if not copier_yml.is_file():
         raise BlueprintError("missing copier.yml", path=path)
     text = copier_yml.read_text(encoding="utf-8")
+    try:  # Copier's own YAML reader; a tag it alone understands (!include) is refused as well
+        keys = {k for doc in yaml.safe_load_all(text) if isinstance(doc, dict) for k in doc}
+    except yaml.YAMLError as err:
+        raise BlueprintError(f"not YAML that scaffold can check: {' '.join(str(err).split())}", path=copier_yml) from None
+    keys |= {line.split(":", 1)[0].strip().strip("'\"") for line in text.splitlines()}
     for key in FORBIDDEN_COPIER_KEYS:
-        if any(line.split(":", 1)[0].strip() == key for line in text.splitlines()):
+        if key in keys:
             raise BlueprintError(
                 f"asks to run code at render time ({key}); scaffold never runs template code",
                 path=copier_yml,
                 key=key,
             )
     root = path.resolve()
-    for p in path.rglob("*"):
-        if p.is_symlink():
-            target = p.resolve()
-            if root not in target.parents and target != root:
-                raise BlueprintError(f"symlink leaves the blueprint (points to {target})", path=p)
+    for dirpath, dirnames, filenames in os.walk(path):  # never follows a symlinked folder
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                target = p.resolve()
+                if root not in target.parents and target != root:
+                    raise BlueprintError(f"symlink leaves the blueprint (points to {target})", path=p)

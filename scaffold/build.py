@@ -5,9 +5,11 @@ AutoModelForCausalLM), the project's configuration and modeling files, the token
 generation config, the chat template, the model card, and optionally initialised weights. It loads
 with ``trust_remote_code=True`` and nothing of scaffold installed.
 
-A build is written into a staging folder beside the target and swapped in only when complete. It
-records what went into it (``scaffold-build.json``): an up-to-date build is kept, a stale one is
-replaced only with ``force``.
+A build is written into a staging folder beside the target and swapped in only when complete, under
+a lock that makes a second build of the same folder wait (see :mod:`scaffold.atomic`). It records what
+went into it and what it wrote (``scaffold-build.json``): an up-to-date build is kept (unless its
+files were damaged since), a stale one is replaced only with ``force``. ``scaffold verify`` checks a
+directory against that record.
 """
 
 from __future__ import annotations
@@ -17,17 +19,16 @@ import importlib.util
 import json
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, manifest
+from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
-from .errors import ProjectError
-from .render import TOKENIZER_FILE, apply_umask, swap_in
+from .errors import IntegrityError, ProjectError
+from .render import TOKENIZER_FILE
 
 STAMP_FILE = "scaffold-build.json"
 DEFAULT_OUTPUT = "model"  # inside the project folder
@@ -134,6 +135,14 @@ def build(
     """Write the model directory of ``project``; see the module docstring for the rules."""
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
     record = inputs_record(project, save_weights)
+    with atomic.locked(out):  # a second build of the same folder waits here
+        atomic.sweep(out)  # what an interrupted build left beside the folder
+        return _build_locked(project, out, record, force=force, save_weights=save_weights)
+
+
+def _build_locked(
+    project: Project, out: Path, record: dict[str, Any], *, force: bool, save_weights: bool
+) -> BuildResult:
     if out.exists():
         stamp = read_stamp(out)
         if stamp is None:
@@ -144,29 +153,55 @@ def build(
                     path=out,
                 )
         elif stamp.get("inputs") == record:
-            return BuildResult(out, False, f"up to date, kept: {out}")
+            damage = _damage(out, stamp)
+            if damage is None:
+                return BuildResult(out, False, f"up to date, kept: {out}")
+            if not force:
+                raise damage
         elif not force:
             raise ProjectError(
                 f"stale build ({describe_changes(stamp.get('inputs', {}), record)}); "
                 "pass --force to rebuild, or delete the folder",
                 path=out,
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    staging = atomic.make_staging(out, "build")
     try:
         write_model_dir(project, staging, save_weights=save_weights)
-        files = {
-            p.relative_to(staging).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(staging.rglob("*"))
-            if p.is_file()
-        }
-        stamp = {"inputs": record, "files": files}
+        atomic.fault_point("build-written")
+        stamp = {"inputs": record, "files": record_files(staging)}
         (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-        apply_umask(staging)
-        swap_in(staging, out)
+        atomic.apply_umask(staging)
+        atomic.fsync_tree(staging)
+        atomic.fault_point("build-staged")
+        atomic.swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out, True, f"built {out}")
+
+
+def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
+    """The quick integrity check of an up-to-date build (no checksums): its first problem, as an error."""
+    from .verify import check_model_dir
+
+    damage = check_model_dir(out, stamp, deep=False)
+    if not damage:
+        return None
+    file, problem = damage[0]
+    more = f" (and {len(damage) - 1} more problems)" if len(damage) > 1 else ""
+    return IntegrityError(
+        f"{problem}{more}; the build was damaged after it was written: pass --force to rebuild, "
+        f"`scaffold verify {out}` lists every problem",
+        path=file,
+    )
+
+
+def record_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under ``folder``, by relative path: what a build wrote."""
+    return {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STAMP_FILE
+    }
 
 
 def import_config_class(project: Project):

@@ -29,7 +29,8 @@ class ScaffoldGroup(click.Group):
         except ScaffoldError as err:
             if _debug(ctx):
                 raise
-            click.echo(f"error: {err}", err=True)
+            for line in str(err).splitlines() or [type(err).__name__]:
+                click.echo(f"error: {line}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -48,7 +49,19 @@ def _debug(ctx: click.Context) -> bool:
     return bool((root.obj or {}).get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-@click.group(cls=ScaffoldGroup, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  internal error (a bug: rerun with --debug and report the traceback)
+  2  usage: bad flags, manifest, project name, blueprint, device, data; or the folder is busy
+  3  integrity: corrupt, truncated, incomplete or changed files on disk (see `scaffold verify`)
+  4  test failure: `scaffold test` saw a non-finite loss or gradient
+Errors are printed one line per problem, naming the file and the key or tensor."""
+
+
+@click.group(
+    cls=ScaffoldGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP
+)
 @click.version_option(__version__, prog_name="scaffold")
 @click.option("--debug", is_flag=True, help=f"Show tracebacks for errors (or set {DEBUG_ENV}=1).")
 @click.pass_context
@@ -166,7 +179,7 @@ def test_cmd(project: Path, output_dir: Path | None, sets: tuple[str, ...], **fl
     loss or gradient stops the run (exit 4). Options default to the manifest's [test] table.
     """
     from .build import build as do_build
-    from .build import load_project
+    from .build import default_output_dir, load_project
     from .smoke import TestOptions, run
 
     test_flags = {k: v for k, v in flags.items() if v is not None}
@@ -178,10 +191,30 @@ def test_cmd(project: Path, output_dir: Path | None, sets: tuple[str, ...], **fl
 
     resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
-    result = do_build(proj, output_dir)
+    result = do_build(proj, output_dir, save_weights=_built_with_weights(output_dir or default_output_dir(proj)))
     click.echo(result.message)
     report = run(result.output_dir, options)
     click.echo(report.summary())
+
+
+def _built_with_weights(model_dir: Path) -> bool:
+    """Whether the build already in ``model_dir`` saved weights (``scaffold test`` then keeps them)."""
+    from .build import read_stamp
+
+    return bool(((read_stamp(model_dir) or {}).get("inputs") or {}).get("weights"))
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+def verify(model_dir: Path) -> None:
+    """Check MODEL_DIR (or a project's model/) against the record its build wrote (scaffold-build.json).
+
+    Names every file that is missing, changed (size or sha256) or extra, and every safetensors file
+    that does not load or disagrees with its index. Exit 3 when anything is wrong.
+    """
+    from .verify import verify as do_verify
+
+    click.echo(do_verify(model_dir))
 
 
 @cli.command()

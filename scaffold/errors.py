@@ -75,9 +75,29 @@ class DataError(UsageError):
 
 
 class IntegrityError(ScaffoldError):
-    """Files on disk that are corrupt, incomplete, or do not match what was recorded."""
+    """Files on disk that are corrupt, incomplete, or do not match what was recorded.
+
+    Either one message (``path``, ``key``) or several ``problems``, each a (file, message) pair shown
+    on its own line.
+    """
 
     exit_code = EXIT_INTEGRITY
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str | Path | None = None,
+        key: str | None = None,
+        problems: Iterable[tuple[str | Path, str]] = (),
+    ):
+        self.problems = [(str(p), m) for p, m in problems]
+        if message or not self.problems:
+            super().__init__(message, path=path, key=key)
+            return
+        self.path, self.key = self.problems[0][0], key
+        self.message = "\n".join(f"{p}: {m}" for p, m in self.problems)
+        Exception.__init__(self, self.message)
 
 
 class CheckpointError(IntegrityError):

@@ -130,16 +130,23 @@ def validate(manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = 
             msg = f.problem(value)
             if msg:
                 problems.append((f.path, msg))
-    if not problems:
-        problems.extend(_cross_checks(manifest))
+    problems.extend(_cross_checks(manifest, skip={key for key, _ in problems}))
     if problems:
         raise ManifestError(problems, path=path)
 
 
-def _cross_checks(m: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Checks that involve more than one key."""
+def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Checks that involve more than one key; keys already reported (``skip``) are left out."""
+    skip = set(skip)
+
+    def section(name: str) -> Mapping[str, Any]:
+        values = m.get(name, {})
+        if not isinstance(values, Mapping) or name in skip:
+            return {}
+        return {k: v for k, v in values.items() if f"{name}.{k}" not in skip}
+
     problems: list[tuple[str, str]] = []
-    model = m.get("model", {})
+    model = section("model")
     heads = model.get("num_attention_heads")
     kv = model.get("num_key_value_heads")
     hidden = model.get("hidden_size")
@@ -147,7 +154,7 @@ def _cross_checks(m: Mapping[str, Any]) -> list[tuple[str, str]]:
         problems.append(
             ("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}")
         )
-    if heads and hidden and "head_dim" not in model and hidden % heads:
+    if heads and hidden and "head_dim" not in (m.get("model") or {}) and hidden % heads:
         problems.append(
             (
                 "model.num_attention_heads",
@@ -166,7 +173,7 @@ def _cross_checks(m: Mapping[str, Any]) -> list[tuple[str, str]]:
                 v = scaling.get(k)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                     problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
-    tok = m.get("tokenizer", {})
+    tok = section("tokenizer")
     kind = tok.get("kind", "byte")
     if kind == "bpe":
         if not tok.get("files"):

@@ -8,15 +8,13 @@ rendered into a staging folder and moved into place only when complete.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__, manifest
+from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError
@@ -82,10 +80,32 @@ def render(
             cleanup_on_error=False,
         )
     except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
-        raise BlueprintError(f"rendering failed: {type(err).__name__}: {_one_line(err)}", path=bp.path) from err
+        raise template_error(err, bp) from err
     _normalise_answers(dest / ANSWERS_FILE, bp)
     (dest / TOKENIZER_FILE).write_text(build_tokenizer_json(m.get("tokenizer", {}), dest), encoding="utf-8")
     return dest
+
+
+def template_error(err: BaseException, bp: Blueprint) -> BlueprintError:
+    """A one-line error naming the template file, line and variable where rendering failed."""
+    import jinja2
+
+    where: str | Path = bp.path
+    tb = err.__traceback__
+    while tb is not None:  # jinja puts the template's file and line into the traceback
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(bp.meta.get("template_suffix", ".jinja")) and Path(filename).is_file():
+            where = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    if isinstance(err, jinja2.TemplateSyntaxError) and err.filename:
+        where = f"{err.filename}:{err.lineno}"
+    if isinstance(err, jinja2.UndefinedError):
+        found = re.search(r"'([^']+)' is undefined|has no attribute '([^']+)'", str(err))
+        variable = next((g for g in found.groups() if g), None) if found else None
+        return BlueprintError(
+            f"undefined template variable ({_one_line(err)}); is it misspelt?", path=where, key=variable
+        )
+    return BlueprintError(f"rendering failed: {type(err).__name__}: {_one_line(err)}", path=where)
 
 
 def _one_line(err: BaseException) -> str:
@@ -123,47 +143,23 @@ def create_project(
     bp = load_blueprint(blueprint)
     projects_dir = Path(projects_dir)
     target = projects_dir / name
-    if target.exists() and not force:
-        raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
-    if target.exists() and not target.is_dir():
-        raise ProjectError("exists and is not a folder", path=target)
     new_manifest(bp, name, preset, overrides)  # validate before anything is written
-    projects_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=projects_dir))
-    try:
-        render(bp, staging, name, preset, overrides)
-        apply_umask(staging)
-        swap_in(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic.locked(target):
+        atomic.sweep(target)
+        if target.exists() and not force:
+            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+        if target.exists() and not target.is_dir():
+            raise ProjectError("exists and is not a folder", path=target)
+        staging = atomic.make_staging(target, "new")
+        try:
+            render(bp, staging, name, preset, overrides)
+            atomic.apply_umask(staging)
+            atomic.fault_point("new-staged")
+            atomic.fsync_tree(staging)
+            atomic.swap_in(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def apply_umask(folder: Path) -> None:
-    """Make a staged folder's files readable as the user's umask says (temp folders and some writers,
-    safetensors among them, create files 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for p in folder.rglob("*"):
-        if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-
-
-def swap_in(staging: Path, target: Path) -> None:
-    """Move a complete ``staging`` folder to ``target``, replacing what was there only at the end."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{staging.name[-8:]}")
-        target.rename(old)
-    try:
-        staging.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def rerender(project_dir: str | Path, dest: str | Path) -> Path:

@@ -45,17 +45,21 @@ def resolve_device(name: str | None):
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise DeviceError(f"no such device {name!r}; available: {', '.join(available)}") from None
+        raise DeviceError(f"no such device {name!r}; available: {', '.join(available)}", key="test.device") from None
     if device.type == "cpu":
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r}: CUDA is not available here; available: {', '.join(available)}")
+            raise DeviceError(
+                f"device {name!r}: CUDA is not available here; available: {', '.join(available)}", key="test.device"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name!r} does not exist; available: {', '.join(available)}")
+            raise DeviceError(f"device {name!r} does not exist; available: {', '.join(available)}", key="test.device")
         return device
     if str(device) not in available and device.type not in available:
-        raise DeviceError(f"device {name!r} is not available here; available: {', '.join(available)}")
+        raise DeviceError(
+            f"device {name!r} is not available here; available: {', '.join(available)}", key="test.device"
+        )
     return device
 
 
@@ -108,7 +112,6 @@ def load_model(model_dir: str | Path, opts: TestOptions, device, dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    # trust_remote_code: the directory has custom code, and without it transformers may prompt
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     torch.manual_seed(opts.seed)

@@ -1,0 +1,266 @@
+"""Folders that are replaced whole or not at all: staging, swap, lock and sweep.
+
+``scaffold new`` and ``scaffold build`` write a folder ``TARGET`` the same way:
+
+1. take the lock ``.TARGET.lock`` beside it (:func:`locked`); a second writer of the same folder
+   waits for it, up to ``SCAFFOLD_LOCK_TIMEOUT`` seconds (default 600), then gives up with an error;
+2. sweep what an interrupted run left beside it (:func:`sweep`): staging folders are deleted, and
+   a previous folder that was moved aside by a swap that never finished is moved back;
+3. write everything into a fresh staging folder ``.TARGET.<kind>-XXXXXXXX`` beside the target,
+   flush it to disk, and swap it in (:func:`swap_in`): on Linux the two folders are exchanged in one
+   ``renameat2(RENAME_EXCHANGE)``; elsewhere the old folder is renamed aside and the staging folder
+   renamed into place. Only then is the old one deleted.
+
+A process killed at any moment therefore leaves either the previous folder or the new one, whole,
+at ``TARGET`` (without the exchange, possibly the previous one aside, which the next run puts back).
+Renames stay on one file system because every temporary folder lives beside the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import glob
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ProjectError
+
+LOCK_TIMEOUT_ENV = "SCAFFOLD_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 600.0
+# Test hook: SCAFFOLD_FAULT=<point>:kill|stop makes the process SIGKILL or SIGSTOP itself when it
+# reaches <point> (see fault_point calls), so tests can interrupt a real run at a known moment.
+FAULT_ENV = "SCAFFOLD_FAULT"
+LEFTOVER_KINDS = ("build", "new", "old", "trash")
+
+
+def fault_point(name: str) -> None:
+    """Stop or kill this process here if ``SCAFFOLD_FAULT`` names this point (tests only)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, action = spec.partition(":")
+    if point != name:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
+
+
+def lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        return float(raw) if raw else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        raise ProjectError(f"must be a number of seconds, got {raw!r}", key=LOCK_TIMEOUT_ENV) from None
+
+
+@contextlib.contextmanager
+def locked(target: str | Path, *, timeout: float | None = None) -> Iterator[Path]:
+    """Hold the exclusive lock of ``target`` (an ``fcntl.flock`` on ``.TARGET.lock`` beside it).
+
+    Waits up to ``timeout`` seconds (default: ``SCAFFOLD_LOCK_TIMEOUT`` or 600) for another scaffold
+    process writing the same folder, then raises :class:`ProjectError`. The lock file is removed on
+    release; a waiter that then finds the file gone or replaced starts over, so no two holders ever
+    overlap.
+    """
+    target = Path(target)
+    path = lock_path(target)
+    timeout = _lock_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    told = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if time.monotonic() >= deadline:
+                raise ProjectError(
+                    f"another scaffold process{_holder(path)} is writing this folder; waited {timeout:g} s "
+                    f"(set {LOCK_TIMEOUT_ENV} to wait longer)",
+                    path=target,
+                ) from None
+            if not told:
+                print(f"waiting for another scaffold process{_holder(path)} writing {target} ...", file=sys.stderr)
+                told = True
+            time.sleep(0.1)
+            continue
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder we waited for removed the file: lock the new one
+            os.close(fd)
+            continue
+        break
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def leftovers(target: Path) -> dict[str, list[Path]]:
+    """What interrupted runs left beside ``target``, by kind (build, new, old, trash)."""
+    found: dict[str, list[Path]] = {kind: [] for kind in LEFTOVER_KINDS}
+    if not target.parent.is_dir():
+        return found
+    for kind in LEFTOVER_KINDS:
+        found[kind] = sorted(target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"))
+    return found
+
+
+def sweep(target: str | Path) -> list[str]:
+    """Clean up after interrupted runs; call it holding :func:`locked`. Returns what it did, in words.
+
+    A previous folder moved aside by a swap that never finished (``.TARGET.old-*``) is moved back when
+    ``TARGET`` is missing; staging folders and anything else left over are deleted.
+    """
+    target = Path(target)
+    found = leftovers(target)
+    done: list[str] = []
+    olds = sorted(found["old"], key=lambda p: p.stat().st_ctime)
+    if olds and not target.exists():
+        olds.pop().rename(target)
+        done.append(f"restored {target} from an interrupted swap")
+    for p in olds + found["build"] + found["new"] + found["trash"]:
+        _remove(p)
+        done.append(f"removed leftover {p.name}")
+    return done
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def make_staging(target: Path, kind: str) -> Path:
+    """A new empty folder beside ``target`` for ``kind`` (build or new), readable as the umask says."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
+    staging.chmod(0o777 & ~current_umask())
+    return staging
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes the user's umask says.
+
+    Some writers ignore the umask (safetensors creates files 0600, Copier copies the template's modes);
+    executable files stay executable.
+    """
+    mask = current_umask()
+    folder.chmod(0o777 & ~mask)
+    for p in folder.rglob("*"):
+        if not p.is_symlink():
+            executable = p.is_dir() or p.stat().st_mode & 0o111
+            p.chmod((0o777 if executable else 0o666) & ~mask)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` to disk, so a swap never exposes unwritten data."""
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the folders ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the system or file system cannot; the caller then renames in two steps.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Move a complete ``staging`` folder to ``target``, replacing what was there only at the end.
+
+    On Linux the two folders are exchanged in one step, so ``target`` is never missing; elsewhere the
+    old folder is renamed aside first, and :func:`sweep` puts it back if the process dies before the
+    new one is in place.
+    """
+    old = target.with_name(f".{target.name}.old-{staging.name[-8:]}")
+    if target.exists() and exchange(staging, target):
+        staging.rename(old)  # staging now holds the previous folder
+    else:
+        if target.exists():
+            target.rename(old)
+        else:
+            old = None
+        fault_point("swap")  # the old folder is aside and the new one not yet in place
+        try:
+            staging.rename(target)
+        except BaseException:
+            if old is not None:
+                old.rename(target)
+            raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        fault_point("swapped")
+        trash = target.with_name(f".{target.name}.trash-{staging.name[-8:]}")
+        old.rename(trash)  # an .old-* folder is always whole; only .trash-* is ever half deleted
+        shutil.rmtree(trash, ignore_errors=True)
