@@ -132,7 +132,8 @@ class WeightOptions:
             from .checkpoint import find_checkpoint
 
             files = find_checkpoint(self.checkpoint)
-            stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in [files.index or files.shards[0], *files.shards]]
+            paths = [files.index, *files.shards] if files.index else files.shards
+            stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
             out["checkpoint"] = str(Path(self.checkpoint).resolve())
             out["checkpoint_files"] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
         return out

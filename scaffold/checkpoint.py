@@ -226,7 +226,7 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for name, t in tensors.items():
         t = t.contiguous()
         ptr = t.untyped_storage().data_ptr() if t.numel() else None
-        if ptr is not None and (ptr in seen or t.untyped_storage().nbytes() != _tensor_bytes(t)):
+        if ptr is not None and ptr in seen:  # a second view of one storage: give it its own
             t = t.clone()
             ptr = t.untyped_storage().data_ptr()
         if ptr is not None:
@@ -569,7 +569,8 @@ def load_checkpoint(
         )
         if want_dtype is not None:
             model.to(dtype=want_dtype)
-        if has_meta:
+        if has_meta or (current is not None and current != target and not missing):
+            # every tensor is about to be replaced: allocate, do not copy what is there
             to_empty(model, target)
             if missing:
                 initialize_weights(model)

@@ -198,8 +198,10 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
         if output_dir is None and overrides.changes_build:
             output_dir = Path(tmp) / "model"
         result = do_build(proj, output_dir)
-        click.echo(result.message if output_dir is None or overrides.output_dir else "built a temporary model "
-                   f"directory for {' '.join(overrides.flags_given()) or 'the overrides'}")
+        if output_dir is None or overrides.output_dir:
+            click.echo(result.message)
+        else:
+            click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
         click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {options.device}, {options.dtype}")
         report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
     click.echo(report.summary())

@@ -89,8 +89,8 @@ def _skip_reset(self, *args, **kwargs):
     return None
 
 
-def _init_functions() -> list[Any]:
-    """Every init function whose code the context swaps: torch's and transformers' in-place inits."""
+def _init_functions() -> list[tuple[Any, str, Any]]:
+    """(module, name, function) of every in-place init of torch.nn.init and transformers.initialization."""
     import torch.nn.init as torch_init
 
     modules: list[Any] = [torch_init]
@@ -105,12 +105,11 @@ def _init_functions() -> list[Any]:
         for name, fn in vars(mod).items():
             if (
                 callable(fn)
-                and getattr(fn, "__module__", None) == mod.__name__
                 and hasattr(fn, "__code__")
-                and fn.__closure__ is None
+                and getattr(fn, "__module__", None) == mod.__name__
                 and ((name.endswith("_") and not name.startswith("__")) or name.startswith("_no_grad_"))
             ):
-                found.append(fn)
+                found.append((mod, name, fn))
     return found
 
 
@@ -133,6 +132,11 @@ def _patch(obj: Any, attr: str, value: Any) -> None:
 
 
 _MISSING = object()
+
+
+def _patch_module(mod: Any, name: str, value: Any) -> None:
+    _undo.append((mod, name, getattr(mod, name)))
+    setattr(mod, name, value)
 RESET_METHODS = ("reset_parameters", "_reset_parameters")
 
 
@@ -149,10 +153,14 @@ def _on_new_module_class(cls, **kwargs) -> None:
 
 
 def _enter_no_init() -> None:
-    for fn in _init_functions():
-        _patch(fn, "__code__", _skip_init.__code__)
-        _patch(fn, "__defaults__", _skip_init.__defaults__)
-        _patch(fn, "__kwdefaults__", None)
+    for mod, name, fn in _init_functions():
+        if fn.__closure__ is None:
+            # every reference to the function, wherever it was bound, now runs the no-op
+            _patch(fn, "__code__", _skip_init.__code__)
+            _patch(fn, "__defaults__", _skip_init.__defaults__)
+            _patch(fn, "__kwdefaults__", None)
+        else:  # a wrapped function's code cannot be swapped: replace the module's name at least
+            _patch_module(mod, name, _skip_init)
     for cls in [nn.Module, *_all_subclasses(nn.Module)]:
         _patch_reset(cls)
     _patch(nn.Module, "__init_subclass__", classmethod(_on_new_module_class))

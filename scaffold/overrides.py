@@ -141,6 +141,16 @@ class Overrides:
         """Whether the overrides change what a build writes (anything outside [test])."""
         return any(section != "test" and values for section, values in self.layer.items())
 
+    def build_flags(self) -> list[str]:
+        """The flags (and --set) that change what a build writes."""
+        names = [flag for path, flag in self.given.items() if not path.startswith("test.")]
+        given_paths = set(self.given)
+        if any(
+            f"{s}.{k}" not in given_paths for s, values in self.layer.items() if s != "test" for k in values
+        ):
+            names.append("--set")
+        return names
+
     def flags_given(self) -> list[str]:
         names = list(self.given.values())
         names += [f"--{d.replace('_', '-')}" for d in ("device", "dtype", "attn_implementation") if getattr(self, d)]

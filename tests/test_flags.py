@@ -356,6 +356,7 @@ def test_test_with_model_flags_builds_a_temporary_variant(projects, tmp_path):
     wide = sum(p.numel() for p in construct(build_model_dir(projects["wide"], tmp_path / "w"), device="meta").parameters())
     assert f"parameters {wide:,}" in result.output
     assert "testing variant (llama)" in result.output
+    assert "built a temporary model directory for --hidden-size --model-name" in result.output
     assert snapshot(project) == before, "testing a variant touched the project's build"
 
 
