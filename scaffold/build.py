@@ -79,7 +79,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def inputs_record(project: Project, save_weights: bool) -> dict[str, Any]:
+def inputs_record(project: Project, save_weights: bool, weights: WeightOptions | None = None) -> dict[str, Any]:
     """What a build depends on; a build whose record differs is stale."""
     sources = [project.file("modeling_file"), project.file("configuration_file"), project.path / TOKENIZER_FILE]
     sources += [p for p in (project.path / "README.md",) if p.is_file()]
@@ -90,7 +90,7 @@ def inputs_record(project: Project, save_weights: bool) -> dict[str, Any]:
         # [test] only steers `scaffold test`; it does not change what is built
         "manifest": manifest.fingerprint({k: v for k, v in project.manifest.items() if k != "test"}),
         "sources": {p.name: sha256_file(p) for p in sources if p.is_file()},
-        "weights": save_weights,
+        "weights": weights.record() if weights is not None else save_weights,
     }
 
 
@@ -115,6 +115,31 @@ def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 @dataclass
+class WeightOptions:
+    """How ``build`` makes the weights it saves: loaded from a checkpoint and/or constructed on a
+    device, in a dtype, without init (the command line's --load-from-checkpoint, --device, --dtype,
+    --no-init-weights)."""
+
+    checkpoint: Path | None = None
+    device: str | None = None
+    dtype: str | None = None
+    no_init: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """What the saved weights depend on (the checkpoint by file sizes and times, not contents)."""
+        out: dict[str, Any] = {"dtype": self.dtype}
+        if self.checkpoint is not None:
+            from .checkpoint import find_checkpoint
+
+            files = find_checkpoint(self.checkpoint)
+            paths = [files.index, *files.shards] if files.index else files.shards
+            stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+            out["checkpoint"] = str(Path(self.checkpoint).resolve())
+            out["checkpoint_files"] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+        return out
+
+
+@dataclass
 class BuildResult:
     output_dir: Path
     built: bool  # False when an up-to-date build was kept
@@ -131,17 +156,27 @@ def build(
     *,
     force: bool = False,
     save_weights: bool = False,
+    weights: WeightOptions | None = None,
 ) -> BuildResult:
-    """Write the model directory of ``project``; see the module docstring for the rules."""
+    """Write the model directory of ``project``; see the module docstring for the rules.
+
+    ``weights`` (implies saving weights) says how they are made: see :class:`WeightOptions`.
+    """
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
-    record = inputs_record(project, save_weights)
+    record = inputs_record(project, save_weights, weights)
     with atomic.locked(out):  # a second build of the same folder waits here
         atomic.sweep(out)  # what an interrupted build left beside the folder
-        return _build_locked(project, out, record, force=force, save_weights=save_weights)
+        return _build_locked(project, out, record, force=force, save_weights=save_weights, weights=weights)
 
 
 def _build_locked(
-    project: Project, out: Path, record: dict[str, Any], *, force: bool, save_weights: bool
+    project: Project,
+    out: Path,
+    record: dict[str, Any],
+    *,
+    force: bool,
+    save_weights: bool,
+    weights: WeightOptions | None,
 ) -> BuildResult:
     if out.exists():
         stamp = read_stamp(out)
@@ -166,7 +201,7 @@ def _build_locked(
             )
     staging = atomic.make_staging(out, "build")
     try:
-        write_model_dir(project, staging, save_weights=save_weights)
+        write_model_dir(project, staging, save_weights=save_weights, weights=weights)
         atomic.fault_point("build-written")
         stamp = {"inputs": record, "files": record_files(staging)}
         (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
@@ -177,6 +212,25 @@ def _build_locked(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BuildResult(out, True, f"built {out}")
+
+
+def build_for_test(project: Project, output_dir: str | Path | None = None) -> BuildResult:
+    """The build ``scaffold test`` runs on: an existing build that differs only in how its weights were
+    made is kept as it is (its weights are what gets tested); anything else builds as usual."""
+    out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    stamp = read_stamp(out) if out.is_dir() else None
+    if stamp is not None:
+        old = dict(stamp.get("inputs") or {})
+        new = inputs_record(project, bool(old.get("weights")))
+        old.pop("weights", None)
+        new.pop("weights", None)
+        if old == new:
+            with atomic.locked(out):
+                damage = _damage(out, stamp)
+            if damage is not None:
+                raise damage
+            return BuildResult(out, False, f"up to date, kept: {out}")
+    return build(project, out)
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
@@ -244,7 +298,9 @@ def make_config(project: Project, tokenizer) -> Any:
     return config
 
 
-def write_model_dir(project: Project, out: Path, *, save_weights: bool = False) -> None:
+def write_model_dir(
+    project: Project, out: Path, *, save_weights: bool = False, weights: WeightOptions | None = None
+) -> None:
     """Write every file of the model directory into ``out`` (an empty folder)."""
     from transformers import GenerationConfig
 
@@ -268,9 +324,14 @@ def write_model_dir(project: Project, out: Path, *, save_weights: bool = False) 
     )
     gen.save_pretrained(out)
     readme = project.path / "README.md"
-    if readme.is_file():
+    card = model_card(project)
+    if card is not None:
+        (out / "README.md").write_text(card, encoding="utf-8")
+    elif readme.is_file():
         shutil.copy2(readme, out / "README.md")
-    if save_weights:
+    if weights is not None:
+        save_weights_with(out, project, weights)
+    elif save_weights:
         save_initial_weights(out, project)
 
 
@@ -301,3 +362,60 @@ def _load_config(out: Path):
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(out, trust_remote_code=True)
+
+
+def save_weights_with(out: Path, project: Project, opts: WeightOptions) -> None:
+    """Construct the model of the directory just written as ``opts`` says, load the checkpoint
+    into it (strictly) if one is given, and save its weights there; config.json records the dtype."""
+    import torch
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .construct import construct
+    from .smoke import resolve_device, resolve_dtype
+
+    device = resolve_device(opts.device or "cpu")
+    dtype = resolve_dtype(opts.dtype) if opts.dtype else None
+    torch.manual_seed(project.manifest.get("test", {}).get("seed", 0))
+    model = construct(out, device=device, dtype=dtype, init_weights=not opts.no_init)
+    if opts.checkpoint is not None:
+        load_checkpoint(opts.checkpoint, model, device=device, dtype=dtype)
+    save_checkpoint(out, model)
+    if dtype is not None:
+        path = out / "config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def model_card(project: Project) -> str | None:
+    """The model card re-rendered from the blueprint's README template when the build has
+    overrides (so that it describes what was built, under --model-name's name); None otherwise."""
+    if not any(section != "test" and values for section, values in (project.overrides or {}).items()):
+        return None
+    import jinja2
+    import yaml
+
+    from .parts import part_sources
+
+    copier_yml = yaml.safe_load((project.blueprint.path / "copier.yml").read_text(encoding="utf-8")) or {}
+    folder = project.blueprint.path / str(copier_yml.get("_subdirectory", ""))
+    template = folder / f"README.md{copier_yml.get('_templates_suffix', '.jinja')}"
+    if not template.is_file():
+        return None
+    m = project.manifest
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    data = {
+        "project_name": m["project"]["name"],
+        "preset": m["project"].get("preset", ""),
+        "overrides": project.overrides,
+        "manifest": m,
+        "manifest_toml": manifest.dumps(m).rstrip(),
+        "parts": part_sources(),
+        "scaffold_version": __version__,
+        "blueprint_name": project.blueprint.name,
+        "blueprint_version": project.blueprint.version,
+    }
+    try:
+        return env.from_string(template.read_text(encoding="utf-8")).render(**data)
+    except jinja2.TemplateError as err:
+        raise ProjectError(f"cannot render the model card: {err}", path=template) from None

@@ -15,7 +15,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_INTERNAL, ScaffoldError
+from .errors import EXIT_INTERNAL, ScaffoldError, UsageError
+from .overrides import Overrides, override_options
 
 DEBUG_ENV = "SCAFFOLD_DEBUG"
 
@@ -124,40 +125,53 @@ def new(name: str, blueprint: str, preset: str | None, sets: tuple[str, ...], pr
 
 @cli.command()
 @click.argument("project", type=click.Path(path_type=Path))
-@click.option(
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the model directory goes (default: PROJECT/model).",
-)
 @click.option("--force", is_flag=True, help="Replace a stale or foreign build in the output folder.")
 @click.option("--save-weights", is_flag=True, help="Also save initialised weights as safetensors.")
-@set_option
-def build(project: Path, output_dir: Path | None, force: bool, save_weights: bool, sets: tuple[str, ...]) -> None:
+@override_options
+def build(project: Path, force: bool, save_weights: bool, overrides: Overrides) -> None:
     """Build PROJECT into a Hugging Face model directory that loads with trust_remote_code=True.
 
     An up-to-date build is kept; a stale one (manifest, blueprint or scaffold changed) is replaced only
     with --force. Deleting the output folder always gives a fresh build.
-    """
-    from .build import build as do_build
-    from .build import load_project
 
-    result = do_build(load_project(project, _overrides(sets)), output_dir, force=force, save_weights=save_weights)
+    Model flags override the manifest for this build. --load-from-checkpoint saves that checkpoint's
+    weights into the directory (loaded strictly into the model); --device, --dtype and
+    --no-init-weights steer how saved weights are made, so they need --save-weights or
+    --load-from-checkpoint. --attn-implementation is chosen at load time, not built in.
+    """
+    from .build import WeightOptions
+    from .build import build as do_build
+
+    overrides.refuse("build", ["attn_implementation"], "(the backend is chosen when the model is loaded)")
+    writes_weights = save_weights or overrides.checkpoint is not None
+    if not writes_weights:
+        overrides.refuse(
+            "build",
+            ["device", "dtype", "no_init_weights"],
+            "without --save-weights or --load-from-checkpoint (no weights are made)",
+        )
+    if overrides.no_init_weights and overrides.checkpoint is None:
+        raise UsageError("--no-init-weights with --save-weights would save uninitialised weights; "
+                         "add --load-from-checkpoint")
+    proj = overrides.load_project(project)
+    weights = None
+    if overrides.checkpoint is not None or overrides.device or overrides.dtype:
+        weights = WeightOptions(
+            checkpoint=overrides.checkpoint,
+            device=overrides.device,
+            dtype=overrides.dtype,
+            no_init=overrides.no_init_weights,
+        )
+    result = do_build(proj, overrides.output_dir, force=force, save_weights=save_weights, weights=weights)
     click.echo(result.message)
 
 
 @cli.command(name="test")
 @click.argument("project", type=click.Path(path_type=Path))
-@click.option("--device", help="Device: auto (CUDA when available, else CPU), cpu, cuda, cuda:N.")
-@click.option("--dtype", help="Parameter dtype: float32, bfloat16 or float16.")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per step.")
 @click.option("--sequence-length", type=click.IntRange(min=1), help="Tokens per sequence.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="AdamW learning rate.")
-@click.option(
-    "--attn-implementation",
-    type=click.Choice(["eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"]),
-    help="Attention backend.",
-)
 @click.option("--gradient-checkpointing", is_flag=True, default=None, help="Recompute activations in backward.")
 @click.option(
     "--fuse-optim-with-backward",
@@ -166,42 +180,44 @@ def build(project: Path, output_dir: Path | None, force: bool, save_weights: boo
     help="Step each parameter from its gradient hook, freeing gradients early.",
 )
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.")
-@click.option(
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The model directory to test (default: PROJECT/model, built if missing).",
-)
-@set_option
-def test_cmd(project: Path, output_dir: Path | None, sets: tuple[str, ...], **flags: Any) -> None:
+@override_options
+def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer on random tokens.
 
     Prints each step's loss, then the parameter count, tokens per second and peak memory. A non-finite
     loss or gradient stops the run (exit 4). Options default to the manifest's [test] table.
+
+    Model flags (and --set outside [test]) test a variant: it is built into a temporary folder unless
+    --output-dir is given, so PROJECT/model is left alone. --load-from-checkpoint loads those weights
+    (strictly, converted to --dtype); --no-init-weights constructs without init and loads the weights
+    from the checkpoint or the model directory.
     """
-    from .build import build as do_build
-    from .build import default_output_dir, load_project
-    from .smoke import TestOptions, run
+    import tempfile
+
+    from .build import build_for_test
+    from .smoke import TestOptions, resolve_device, resolve_dtype, run
 
     test_flags = {k: v for k, v in flags.items() if v is not None}
-    overrides = _overrides(sets)
-    overrides.setdefault("test", {}).update(test_flags)
-    proj = load_project(project, overrides)
+    proj = overrides.load_project(project, {"test": test_flags})
     options = TestOptions(**proj.manifest["test"])
-    from .smoke import resolve_device, resolve_dtype
-
     resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
-    result = do_build(proj, output_dir, save_weights=_built_with_weights(output_dir or default_output_dir(proj)))
-    click.echo(result.message)
-    report = run(result.output_dir, options)
+    if overrides.checkpoint is not None:
+        from .checkpoint import find_checkpoint
+
+        find_checkpoint(overrides.checkpoint)  # a missing checkpoint is refused before building
+    with tempfile.TemporaryDirectory(prefix="scaffold-test-") as tmp:
+        output_dir = overrides.output_dir
+        if output_dir is None and overrides.changes_build:
+            output_dir = Path(tmp) / "model"
+        result = build_for_test(proj, output_dir)
+        if output_dir is None or overrides.output_dir:
+            click.echo(result.message)
+        else:
+            click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
+        click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {options.device}, {options.dtype}")
+        report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
     click.echo(report.summary())
-
-
-def _built_with_weights(model_dir: Path) -> bool:
-    """Whether the build already in ``model_dir`` saved weights (``scaffold test`` then keeps them)."""
-    from .build import read_stamp
-
-    return bool(((read_stamp(model_dir) or {}).get("inputs") or {}).get("weights"))
 
 
 @cli.command()
@@ -215,6 +231,56 @@ def verify(model_dir: Path) -> None:
     from .verify import verify as do_verify
 
     click.echo(do_verify(model_dir))
+
+
+@cli.command()
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the description to this file instead of printing it.",
+)
+@click.option("-e", "--edit", is_flag=True, help="Write the description to a temporary file and open it in $EDITOR.")
+@override_options
+def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrides) -> None:
+    """Show what constructing PROJECT gives: the resolved configuration, the tokenizer, the model's
+    module tree and its parameter count.
+
+    The model is constructed on the meta device (no memory, no init), so the largest presets show in
+    well under a second; --device constructs it for real there (then --no-init-weights applies).
+    --load-from-checkpoint checks that a checkpoint fits the model (from its headers on the meta
+    device; loaded on a real device). --output-dir names the build to report on.
+    """
+    import tempfile
+
+    from .show import ShowOptions, describe
+
+    proj = overrides.load_project(project)
+    text = describe(
+        proj,
+        ShowOptions(
+            device=overrides.device,
+            dtype=overrides.dtype,
+            attn_implementation=overrides.attn_implementation,
+            no_init=overrides.no_init_weights,
+            checkpoint=overrides.checkpoint,
+            output_dir=overrides.output_dir,
+            flags=tuple(overrides.flags_given()),
+        ),
+    )
+    if edit and output_file is None:
+        fd, name = tempfile.mkstemp(prefix=f"scaffold-show-{proj.name}-", suffix=".txt")
+        os.close(fd)
+        output_file = Path(name)
+    if output_file is not None:
+        output_file.parent.mkdir(parents=True, exist_ok=True)
+        output_file.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output_file}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if edit:
+        click.edit(filename=str(output_file))
 
 
 @cli.command()

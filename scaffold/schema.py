@@ -166,8 +166,13 @@ FIELDS: tuple[Field, ...] = (
     Field("generation", "top_p", NUM, "Nucleus sampling probability mass.", (positive,)),
     Field("generation", "repetition_penalty", NUM, "Penalty on repeated tokens (1.0 = none).", (positive,)),
     # [test]
-    Field("test", "device", STR, "Device for scaffold test: auto (CUDA when available, else CPU), cpu, cuda:N."),
-    Field("test", "dtype", STR, "Parameter dtype for scaffold test.", (one_of(*DTYPES),)),
+    Field(
+        "test",
+        "device",
+        STR,
+        "Device the model is constructed and run on: auto (CUDA when available, else CPU), cpu, cuda:N.",
+    ),
+    Field("test", "dtype", STR, "Parameter dtype the model is constructed in.", (one_of(*DTYPES),)),
     Field("test", "steps", INT, "Optimizer steps scaffold test runs.", (positive,)),
     Field("test", "batch_size", INT, "Sequences per step.", (positive,)),
     Field("test", "sequence_length", INT, "Tokens per sequence.", (positive,)),
@@ -182,6 +187,17 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("test", "seed", INT, "Random seed for the weights and the random tokens.", (non_negative,)),
 )
+
+# Command-line options of build, test and show that are not manifest keys, documented once here
+# (their --help is this text).
+OPTIONS: dict[str, str] = {
+    "output_dir": "The model directory (default: PROJECT/model): build writes it, test builds and loads it, "
+    "show reports whether it is up to date.",
+    "no_init_weights": "Construct the model without running any weight init (scaffold.no_init_weights); "
+    "its weights then come from --load-from-checkpoint or the model directory.",
+    "load_from_checkpoint": "Load the weights from this safetensors checkpoint (a folder in the Hugging Face "
+    "layout, or a .safetensors file); strict: every tensor must fit.",
+}
 
 SECTIONS = ("project", "model", "tokenizer", "generation", "test")
 BY_PATH: dict[str, Field] = {f.path: f for f in FIELDS}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DeviceError, TestFailure
+from .errors import DeviceError, ProjectError, TestFailure
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16"}
@@ -106,8 +106,21 @@ class TestReport:
         )
 
 
-def load_model(model_dir: str | Path, opts: TestOptions, device, dtype):
-    """Config, tokenizer and model through the Auto classes, as a user of the directory would."""
+def load_model(
+    model_dir: str | Path,
+    opts: TestOptions,
+    device,
+    dtype,
+    *,
+    checkpoint: str | Path | None = None,
+    no_init: bool = False,
+):
+    """Config, tokenizer and model through the Auto classes, as a user of the directory would.
+
+    With ``checkpoint`` or ``no_init`` the model is constructed with ``from_config`` (under
+    ``no_init_weights`` if asked) and its weights loaded with ``load_checkpoint`` from
+    ``checkpoint``, or from the model directory's own weights.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -116,6 +129,21 @@ def load_model(model_dir: str | Path, opts: TestOptions, device, dtype):
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     torch.manual_seed(opts.seed)
     has_weights = any(model_dir.glob("*.safetensors"))
+    if checkpoint is not None or no_init:
+        from .checkpoint import load_checkpoint
+        from .construct import construct
+
+        source = checkpoint if checkpoint is not None else model_dir
+        if not has_weights and checkpoint is None:
+            raise ProjectError(
+                f"--no-init-weights leaves the weights uninitialised and {model_dir} holds none; "
+                "pass --load-from-checkpoint or build with --save-weights"
+            )
+        model = construct(
+            config, device=device, dtype=dtype, init_weights=not no_init, attn_implementation=opts.attn_implementation
+        )
+        load_checkpoint(source, model, device=device, dtype=dtype)
+        return tokenizer, model
     if has_weights:
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, config=config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
@@ -153,11 +181,16 @@ def run(
     *,
     data: Iterator[Any] | None = None,
     log: Callable[[str], None] = print,
+    checkpoint: str | Path | None = None,
+    no_init: bool = False,
 ) -> TestReport:
-    """Load the model in ``model_dir`` and train it for ``opts.steps`` steps; raises TestFailure."""
+    """Load the model in ``model_dir`` and train it for ``opts.steps`` steps; raises TestFailure.
+
+    ``checkpoint`` / ``no_init``: where the weights come from, as in :func:`load_model`.
+    """
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype)
-    tokenizer, model = load_model(model_dir, opts, device, dtype)
+    tokenizer, model = load_model(model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=no_init)
     data = data if data is not None else batches(len(tokenizer), opts, device)
     return train(model, opts, data, device=device, log=log)
 
