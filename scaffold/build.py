@@ -81,8 +81,11 @@ def sha256_file(path: Path) -> str:
 
 def inputs_record(project: Project, save_weights: bool) -> dict[str, Any]:
     """What a build depends on; a build whose record differs is stale."""
+    from .tokenizer import project_sources
+
     sources = [project.file("modeling_file"), project.file("configuration_file"), project.path / TOKENIZER_FILE]
     sources += [p for p in (project.path / "README.md",) if p.is_file()]
+    sources += project_sources(project.path, project.manifest.get("tokenizer", {}))
     return {
         "scaffold_version": __version__,
         "blueprint": project.blueprint.name,
@@ -133,7 +136,12 @@ def build(
     save_weights: bool = False,
 ) -> BuildResult:
     """Write the model directory of ``project``; see the module docstring for the rules."""
+    from .tokenizer import ensure_project_tokenizer
+
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
+    note = ensure_project_tokenizer(project.path, project.manifest)
+    noted = f"{note}\n" if note else ""
     record = inputs_record(project, save_weights)
     if out.exists():
         stamp = read_stamp(out)
@@ -145,7 +153,7 @@ def build(
                     path=out,
                 )
         elif stamp.get("inputs") == record:
-            return BuildResult(out, False, f"up to date, kept: {out}")
+            return BuildResult(out, False, f"{noted}up to date, kept: {out}")
         elif not force:
             raise ProjectError(
                 f"stale build ({describe_changes(stamp.get('inputs', {}), record)}); "
@@ -167,7 +175,7 @@ def build(
         swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return BuildResult(out, True, f"built {out}")
+    return BuildResult(out, True, f"{noted}built {out}")
 
 
 def _apply_umask(folder: Path) -> None:
@@ -251,14 +259,9 @@ def write_model_dir(project: Project, out: Path, *, save_weights: bool = False) 
 
 def check_vocab(project: Project, tokenizer) -> None:
     """A tokenizer whose ids do not fit the model's embedding is caught here, not on the device."""
-    vocab = project.manifest["model"]["vocab_size"]
-    if len(tokenizer) > vocab:
-        raise ProjectError(
-            f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {vocab}; "
-            f"raise model.vocab_size to at least {len(tokenizer)}",
-            path=project.path / manifest.MANIFEST_NAME,
-            key="model.vocab_size",
-        )
+    from .tokenizer import check_fits
+
+    check_fits(tokenizer, project.manifest["model"]["vocab_size"], path=project.path / manifest.MANIFEST_NAME)
 
 
 def save_initial_weights(out: Path, project: Project) -> None:

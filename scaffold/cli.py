@@ -154,26 +154,49 @@ def build(project: Path, output_dir: Path | None, force: bool, save_weights: boo
 )
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.")
 @click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="Train on this text, JSON Lines, CSV or Parquet file, folder of them, save_to_disk folder or "
+    "dataset.toml instead of random tokens.",
+)
+@click.option(
+    "--dataset-project",
+    type=click.Path(path_type=Path),
+    help="A dataset project: a folder holding a dataset.toml (the seed's spelling of --dataset DIR).",
+)
+@click.option("--dataset-config", help="The configuration of the dataset.toml to use.")
+@click.option(
+    "--packed/--no-packed",
+    default=None,
+    help="Pack several documents into each sequence (position ids restart at each document).",
+)
+@click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="The model directory to test (default: PROJECT/model, built if missing).",
 )
 @set_option
 def test_cmd(project: Path, output_dir: Path | None, sets: tuple[str, ...], **flags: Any) -> None:
-    """Train the built model of PROJECT for a few steps: forward, backward and optimizer on random tokens.
+    """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
+    tokens or on a dataset tokenized with the model's own tokenizer.
 
-    Prints each step's loss, then the parameter count, tokens per second and peak memory. A non-finite
-    loss or gradient stops the run (exit 4). Options default to the manifest's [test] table.
+    Prints the loss as it goes (every step of a short run, about twenty lines of a long one), then the
+    parameter count, the loss first and last, tokens per second and peak memory. A non-finite loss or
+    gradient stops the run (exit 4); bad data stops it before training (exit 2). Options default to
+    the manifest's [test] table.
     """
     from .build import build as do_build
     from .build import load_project
     from .smoke import TestOptions, run
 
-    test_flags = {k: v for k, v in flags.items() if v is not None}
+    test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
     overrides = _overrides(sets)
     overrides.setdefault("test", {}).update(test_flags)
     proj = load_project(project, overrides)
     options = TestOptions(**proj.manifest["test"])
+    if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
+        options.dataset = str(proj.path / options.dataset)
+    _check_dataset_options(options)
     from .smoke import resolve_device, resolve_dtype
 
     resolve_device(options.device)  # refuse a device that does not exist before building anything
@@ -182,6 +205,35 @@ def test_cmd(project: Path, output_dir: Path | None, sets: tuple[str, ...], **fl
     click.echo(result.message)
     report = run(result.output_dir, options)
     click.echo(report.summary())
+
+
+def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """--dataset / --dataset-project as the test.dataset key; a path given here is relative to the cwd."""
+    from .data import DATASET_MANIFEST
+    from .errors import UsageError
+
+    dataset, dataset_project = flags.pop("dataset", None), flags.pop("dataset_project", None)
+    if dataset is not None and dataset_project is not None:
+        raise UsageError("give --dataset or --dataset-project, not both")
+    if dataset_project is not None:
+        dataset = dataset_project / DATASET_MANIFEST
+    if dataset is not None:
+        flags["dataset"] = str(dataset.absolute())
+    return flags
+
+
+def _check_dataset_options(options: Any) -> None:
+    """Dataset options that mean nothing without a dataset are errors; a dataset that cannot be found
+    is reported before anything is built."""
+    from .data import resolve
+    from .errors import UsageError
+
+    if not options.dataset:
+        for flag, value in (("--dataset-config", options.dataset_config), ("--packed", options.packed)):
+            if value:
+                raise UsageError(f"{flag} needs a dataset (--dataset or --dataset-project)")
+        return
+    resolve(options.dataset, options.dataset_config or None)
 
 
 @cli.command()

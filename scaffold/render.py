@@ -20,11 +20,12 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
-from .tokenizer import build_tokenizer_json
+from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
+from .tokenizer import make_for_new
+from .tokenizer import write as write_tokenizer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ANSWERS_FILE = ".copier-answers.yml"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def check_name(name: str) -> None:
@@ -50,13 +51,24 @@ def new_manifest(
 
 
 def render(
-    bp: Blueprint, dest: Path, name: str, preset: str | None, overrides: Mapping[str, Any] | None
+    bp: Blueprint,
+    dest: Path,
+    name: str,
+    preset: str | None,
+    overrides: Mapping[str, Any] | None,
+    *,
+    project_dir: Path | None = None,
 ) -> Path:
-    """Render ``bp`` into the (new or empty) folder ``dest``; returns ``dest``."""
+    """Render ``bp`` into the (new or empty) folder ``dest``; returns ``dest``.
+
+    ``project_dir`` is where the project lives (default ``dest``): the tokenizer's input paths are
+    relative to it, and a tokenizer already there, made from the same inputs, is reused.
+    """
     import copier
 
     preset = preset or bp.default_preset
     m = new_manifest(bp, name, preset, overrides)
+    tokenizer = make_for_new(m, overrides or {}, Path(project_dir or dest))
     data = {
         "project_name": name,
         "preset": preset,
@@ -83,7 +95,7 @@ def render(
     except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
         raise BlueprintError(f"rendering failed: {type(err).__name__}: {_one_line(err)}", path=bp.path) from err
     _normalise_answers(dest / ANSWERS_FILE, bp)
-    (dest / TOKENIZER_FILE).write_text(build_tokenizer_json(m.get("tokenizer", {}), dest), encoding="utf-8")
+    write_tokenizer(tokenizer, dest)
     return dest
 
 
@@ -130,7 +142,7 @@ def create_project(
     projects_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=projects_dir))
     try:
-        render(bp, staging, name, preset, overrides)
+        render(bp, staging, name, preset, overrides, project_dir=target)
         swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -159,4 +171,7 @@ def rerender(project_dir: str | Path, dest: str | Path) -> Path:
     answers = read_answers(project_dir)
     m = manifest.load(project_dir)
     bp = load_blueprint(m.get("project", {}).get("blueprint") or answers.get("_src_path"))
-    return render(bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {})
+    return render(
+        bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {},
+        project_dir=project_dir,
+    )
