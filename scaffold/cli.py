@@ -180,7 +180,7 @@ def test_cmd(project: Path, output_dir: Path | None, sets: tuple[str, ...], **fl
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
     tokens or on a dataset tokenized with the model's own tokenizer.
 
-    Prints the loss as it goes (every step of a short run, about twenty lines of a long one), then the
+    Prints the loss as it goes (every step of a short run, ten to twenty lines of a long one), then the
     parameter count, the loss first and last, tokens per second and peak memory. A non-finite loss or
     gradient stops the run (exit 4); bad data stops it before training (exit 2). Options default to
     the manifest's [test] table.

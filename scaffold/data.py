@@ -513,7 +513,8 @@ class Batches:
             self.passes += 1
 
     def _tokenize(self, texts: list[str]) -> Iterator[list[int]]:
-        for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]:
+        # verbose=False: a document longer than the model's context is expected here (it is cut or packed)
+        for ids in self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]:
             if self._eos is not None and (not ids or ids[-1] != self._eos):
                 ids = [*ids, self._eos]
             self.documents += 1

@@ -179,7 +179,12 @@ FIELDS: tuple[Field, ...] = (
         "A BPE merge needs a pair seen at least this often (default 2).",
         (positive,),
     ),
-    Field("tokenizer", "path", STR, "A tokenizer.json or tokenizer folder to reuse (kind = pretrained)."),
+    Field(
+        "tokenizer",
+        "path",
+        STR,
+        "A tokenizer.json or tokenizer folder to reuse (kind = pretrained), relative to the project.",
+    ),
     Field(
         "tokenizer",
         "chat_template",

@@ -1,9 +1,11 @@
 """``scaffold test``: load a built model directory as a user would and train it for a few steps.
 
 Each step is forward, backward and an AdamW step on a batch of token ids drawn from the tokenizer's
-real vocabulary. ``fuse_optim_with_backward`` gives every parameter its own optimizer, stepped from
-the parameter's post-accumulate-grad hook, so each gradient is freed as soon as it is used. A
-non-finite loss or gradient stops the run with the step, the value and the first bad parameter.
+real vocabulary, or on a dataset (``opts.dataset``, read by :mod:`scaffold.data` and tokenized with
+the model directory's own tokenizer, one document per row or packed). ``fuse_optim_with_backward``
+gives every parameter its own optimizer, stepped from the parameter's post-accumulate-grad hook, so
+each gradient is freed as soon as it is used. A non-finite loss or gradient stops the run with the
+step, the value and the first bad parameter.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class TestReport:
 
 
 def log_interval(steps: int) -> int:
-    """Log every step of a short run; about twenty lines (every 1, 2 or 5 x 10^k steps) of a long one."""
+    """Log every step of a short run; ten to twenty lines (every 1, 2 or 5 x 10^k steps) of a long one."""
     if steps <= 20:
         return 1
     target = steps / 20
@@ -263,10 +265,8 @@ def run(
             if step % every == 0 or step in (1, opts.steps):
                 now = time.perf_counter()
                 rate = since_tokens / (now - since_time) if now > since_time else 0.0
-                log(
-                    f"step {step}/{opts.steps}  loss {value:.4f}  mean {sum(since) / len(since):.4f} over "
-                    f"{len(since)} steps  {rate:,.0f} tokens/s  {now - start:.0f} s"
-                )
+                mean = f"  mean {sum(since) / len(since):.4f} over {len(since)} steps" if len(since) > 1 else ""
+                log(f"step {step}/{opts.steps}  loss {value:.4f}{mean}  {rate:,.0f} tokens/s  {now - start:.0f} s")
                 since, since_tokens, since_time = [], 0, now
     finally:
         for h in hooks:

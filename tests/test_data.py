@@ -417,3 +417,13 @@ def test_dataset_project_runs(tmp_path, model_dir):
     )
     assert code == 0, output
     assert "data: " in output and "[all] (citizens), packed" in output
+
+
+def test_manifest_dataset_is_relative_to_the_project(tmp_path):
+    project = create_project("rel", "llama", projects_dir=tmp_path, overrides={"model": TINY})
+    (project / "data").mkdir()
+    write_txt(project / "data", DOCS)
+    args = ["test", str(project), "--device", "cpu", "--steps", "2", "--set", 'test.dataset="data/docs.txt"']
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"data: {project / 'data' / 'docs.txt'}, one document per row" in result.output
