@@ -81,8 +81,11 @@ def sha256_file(path: Path) -> str:
 
 def inputs_record(project: Project, save_weights: bool, weights: WeightOptions | None = None) -> dict[str, Any]:
     """What a build depends on; a build whose record differs is stale."""
+    from .tokenizer import project_sources
+
     sources = [project.file("modeling_file"), project.file("configuration_file"), project.path / TOKENIZER_FILE]
     sources += [p for p in (project.path / "README.md",) if p.is_file()]
+    sources += project_sources(project.path, project.manifest.get("tokenizer", {}))
     return {
         "scaffold_version": __version__,
         "blueprint": project.blueprint.name,
@@ -162,11 +165,18 @@ def build(
 
     ``weights`` (implies saving weights) says how they are made: see :class:`WeightOptions`.
     """
+    from .tokenizer import ensure_project_tokenizer
+
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
+    note = ensure_project_tokenizer(project.path, project.manifest)
     record = inputs_record(project, save_weights, weights)
     with atomic.locked(out):  # a second build of the same folder waits here
         atomic.sweep(out)  # what an interrupted build left beside the folder
-        return _build_locked(project, out, record, force=force, save_weights=save_weights, weights=weights)
+        result = _build_locked(project, out, record, force=force, save_weights=save_weights, weights=weights)
+    if note:
+        result.message = f"{note}\n{result.message}"
+    return result
 
 
 def _build_locked(
@@ -337,14 +347,9 @@ def write_model_dir(
 
 def check_vocab(project: Project, tokenizer) -> None:
     """A tokenizer whose ids do not fit the model's embedding is caught here, not on the device."""
-    vocab = project.manifest["model"]["vocab_size"]
-    if len(tokenizer) > vocab:
-        raise ProjectError(
-            f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {vocab}; "
-            f"raise model.vocab_size to at least {len(tokenizer)}",
-            path=project.path / manifest.MANIFEST_NAME,
-            key="model.vocab_size",
-        )
+    from .tokenizer import check_fits
+
+    check_fits(tokenizer, project.manifest["model"]["vocab_size"], path=project.path / manifest.MANIFEST_NAME)
 
 
 def save_initial_weights(out: Path, project: Project) -> None:

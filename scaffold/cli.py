@@ -180,12 +180,32 @@ def build(project: Path, force: bool, save_weights: bool, overrides: Overrides) 
     help="Step each parameter from its gradient hook, freeing gradients early.",
 )
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed.")
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="Train on this text, JSON Lines, CSV or Parquet file, folder of them, save_to_disk folder or "
+    "dataset.toml instead of random tokens.",
+)
+@click.option(
+    "--dataset-project",
+    type=click.Path(path_type=Path),
+    help="A dataset project: a folder holding a dataset.toml (the seed's spelling of --dataset DIR).",
+)
+@click.option("--dataset-config", help="The configuration of the dataset.toml to use.")
+@click.option(
+    "--packed/--no-packed",
+    default=None,
+    help="Pack several documents into each sequence (position ids restart at each document).",
+)
 @override_options
 def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
-    """Train the built model of PROJECT for a few steps: forward, backward and optimizer on random tokens.
+    """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
+    tokens or on a dataset tokenized with the model's own tokenizer.
 
-    Prints each step's loss, then the parameter count, tokens per second and peak memory. A non-finite
-    loss or gradient stops the run (exit 4). Options default to the manifest's [test] table.
+    Prints the loss as it goes (every step of a short run, ten to twenty lines of a long one), then the
+    parameter count, the loss first and last, tokens per second and peak memory. A non-finite loss or
+    gradient stops the run (exit 4); bad data stops it before training (exit 2). Options default to
+    the manifest's [test] table.
 
     Model flags (and --set outside [test]) test a variant: it is built into a temporary folder unless
     --output-dir is given, so PROJECT/model is left alone. --load-from-checkpoint loads those weights
@@ -197,9 +217,12 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     from .build import build_for_test
     from .smoke import TestOptions, resolve_device, resolve_dtype, run
 
-    test_flags = {k: v for k, v in flags.items() if v is not None}
+    test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
     proj = overrides.load_project(project, {"test": test_flags})
     options = TestOptions(**proj.manifest["test"])
+    if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
+        options.dataset = str(proj.path / options.dataset)
+    _check_dataset_options(options)
     resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
     if overrides.checkpoint is not None:
@@ -218,6 +241,35 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
         click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {options.device}, {options.dtype}")
         report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
     click.echo(report.summary())
+
+
+def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """--dataset / --dataset-project as the test.dataset key; a path given here is relative to the cwd."""
+    from .data import DATASET_MANIFEST
+    from .errors import UsageError
+
+    dataset, dataset_project = flags.pop("dataset", None), flags.pop("dataset_project", None)
+    if dataset is not None and dataset_project is not None:
+        raise UsageError("give --dataset or --dataset-project, not both")
+    if dataset_project is not None:
+        dataset = dataset_project / DATASET_MANIFEST
+    if dataset is not None:
+        flags["dataset"] = str(dataset.absolute())
+    return flags
+
+
+def _check_dataset_options(options: Any) -> None:
+    """Dataset options that mean nothing without a dataset are errors; a dataset that cannot be found
+    is reported before anything is built."""
+    from .data import resolve
+    from .errors import UsageError
+
+    if not options.dataset:
+        for flag, value in (("--dataset-config", options.dataset_config), ("--packed", options.packed)):
+            if value:
+                raise UsageError(f"{flag} needs a dataset (--dataset or --dataset-project)")
+        return
+    resolve(options.dataset, options.dataset_config or None)
 
 
 @cli.command()

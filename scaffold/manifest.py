@@ -175,11 +175,8 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                     problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
-    if kind == "bpe":
-        if not tok.get("files"):
-            problems.append(("tokenizer.files", "a bpe tokenizer needs text files to train on"))
-        if "vocab_size" not in tok:
-            problems.append(("tokenizer.vocab_size", "a bpe tokenizer needs a target vocabulary size"))
+    if kind == "bpe" and not tok.get("files") and not tok.get("dataset"):
+        problems.append(("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on"))
     if kind == "pretrained" and not tok.get("path"):
         problems.append(("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder"))
     return problems

@@ -19,11 +19,12 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
-from .tokenizer import build_tokenizer_json
+from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
+from .tokenizer import make_for_new
+from .tokenizer import write as write_tokenizer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ANSWERS_FILE = ".copier-answers.yml"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def check_name(name: str) -> None:
@@ -49,13 +50,24 @@ def new_manifest(
 
 
 def render(
-    bp: Blueprint, dest: Path, name: str, preset: str | None, overrides: Mapping[str, Any] | None
+    bp: Blueprint,
+    dest: Path,
+    name: str,
+    preset: str | None,
+    overrides: Mapping[str, Any] | None,
+    *,
+    project_dir: Path | None = None,
 ) -> Path:
-    """Render ``bp`` into the (new or empty) folder ``dest``; returns ``dest``."""
+    """Render ``bp`` into the (new or empty) folder ``dest``; returns ``dest``.
+
+    ``project_dir`` is where the project lives (default ``dest``): the tokenizer's input paths are
+    relative to it, and a tokenizer already there, made from the same inputs, is reused.
+    """
     import copier
 
     preset = preset or bp.default_preset
     m = new_manifest(bp, name, preset, overrides)
+    tokenizer = make_for_new(m, overrides or {}, Path(project_dir or dest))
     data = {
         "project_name": name,
         "preset": preset,
@@ -82,7 +94,7 @@ def render(
     except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
         raise template_error(err, bp) from err
     _normalise_answers(dest / ANSWERS_FILE, bp)
-    (dest / TOKENIZER_FILE).write_text(build_tokenizer_json(m.get("tokenizer", {}), dest), encoding="utf-8")
+    write_tokenizer(tokenizer, dest)
     return dest
 
 
@@ -152,7 +164,7 @@ def create_project(
             raise ProjectError("exists and is not a folder", path=target)
         staging = atomic.make_staging(target, "new")
         try:
-            render(bp, staging, name, preset, overrides)
+            render(bp, staging, name, preset, overrides, project_dir=target)
             atomic.apply_umask(staging)
             atomic.fault_point("new-staged")
             atomic.fsync_tree(staging)
@@ -168,4 +180,7 @@ def rerender(project_dir: str | Path, dest: str | Path) -> Path:
     answers = read_answers(project_dir)
     m = manifest.load(project_dir)
     bp = load_blueprint(m.get("project", {}).get("blueprint") or answers.get("_src_path"))
-    return render(bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {})
+    return render(
+        bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {},
+        project_dir=project_dir,
+    )

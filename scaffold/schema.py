@@ -153,10 +153,45 @@ FIELDS: tuple[Field, ...] = (
         "Tokenizer kind: byte (needs no data), bpe (trained on your text) or pretrained (a file on disk).",
         (one_of("byte", "bpe", "pretrained"),),
     ),
-    Field("tokenizer", "vocab_size", INT, "Target vocabulary size of a trained BPE tokenizer.", (positive,)),
-    Field("tokenizer", "files", (list,), "Text files a BPE tokenizer is trained on (relative to the project)."),
-    Field("tokenizer", "path", STR, "A tokenizer.json or tokenizer folder to reuse (kind = pretrained)."),
-    Field("tokenizer", "chat_template", STR, "A named chat template (chatml) or a template file; '' for none."),
+    Field(
+        "tokenizer",
+        "vocab_size",
+        INT,
+        "Vocabulary size a BPE tokenizer is trained to (specials included); defaults to model.vocab_size.",
+        (positive,),
+    ),
+    Field(
+        "tokenizer",
+        "files",
+        (list,),
+        "Files a BPE tokenizer is trained on (text, JSON Lines, CSV, Parquet), relative to the project.",
+    ),
+    Field(
+        "tokenizer",
+        "dataset",
+        STR,
+        "A dataset a BPE tokenizer is trained on (file, folder or dataset.toml), relative to the project.",
+    ),
+    Field("tokenizer", "dataset_config", STR, "The configuration of tokenizer.dataset's dataset.toml to use."),
+    Field(
+        "tokenizer",
+        "min_frequency",
+        INT,
+        "A BPE merge needs a pair seen at least this often (default 2).",
+        (positive,),
+    ),
+    Field(
+        "tokenizer",
+        "path",
+        STR,
+        "A tokenizer.json or tokenizer folder to reuse (kind = pretrained), relative to the project.",
+    ),
+    Field(
+        "tokenizer",
+        "chat_template",
+        STR,
+        "A named chat template (chatml), inherit (a pretrained tokenizer's own), a template file, or '' for none.",
+    ),
     Field("tokenizer", "model_max_length", INT, "Longest input the tokenizer announces.", (positive,)),
     # [generation]
     Field("generation", "max_new_tokens", INT, "Default number of tokens generate() adds.", (positive,)),
@@ -186,6 +221,20 @@ FIELDS: tuple[Field, ...] = (
         "Step each parameter as soon as its gradient is ready, freeing gradients early.",
     ),
     Field("test", "seed", INT, "Random seed for the weights and the random tokens.", (non_negative,)),
+    Field(
+        "test",
+        "dataset",
+        STR,
+        "Train on this dataset instead of random tokens: a text, JSON Lines, CSV or Parquet file, a folder "
+        "of them, a save_to_disk folder, or a dataset.toml or folder holding one (relative to the project).",
+    ),
+    Field("test", "dataset_config", STR, "The configuration of test.dataset's dataset.toml to use."),
+    Field(
+        "test",
+        "packed",
+        BOOL,
+        "Pack several documents into each sequence (position ids restart at each document, no attention mask).",
+    ),
 )
 
 # Command-line options of build, test and show that are not manifest keys, documented once here

@@ -1,9 +1,11 @@
 """``scaffold test``: load a built model directory as a user would and train it for a few steps.
 
 Each step is forward, backward and an AdamW step on a batch of token ids drawn from the tokenizer's
-real vocabulary. ``fuse_optim_with_backward`` gives every parameter its own optimizer, stepped from
-the parameter's post-accumulate-grad hook, so each gradient is freed as soon as it is used. A
-non-finite loss or gradient stops the run with the step, the value and the first bad parameter.
+real vocabulary, or on a dataset (``opts.dataset``, read by :mod:`scaffold.data` and tokenized with
+the model directory's own tokenizer, one document per row or packed). ``fuse_optim_with_backward``
+gives every parameter its own optimizer, stepped from the parameter's post-accumulate-grad hook, so
+each gradient is freed as soon as it is used. A non-finite loss or gradient stops the run with the
+step, the value and the first bad parameter.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class TestOptions:
     gradient_checkpointing: bool = False
     fuse_optim_with_backward: bool = False
     seed: int = 0
+    dataset: str = ""  # '' = random tokens; else a path for scaffold.data
+    dataset_config: str = ""
+    packed: bool = False
 
 
 @dataclass
@@ -97,13 +102,55 @@ class TestReport:
     peak_memory_bytes: int = 0
     device: str = ""
     seconds: float = 0.0
+    tokens: int = 0  # tokens trained on (padding not counted)
+    data: str = ""  # what the batches were made from
 
     def summary(self) -> str:
         mib = self.peak_memory_bytes / 2**20
-        return (
-            f"parameters {self.parameters:,} | loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f} | "
+        n = len(self.losses)
+        loss = f"loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}"
+        if n >= 20:  # single steps are noisy: also compare the means of the first and last tenth
+            k = n // 10
+            first, last = sum(self.losses[:k]) / k, sum(self.losses[-k:]) / k
+            loss += f" (mean of first {k} {first:.4f}, last {k} {last:.4f})"
+        lines = [
+            f"parameters {self.parameters:,} | {n} steps in {self.seconds:.1f} s | {loss} | "
             f"{self.tokens_per_second:,.0f} tokens/s | peak memory {mib:,.1f} MiB ({self.device})"
-        )
+        ]
+        if self.data:
+            lines.insert(0, f"data: {self.data}")
+        return "\n".join(lines)
+
+
+def log_interval(steps: int) -> int:
+    """Log every step of a short run; ten to twenty lines (every 1, 2 or 5 x 10^k steps) of a long one."""
+    if steps <= 20:
+        return 1
+    target = steps / 20
+    scale = 10 ** math.floor(math.log10(target))
+    return int(next(m * scale for m in (1, 2, 5, 10) if m * scale >= target))
+
+
+def dataset_batches(model_dir: str | Path, opts: TestOptions):
+    """The batches of ``opts.dataset``, tokenized with the model directory's own tokenizer.
+
+    The first batch is read here, so bad data fails before the model is loaded.
+    """
+    from transformers import AutoTokenizer
+
+    from .data import open_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    return open_batches(
+        opts.dataset,
+        tokenizer,
+        config=opts.dataset_config or None,
+        batch_size=opts.batch_size,
+        sequence_length=opts.sequence_length,
+        packed=opts.packed,
+        # flash attention finds packed documents only in one flattened row
+        flatten=opts.attn_implementation.startswith("flash"),
+    )
 
 
 def load_model(
@@ -190,6 +237,8 @@ def run(
     """
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype)
+    if data is None and opts.dataset:
+        data = dataset_batches(model_dir, opts)  # bad data fails here, before the model is loaded
     tokenizer, model = load_model(model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=no_init)
     data = data if data is not None else batches(len(tokenizer), opts, device)
     return train(model, opts, data, device=device, log=log)
@@ -238,6 +287,7 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tokens, start = 0, time.perf_counter()
+    every, since, since_tokens, since_time = log_interval(opts.steps), [], 0, start
     try:
         for step in range(1, opts.steps + 1):
             batch = next(data)
@@ -257,9 +307,21 @@ def train(
                     raise TestFailure(f"step {step}: non-finite {found[1]} in parameter {found[0]}")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            tokens += labels.numel()
+            mask = inputs.get("attention_mask")
+            counted = int(mask.sum()) if mask is not None else labels.numel()
+            tokens += counted
             report.losses.append(value)
-            log(f"step {step}/{opts.steps}  loss {value:.4f}")
+            if every == 1:
+                log(f"step {step}/{opts.steps}  loss {value:.4f}")
+                continue
+            since.append(value)
+            since_tokens += counted
+            if step % every == 0 or step in (1, opts.steps):
+                now = time.perf_counter()
+                rate = since_tokens / (now - since_time) if now > since_time else 0.0
+                mean = f"  mean {sum(since) / len(since):.4f} over {len(since)} steps" if len(since) > 1 else ""
+                log(f"step {step}/{opts.steps}  loss {value:.4f}{mean}  {rate:,.0f} tokens/s  {now - start:.0f} s")
+                since, since_tokens, since_time = [], 0, now
     finally:
         for h in hooks:
             h.remove()
@@ -269,7 +331,10 @@ def train(
     else:
         report.peak_memory_bytes = _peak_rss()
     report.seconds = time.perf_counter() - start
+    report.tokens = tokens
     report.tokens_per_second = tokens / report.seconds if report.seconds > 0 else 0.0
+    describe = getattr(data, "describe", None)
+    report.data = describe() if callable(describe) else ""
     return report
 
 

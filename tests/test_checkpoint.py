@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from ._construct_util import REPO, build_model_dir, load_model, logits, make_project, snapshot
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
@@ -28,6 +27,8 @@ from scaffold.checkpoint import (
 )
 from scaffold.construct import construct, no_init_weights
 from scaffold.errors import CheckpointError, UsageError
+
+from ._construct_util import REPO, build_model_dir, load_model, logits, make_project, snapshot
 
 SMALL_SHARDS = 20_000  # bytes: the tiny model (~150 KB) splits into several shards
 

@@ -42,6 +42,7 @@ def test_new_build_test(runner, tmp_path):
         "modeling_llama.py",
         "configuration_llama.py",
         "tokenizer.json",
+        "tokenizer-source.json",
         "README.md",
         ".copier-answers.yml",
     }

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import torch
-from ._construct_util import TINY, build_model_dir, load_model, logits, make_project
 from torch import nn
 from transformers import AutoConfig
 
@@ -27,6 +26,8 @@ from scaffold.construct import (
 )
 from scaffold.errors import DeviceError
 from scaffold.parts.rotary import rope_inv_freq
+
+from ._construct_util import TINY, build_model_dir, load_model, logits, make_project
 
 # A module written to disk and imported *before* any no_init_weights block, binding init
 # functions at import time, as torch's own modules and much user code do.

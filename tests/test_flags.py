@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from ._construct_util import build_model_dir, config_of, invoke, load_model, make_project, snapshot
 
 from scaffold import schema
 from scaffold.checkpoint import load_checkpoint, save_checkpoint
 from scaffold.construct import construct
 from scaffold.overrides import FLAGS, TIE
 from scaffold.parts.rotary import rope_inv_freq
+
+from ._construct_util import build_model_dir, config_of, invoke, load_model, make_project, snapshot
 
 LLAMA3 = {
     "rope_type": "llama3",
