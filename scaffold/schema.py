@@ -144,7 +144,13 @@ FIELDS: tuple[Field, ...] = (
     Field("model", "hidden_dropout", NUM, "Dropout on the embeddings and residual branches.", (probability,)),
     Field("model", "initializer_range", NUM, "Standard deviation of the default weight init.", (positive,)),
     Field("model", "alibi_trainable", BOOL, "Learn the ALiBi slopes instead of fixing them."),
-    Field("model", "alibi_slope_init", NUM, "Initial value of a single trainable ALiBi slope.", (positive,)),
+    Field(
+        "model",
+        "alibi_slope_init",
+        NUM,
+        "Initial value of single_head's one ALiBi slope (its fixed value when alibi_trainable is false).",
+        (positive,),
+    ),
     # [tokenizer]
     Field(
         "tokenizer",

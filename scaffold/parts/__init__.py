@@ -4,7 +4,9 @@ Each part is a top-level class or function in one of the modules here. A bluepri
 template pastes the *source* of the parts it uses (``{{ parts.RMSNorm }}``), so a generated model
 directory never imports scaffold. Parts therefore use only ``math``, ``torch``, ``torch.nn as nn``
 and ``torch.nn.functional as F`` (plus ``transformers.initialization as init`` where they
-initialise), names that every generated modeling file imports at its top.
+initialise), names that every generated modeling file imports at its top, and the few transformers
+names a part imports itself (``GradientCheckpointingLayer``, ``ALL_ATTENTION_FUNCTIONS``,
+``compile_friendly_flex_attention``), which the modeling templates using that part import too.
 
 :func:`part_sources` reads the sources without importing torch, so rendering stays fast.
 """
@@ -15,7 +17,7 @@ import ast
 from functools import cache
 from pathlib import Path
 
-PART_MODULES = ("norms", "rotary", "attention", "mlp")
+PART_MODULES = ("norms", "rotary", "sinusoidal", "attention", "alibi", "mlp", "blocks")
 
 
 @cache
