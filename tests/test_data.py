@@ -29,8 +29,12 @@ TINY = {
 }
 
 # Projects the packing test runs on: (id, blueprint, [model] overrides). Add every family here.
+_SMALL = {"vocab_size": 300, "num_hidden_layers": 2, "intermediate_size": 96, "max_position_embeddings": 256}
 PACKING_PROJECTS = [
     ("llama", "llama", TINY),
+    ("causal_lm", "causal_lm", {**_SMALL, "hidden_size": 64, "num_attention_heads": 4}),
+    ("deepone", "deepone", {**_SMALL, "hidden_size": 64, "num_attention_heads": 4}),
+    ("single_head", "single_head", {**_SMALL, "hidden_size": 64}),
 ]
 PACKING_BACKENDS = ["eager", "sdpa", "flex_attention"]
 
