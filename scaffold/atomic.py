@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import hashlib
 import os
 import shutil
 import signal
@@ -32,6 +33,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import ProjectError
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 LOCK_TIMEOUT_ENV = "SCAFFOLD_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 600.0

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, atomic, manifest
+from .atomic import sha256_file
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import IntegrityError, ProjectError
@@ -69,14 +70,6 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
         if not project.file(key).is_file():
             raise ProjectError("missing; re-create the project with `scaffold new --force`", path=project.file(key))
     return project
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inputs_record(project: Project, save_weights: bool, weights: WeightOptions | None = None) -> dict[str, Any]:

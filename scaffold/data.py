@@ -42,7 +42,6 @@ Bad data raises a :class:`~scaffold.errors.DataError` naming the file, and the l
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import sha256_file
 from .errors import DataError
 
 if sys.version_info >= (3, 11):
@@ -106,7 +106,7 @@ class DatasetSource:
             "text_column": self.text_column,
             "split": self.split,
             "sample_by": self.sample_by,
-            "files": [{"file": _relative(p, base), "sha256": _sha256(p)} for p in paths],
+            "files": [{"file": _relative(p, base), "sha256": sha256_file(p)} for p in paths],
         }
 
 
@@ -115,14 +115,6 @@ def _relative(path: Path, base: Path) -> str:
         return path.absolute().relative_to(base.absolute()).as_posix()
     except ValueError:
         return str(path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import sha256_file
 from .errors import DataError
 
 # The special tokens of the original presets, in id order.
@@ -278,7 +279,7 @@ def plan(spec: Mapping[str, Any], base_dir: Path, model_vocab: int | None = None
                     path=manifest,
                     key=f"tokenizer.files[{i}]",
                 )
-            inputs.append({"file": name, "sha256": _sha256(path)})
+            inputs.append({"file": name, "sha256": sha256_file(path)})
         record["files"] = inputs
         if spec.get("dataset"):
             source = resolve_dataset(
@@ -292,21 +293,13 @@ def plan(spec: Mapping[str, Any], base_dir: Path, model_vocab: int | None = None
     if kind == "pretrained":
         found = read_pretrained(resolve_path(base_dir, spec.get("path", "")), manifest=manifest)
         record["path"] = spec.get("path", "")
-        record["files"] = [{"file": p.name, "sha256": _sha256(p)} for p in found.files]
+        record["files"] = [{"file": p.name, "sha256": sha256_file(p)} for p in found.files]
         return record
     raise DataError(f"unknown tokenizer kind {kind!r}", path=manifest, key="tokenizer.kind")
 
 
 def fingerprint(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_source(project_dir: Path) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import sha256_file
 from .errors import IntegrityError
 
 STAMP_FILE = "scaffold-build.json"  # same name as scaffold.build.STAMP_FILE
@@ -24,12 +25,6 @@ IGNORED_DIRS = ("__pycache__",)  # Python writes these next to modules it import
 MAX_NAMES = 5  # tensor names listed in one problem line
 
 Problem = tuple[Path, str]
-
-
-def sha256_file(path: Path) -> str:
-    from .build import sha256_file as sha
-
-    return sha(path)
 
 
 def read_record(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:

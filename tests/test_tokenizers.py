@@ -173,7 +173,7 @@ def test_bpe_training_is_cached(tmp_path, text_file, train_calls):
     result = build(load_project(project), force=True)
     assert result.built and train_calls == [1, 1]
     source = json.loads((project / "tokenizer-source.json").read_text())
-    assert source["inputs"]["files"][0]["sha256"] == tokmod._sha256(text_file)
+    assert source["inputs"]["files"][0]["sha256"] == tokmod.sha256_file(text_file)
 
     # the same manifest with its training text gone keeps the project's tokenizer, and says so
     text_file.unlink()
