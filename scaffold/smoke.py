@@ -344,6 +344,14 @@ def _first_bad(model) -> str:
 
 
 def _peak_rss() -> int:
-    """Peak resident memory of this process, in bytes."""
+    """Peak resident memory of this process, in bytes: Linux's VmHWM, which (unlike ru_maxrss) does not
+    carry over the peak of a parent process; ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024

@@ -271,6 +271,9 @@ class LlamaPreTrainedModel(PreTrainedModel):
                 init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
             else:
                 init.normal_(module.weight, mean=0.0, std=1.0)
+            # a slice loses the loaded-tensor flag, so check it on the whole weight before zeroing the pad row
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, RotaryEmbedding):
@@ -282,7 +285,8 @@ class LlamaModel(LlamaPreTrainedModel):
 
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # as transformers' Llama: the pad token's row starts at zero and gets no gradient
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         rope = config.rope_parameters
