@@ -399,3 +399,23 @@ def test_part_sources_are_whole_definitions():
         src = sources[name]
         assert src.startswith(("class ", "def ")) and f" {name}" in src.splitlines()[0]
         compile(src, name, "exec")  # a complete, parseable definition
+
+
+def test_truncated_normal_matches_the_truncated_distribution():
+    from scaffold.parts.init import truncated_normal_
+
+    torch.manual_seed(0)
+    x = truncated_normal_(torch.empty(1_000_000), std=0.02)
+    assert x.abs().max().item() <= 0.06
+    # the standard deviation of N(0, s^2) truncated at 3 s is 0.98658 s
+    assert abs(x.std().item() - 0.02 * 0.98658) < 0.0002
+    assert abs(x.mean().item()) < 1e-4
+    assert abs(((x.abs() < 0.02).float().mean().item()) - 0.68267 / 0.9973) < 0.003
+
+
+def test_truncated_normal_leaves_loaded_tensors_alone():
+    from scaffold.parts.init import truncated_normal_
+
+    loaded = torch.ones(4)
+    loaded._is_hf_initialized = True
+    assert torch.equal(truncated_normal_(loaded, std=0.02), torch.ones(4))

@@ -158,6 +158,20 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+@torch.no_grad()
+def truncated_normal_(tensor: torch.Tensor, std: float, bound: float = 3.0) -> torch.Tensor:
+    """Fill ``tensor`` in place from N(0, std^2) truncated to +-bound*std, by inverse transform sampling.
+
+    As fast as ``normal_`` (torch's ``trunc_normal_`` resamples and is several times slower on large
+    matrices). A tensor transformers has already loaded (``_is_hf_initialized``) is left alone, as
+    ``transformers.initialization`` does.
+    """
+    if getattr(tensor, "_is_hf_initialized", False):
+        return tensor
+    edge = math.erf(bound / math.sqrt(2))  # the truncation points, mapped through the normal CDF to (-1, 1)
+    return tensor.uniform_(-edge, edge).erfinv_().mul_(std * math.sqrt(2)).clamp_(-bound * std, bound * std)
+
+
 # ---------------------------------------------------------------------------------------------
 # The Llama model
 # ---------------------------------------------------------------------------------------------
@@ -264,11 +278,11 @@ class LlamaPreTrainedModel(PreTrainedModel):
                 std = config.hidden_size**-0.5
             elif getattr(module, "writes_residual", False):  # o_proj and down_proj
                 std = std / math.sqrt(2 * config.num_hidden_layers)
-            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+            truncated_normal_(module.weight, std)
         elif isinstance(module, nn.Embedding):
             if config.tie_word_embeddings:  # also the output head: take the head's scale
                 std = config.hidden_size**-0.5
-                init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+                truncated_normal_(module.weight, std)
             else:
                 init.normal_(module.weight, mean=0.0, std=1.0)
             # a slice loses the loaded-tensor flag, so check it on the whole weight before zeroing the pad row

@@ -230,6 +230,20 @@ class PreNormBlock(GradientCheckpointingLayer):
         return x
 
 
+@torch.no_grad()
+def truncated_normal_(tensor: torch.Tensor, std: float, bound: float = 3.0) -> torch.Tensor:
+    """Fill ``tensor`` in place from N(0, std^2) truncated to +-bound*std, by inverse transform sampling.
+
+    As fast as ``normal_`` (torch's ``trunc_normal_`` resamples and is several times slower on large
+    matrices). A tensor transformers has already loaded (``_is_hf_initialized``) is left alone, as
+    ``transformers.initialization`` does.
+    """
+    if getattr(tensor, "_is_hf_initialized", False):
+        return tensor
+    edge = math.erf(bound / math.sqrt(2))  # the truncation points, mapped through the normal CDF to (-1, 1)
+    return tensor.uniform_(-edge, edge).erfinv_().mul_(std * math.sqrt(2)).clamp_(-bound * std, bound * std)
+
+
 # ---------------------------------------------------------------------------------------------
 # The single_head model
 # ---------------------------------------------------------------------------------------------
@@ -313,12 +327,12 @@ class SingleHeadPreTrainedModel(PreTrainedModel):
         out_std = std / math.sqrt(2 * config.num_hidden_layers)
         head_std = config.hidden_size**-0.5
         if isinstance(module, SingleHeadAttention):
-            init.trunc_normal_(module.qk_proj.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
-            init.trunc_normal_(module.v_proj.weight, mean=0.0, std=out_std, a=-3 * out_std, b=3 * out_std)
+            truncated_normal_(module.qk_proj.weight, std)
+            truncated_normal_(module.v_proj.weight, out_std)
         elif isinstance(module, GatedMLP):
             for proj in (module.gate_proj, module.up_proj):
-                init.trunc_normal_(proj.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
-            init.trunc_normal_(module.down_proj.weight, mean=0.0, std=out_std, a=-3 * out_std, b=3 * out_std)
+                truncated_normal_(proj.weight, std)
+            truncated_normal_(module.down_proj.weight, out_std)
         elif isinstance(module, AlibiSlopes):
             init.copy_(module.slopes, module.compute_slopes(module.slopes.device))
         elif isinstance(module, nn.Embedding):

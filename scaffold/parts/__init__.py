@@ -17,7 +17,7 @@ import ast
 from functools import cache
 from pathlib import Path
 
-PART_MODULES = ("norms", "rotary", "sinusoidal", "attention", "alibi", "mlp", "blocks")
+PART_MODULES = ("norms", "rotary", "sinusoidal", "attention", "alibi", "mlp", "blocks", "init")
 
 
 @cache
