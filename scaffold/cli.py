@@ -223,7 +223,7 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
         options.dataset = str(proj.path / options.dataset)
     _check_dataset_options(options)
-    resolve_device(options.device)  # refuse a device that does not exist before building anything
+    device = resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
     if overrides.checkpoint is not None:
         from .checkpoint import find_checkpoint
@@ -238,7 +238,7 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
             click.echo(result.message)
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
-        click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {options.device}, {options.dtype}")
+        click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
         report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
     click.echo(report.summary())
 

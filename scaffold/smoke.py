@@ -10,6 +10,7 @@ step, the value and the first bad parameter.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
@@ -153,6 +154,21 @@ def dataset_batches(model_dir: str | Path, opts: TestOptions):
     )
 
 
+@contextlib.contextmanager
+def attention_backend_errors(attn: str) -> Iterator[None]:
+    """transformers refuses an attention backend the model or machine lacks (flash-attn not installed,
+    a family that does not offer it) with a ValueError or ImportError deep in construction: say so as a
+    usage error naming the option."""
+    try:
+        yield
+    except (ValueError, ImportError) as err:
+        text = " ".join(str(err).split())
+        if attn not in ("eager", "sdpa") and ("attention" in text.lower() or "flash" in text.lower()):
+            first = text.split(". ")[0].rstrip(".")
+            raise DeviceError(f"attention backend {attn!r} cannot run here: {first}", key="test.attn_implementation") from None
+        raise
+
+
 def load_model(
     model_dir: str | Path,
     opts: TestOptions,
@@ -186,19 +202,21 @@ def load_model(
                 f"--no-init-weights leaves the weights uninitialised and {model_dir} holds none; "
                 "pass --load-from-checkpoint or build with --save-weights"
             )
-        model = construct(
-            config, device=device, dtype=dtype, init_weights=not no_init, attn_implementation=opts.attn_implementation
-        )
+        with attention_backend_errors(opts.attn_implementation):
+            model = construct(
+                config, device=device, dtype=dtype, init_weights=not no_init, attn_implementation=opts.attn_implementation
+            )
         load_checkpoint(source, model, device=device, dtype=dtype)
         return tokenizer, model
-    if has_weights:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, config=config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
-        )
-    else:
-        model = AutoModelForCausalLM.from_config(
-            config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
-        )
+    with attention_backend_errors(opts.attn_implementation):
+        if has_weights:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, config=config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
+            )
+        else:
+            model = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
+            )
     return tokenizer, model.to(device)
 
 

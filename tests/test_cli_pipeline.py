@@ -195,3 +195,16 @@ def test_missing_devices_refused_up_front(runner, tmp_path, device):
 def test_debug_shows_the_traceback(runner):
     result = runner.invoke(cli, ["--debug", "new", "p", "--from", "nosuch"])
     assert result.exception is not None and type(result.exception).__name__ == "BlueprintError"
+
+
+def test_unavailable_attention_backend_is_a_usage_error(runner, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    invoke(runner, "new", "tiny", "--from", "llama", *TINY_SETS)
+    project = tmp_path / "projects" / "tiny"
+    result = invoke(runner, "test", project, "--device", "cpu", "--attn-implementation", "flash_attention_2")
+    assert result.exit_code == EXIT_USAGE
+    assert "test.attn_implementation: attention backend 'flash_attention_2' cannot run here" in result.output
+    assert "Traceback" not in result.output
