@@ -71,9 +71,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     code, build a model directory any transformers install can load, and smoke-test it on a device.
 
     \b
-      scaffold new llama_4m --from llama        # projects/llama_4m/
-      scaffold build projects/llama_4m          # projects/llama_4m/model/
-      scaffold test projects/llama_4m --device cpu
+      scaffold new my_llama --from llama        # projects/my_llama/
+      scaffold build projects/my_llama          # projects/my_llama/model/
+      scaffold test projects/my_llama --device cpu
     """
     ctx.obj = {"debug": debug}
 
