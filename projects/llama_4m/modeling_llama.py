@@ -122,6 +122,26 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, kv_heads, n_rep, t, d).reshape(b, kv_heads * n_rep, t, d)
 
 
+def mha_eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scaling + mask) v for multi-head attention (as many KV heads as query heads)."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        scores = scores + attention_mask  # additive float mask: 0 (or a bias) where allowed, -inf-like elsewhere
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
+    return out, weights
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -132,16 +152,10 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T * scaling + mask) v in plain PyTorch; returns (B, T, heads, D) and the weights."""
+    """Grouped-query attention: each KV head expanded to its query heads, then plain multi-head attention."""
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
-    if attention_mask is not None:
-        scores = scores + attention_mask  # additive float mask: 0 where allowed, -inf-like elsewhere
-    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
-    return out, weights
+    return mha_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
 
 
 class GatedMLP(nn.Module):
@@ -156,6 +170,29 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PreNormBlock(GradientCheckpointingLayer):
+    """Pre-norm: ``x = x + attn(norm(x)); x = x + mlp(norm(x))`` (GPT-2, Llama)."""
+
+    def __init__(
+        self,
+        self_attn: nn.Module,
+        mlp: nn.Module,
+        input_layernorm: nn.Module,
+        post_attention_layernorm: nn.Module,
+    ):
+        super().__init__()
+        self.self_attn = self_attn
+        self.mlp = mlp
+        self.input_layernorm = input_layernorm
+        self.post_attention_layernorm = post_attention_layernorm
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+        x = hidden_states
+        x = x + self.self_attn(self.input_layernorm(x), attention_mask, **kwargs)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
 
 
 @torch.no_grad()
@@ -198,8 +235,8 @@ class LlamaAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
         cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
@@ -231,29 +268,17 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out.reshape(*input_shape, -1).contiguous())
 
 
-class LlamaDecoderLayer(GradientCheckpointingLayer):
+class LlamaDecoderLayer(PreNormBlock):
     """One pre-norm block: attention then SwiGLU, each on the normalised residual stream."""
 
     def __init__(self, config: LlamaConfig, layer_idx: int):
-        super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, act_fn=F.silu)
-        self.mlp.down_proj.writes_residual = True
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        x = hidden_states
-        x = x + self.self_attn(self.input_layernorm(x), position_embeddings, attention_mask, cache, **kwargs)
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x
+        super().__init__(
+            self_attn=LlamaAttention(config, layer_idx),
+            mlp=GatedMLP(config.hidden_size, config.intermediate_size, act_fn=F.silu),
+            input_layernorm=RMSNorm(config.hidden_size, eps=config.rms_norm_eps),
+            post_attention_layernorm=RMSNorm(config.hidden_size, eps=config.rms_norm_eps),
+        )
+        self.mlp.down_proj.writes_residual = True  # initialised smaller: it writes into the residual stream
 
 
 class LlamaPreTrainedModel(PreTrainedModel):
@@ -344,7 +369,7 @@ class LlamaModel(LlamaPreTrainedModel):
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden.append(x)
-            x = layer(x, position_embeddings, mask, cache=cache, position_ids=position_ids, **kwargs)
+            x = layer(x, mask, position_embeddings=position_embeddings, cache=cache, position_ids=position_ids, **kwargs)
         x = self.norm(x)
         if all_hidden is not None:
             all_hidden.append(x)

@@ -1,4 +1,4 @@
-"""Attention parts shared by the families: KV-head expansion and the plain eager attention."""
+"""Attention parts shared by the families: the plain eager attention, and KV-head expansion for GQA."""
 
 import torch
 from torch import nn
@@ -10,28 +10,6 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
         return x
     b, kv_heads, t, d = x.shape
     return x[:, :, None].expand(b, kv_heads, n_rep, t, d).reshape(b, kv_heads * n_rep, t, d)
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T * scaling + mask) v in plain PyTorch; returns (B, T, heads, D) and the weights."""
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
-    if attention_mask is not None:
-        scores = scores + attention_mask  # additive float mask: 0 where allowed, -inf-like elsewhere
-    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
-    return out, weights
 
 
 def mha_eager_attention_forward(
@@ -52,3 +30,19 @@ def mha_eager_attention_forward(
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
     return out, weights
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention: each KV head expanded to its query heads, then plain multi-head attention."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    return mha_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
