@@ -166,20 +166,27 @@ def build(project: Path, force: bool, save_weights: bool, overrides: Overrides) 
     click.echo(result.message)
 
 
+def _doc(path: str) -> str:
+    """A manifest key's one doc line (scaffold/schema.py), reused as the help of the flag that sets it."""
+    from .schema import BY_PATH
+
+    return BY_PATH[path].doc
+
+
 @cli.command(name="test")
 @click.argument("project", type=click.Path(path_type=Path))
-@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Sequences per step.")
-@click.option("--sequence-length", type=click.IntRange(min=1), help="Tokens per sequence.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="AdamW learning rate.")
-@click.option("--gradient-checkpointing", is_flag=True, default=None, help="Recompute activations in backward.")
+@click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
+@click.option("--batch-size", type=click.IntRange(min=1), help=_doc("test.batch_size"))
+@click.option("--sequence-length", type=click.IntRange(min=1), help=_doc("test.sequence_length"))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=_doc("test.lr"))
+@click.option("--gradient-checkpointing", is_flag=True, default=None, help=_doc("test.gradient_checkpointing"))
 @click.option(
     "--fuse-optim-with-backward",
     is_flag=True,
     default=None,
-    help="Step each parameter from its gradient hook, freeing gradients early.",
+    help=_doc("test.fuse_optim_with_backward"),
 )
-@click.option("--seed", type=click.IntRange(min=0), help="Random seed.")
+@click.option("--seed", type=click.IntRange(min=0), help=_doc("test.seed"))
 @click.option(
     "--dataset",
     type=click.Path(path_type=Path),
@@ -195,7 +202,7 @@ def build(project: Path, force: bool, save_weights: bool, overrides: Overrides) 
 @click.option(
     "--packed/--no-packed",
     default=None,
-    help="Pack several documents into each sequence (position ids restart at each document).",
+    help=_doc("test.packed"),
 )
 @override_options
 def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
