@@ -132,16 +132,21 @@ def log_interval(steps: int) -> int:
     return int(next(m * scale for m in (1, 2, 5, 10) if m * scale >= target))
 
 
-def dataset_batches(model_dir: str | Path, opts: TestOptions):
+def load_tokenizer(model_dir: str | Path):
+    """The model directory's tokenizer; trust_remote_code because the directory has custom code, and
+    without it transformers may stop at an interactive prompt."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+
+
+def dataset_batches(tokenizer, opts: TestOptions):
     """The batches of ``opts.dataset``, tokenized with the model directory's own tokenizer.
 
     The first batch is read here, so bad data fails before the model is loaded.
     """
-    from transformers import AutoTokenizer
-
     from .data import open_batches
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     return open_batches(
         opts.dataset,
         tokenizer,
@@ -178,17 +183,16 @@ def load_model(
     checkpoint: str | Path | None = None,
     no_init: bool = False,
 ):
-    """Config, tokenizer and model through the Auto classes, as a user of the directory would.
+    """Config and model through the Auto classes, as a user of the directory would.
 
     With ``checkpoint`` or ``no_init`` the model is constructed with ``from_config`` (under
     ``no_init_weights`` if asked) and its weights loaded with ``load_checkpoint`` from
     ``checkpoint``, or from the model directory's own weights.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     model_dir = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     torch.manual_seed(opts.seed)
     has_weights = any(model_dir.glob("*.safetensors"))
@@ -207,7 +211,7 @@ def load_model(
                 config, device=device, dtype=dtype, init_weights=not no_init, attn_implementation=opts.attn_implementation
             )
         load_checkpoint(source, model, device=device, dtype=dtype)
-        return tokenizer, model
+        return model
     with attention_backend_errors(opts.attn_implementation):
         if has_weights:
             model = AutoModelForCausalLM.from_pretrained(
@@ -217,7 +221,7 @@ def load_model(
             model = AutoModelForCausalLM.from_config(
                 config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
             )
-    return tokenizer, model.to(device)
+    return model.to(device)
 
 
 def batches(vocab: int, opts: TestOptions, device) -> Iterator[Any]:
@@ -255,9 +259,10 @@ def run(
     """
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype)
+    tokenizer = load_tokenizer(model_dir)
     if data is None and opts.dataset:
-        data = dataset_batches(model_dir, opts)  # bad data fails here, before the model is loaded
-    tokenizer, model = load_model(model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=no_init)
+        data = dataset_batches(tokenizer, opts)  # bad data fails here, before the model is loaded
+    model = load_model(model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=no_init)
     data = data if data is not None else batches(len(tokenizer), opts, device)
     return train(model, opts, data, device=device, log=log)
 
