@@ -91,10 +91,14 @@ def inputs_record(project: Project, save_weights: bool, weights: WeightOptions |
 
 
 def read_stamp(output_dir: Path) -> dict[str, Any] | None:
+    """The build record of ``output_dir``, or None when it is missing or not a record."""
     try:
-        return json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
+        stamp = json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("inputs"), dict):
+        return None
+    return stamp
 
 
 def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -161,12 +165,16 @@ def build(
     from .tokenizer import ensure_project_tokenizer
 
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    option = "--output-dir" if output_dir is not None else ""
+    atomic.check_replaceable(out, protect=(project.path,), option=option, contents=False)
     # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
     note = ensure_project_tokenizer(project.path, project.manifest)
     record = inputs_record(project, save_weights, weights)
     with atomic.locked(out):  # a second build of the same folder waits here
         atomic.sweep(out)  # what an interrupted build left beside the folder
-        result = _build_locked(project, out, record, force=force, save_weights=save_weights, weights=weights)
+        result = _build_locked(
+            project, out, record, force=force, save_weights=save_weights, weights=weights, option=option
+        )
     if note:
         result.message = f"{note}\n{result.message}"
     return result
@@ -180,23 +188,19 @@ def _build_locked(
     force: bool,
     save_weights: bool,
     weights: WeightOptions | None,
+    option: str = "",
 ) -> BuildResult:
     if out.exists():
         stamp = read_stamp(out)
-        if stamp is None:
-            if any(out.iterdir()) and not force:
-                raise ProjectError(
-                    f"exists and was not written by scaffold build ({STAMP_FILE} missing); "
-                    "pass --force to replace it",
-                    path=out,
-                )
-        elif stamp.get("inputs") == record:
+        if stamp is not None and stamp.get("inputs") == record:
             damage = _damage(out, stamp)
             if damage is None:
                 return BuildResult(out, False, f"up to date, kept: {out}")
             if not force:
                 raise damage
-        elif not force:
+        # only a folder scaffold wrote (or an empty one) is ever replaced, with or without --force
+        atomic.check_replaceable(out, protect=(project.path,), option=option)
+        if stamp is not None and stamp.get("inputs") != record and not force:
             raise ProjectError(
                 f"stale build ({describe_changes(stamp.get('inputs', {}), record)}); "
                 "pass --force to rebuild, or delete the folder",
@@ -217,10 +221,16 @@ def _build_locked(
     return BuildResult(out, True, f"built {out}")
 
 
-def build_for_test(project: Project, output_dir: str | Path | None = None) -> BuildResult:
+def build_for_test(
+    project: Project, output_dir: str | Path | None = None, *, force: bool = False
+) -> BuildResult:
     """The build ``scaffold test`` runs on: an existing build that differs only in how its weights were
-    made is kept as it is (its weights are what gets tested); anything else builds as usual."""
+    made is kept as it is (its weights are what gets tested); anything else builds as usual (``force``:
+    a stale or damaged build is rebuilt, as ``scaffold build --force`` does)."""
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    atomic.check_replaceable(
+        out, protect=(project.path,), option="--output-dir" if output_dir else "", contents=False
+    )
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
         old = dict(stamp.get("inputs") or {})
@@ -230,10 +240,11 @@ def build_for_test(project: Project, output_dir: str | Path | None = None) -> Bu
         if old == new:
             with atomic.locked(out):
                 damage = _damage(out, stamp)
-            if damage is not None:
+            if damage is None:
+                return BuildResult(out, False, f"up to date, kept: {out}")
+            if not force:
                 raise damage
-            return BuildResult(out, False, f"up to date, kept: {out}")
-    return build(project, out)
+    return build(project, output_dir, force=force)
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
@@ -390,10 +401,10 @@ def model_card(project: Project) -> str | None:
     overrides (so that it describes what was built, under --model-name's name); None otherwise."""
     if not any(section != "test" and values for section, values in (project.overrides or {}).items()):
         return None
-    import jinja2
     import yaml
 
     from .parts import part_sources
+    from .templating import render_file
 
     copier_yml = yaml.safe_load((project.blueprint.path / "copier.yml").read_text(encoding="utf-8")) or {}
     folder = project.blueprint.path / str(copier_yml.get("_subdirectory", ""))
@@ -401,7 +412,6 @@ def model_card(project: Project) -> str | None:
     if not template.is_file():
         return None
     m = project.manifest
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     data = {
         "project_name": m["project"]["name"],
         "preset": m["project"].get("preset", ""),
@@ -413,7 +423,4 @@ def model_card(project: Project) -> str | None:
         "blueprint_name": project.blueprint.name,
         "blueprint_version": project.blueprint.version,
     }
-    try:
-        return env.from_string(template.read_text(encoding="utf-8")).render(**data)
-    except jinja2.TemplateError as err:
-        raise ProjectError(f"cannot render the model card: {err}", path=template) from None
+    return render_file(template, data)

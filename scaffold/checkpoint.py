@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import atomic
 from .construct import alias_groups, get_tensor, initialize_weights, to_dtype, to_empty
 from .errors import CheckpointError, UsageError
 
@@ -174,6 +175,8 @@ def save_checkpoint(
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise CheckpointError("exists and is not a folder", path=target)
+    # the folder is swapped whole: only an empty folder, a checkpoint or a model directory qualifies
+    atomic.check_replaceable(target, accept="checkpoint")
     target = target.resolve()
     state, groups = checkpoint_state(model)
     shards = plan_shards(state, limit)

@@ -186,7 +186,10 @@ def _doc(path: str) -> str:
     default=None,
     help=_doc("test.fuse_optim_with_backward"),
 )
-@click.option("--seed", type=click.IntRange(min=0), help=_doc("test.seed"))
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), help=_doc("test.seed"))
+@click.option(
+    "--force", is_flag=True, help="Rebuild a stale or damaged build of PROJECT (as `scaffold build --force`)."
+)
 @click.option(
     "--dataset",
     type=click.Path(path_type=Path),
@@ -205,7 +208,7 @@ def _doc(path: str) -> str:
     help=_doc("test.packed"),
 )
 @override_options
-def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
+def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
     tokens or on a dataset tokenized with the model's own tokenizer.
 
@@ -240,7 +243,7 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
         output_dir = overrides.output_dir
         if output_dir is None and overrides.changes_build:
             output_dir = Path(tmp) / "model"
-        result = build_for_test(proj, output_dir)
+        result = build_for_test(proj, output_dir, force=force)
         if output_dir is None or overrides.output_dir:
             click.echo(result.message)
         else:

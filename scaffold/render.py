@@ -158,10 +158,11 @@ def create_project(
     new_manifest(bp, name, preset, overrides)  # validate before anything is written
     with atomic.locked(target):
         atomic.sweep(target)
-        if target.exists() and not force:
-            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
+        if target.exists() and not force:
+            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+        atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project
         staging = atomic.make_staging(target, "new")
         try:
             render(bp, staging, name, preset, overrides, project_dir=target)

@@ -25,6 +25,10 @@ def non_negative(v: Any) -> str | None:
     return None if v >= 0 else f"must be zero or more, got {v}"
 
 
+def seed_range(v: Any) -> str | None:
+    return None if 0 <= v < 2**32 else f"must be in [0, 2^32 - 1], got {v}"
+
+
 def probability(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
 
@@ -226,7 +230,13 @@ FIELDS: tuple[Field, ...] = (
         BOOL,
         "Step each parameter as soon as its gradient is ready, freeing gradients early.",
     ),
-    Field("test", "seed", INT, "Random seed for the weights and the random tokens.", (non_negative,)),
+    Field(
+        "test",
+        "seed",
+        INT,
+        "Random seed for the weights and the random tokens (0 to 2^32 - 1).",
+        (seed_range,),
+    ),
     Field(
         "test",
         "dataset",
