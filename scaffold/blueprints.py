@@ -121,8 +121,23 @@ def load(spec: str | Path) -> Blueprint:
     for key in ("name", "version", "modeling_file", "configuration_file", "config_class", "causal_lm_class"):
         if key not in meta:
             raise BlueprintError("missing key", path=path / BLUEPRINT_FILE, key=f"blueprint.{key}")
+    for key, value in meta.items():
+        if key.endswith("_file"):
+            problem = unsafe_name(value)
+            if problem:
+                raise BlueprintError(problem, path=path / BLUEPRINT_FILE, key=f"blueprint.{key}")
     check_safe(path)
     return Blueprint(path=path, meta=meta, defaults=data.get("defaults", {}), presets=data.get("presets", {}))
+
+
+def unsafe_name(value: Any) -> str | None:
+    """Why ``value`` is not a file name inside the project (absolute, ``..``, not a string), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a file name inside the project, got {value!r}"
+    p = Path(value)
+    if p.is_absolute() or ".." in p.parts or "\\" in value or value.startswith("~"):
+        return f"must be a file name inside the project, not a path that leaves it: {value!r}"
+    return None
 
 
 def check_safe(path: Path) -> None:

@@ -248,7 +248,7 @@ def build_for_test(
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
-    """The quick integrity check of an up-to-date build (no checksums): its first problem, as an error."""
+    """The quick integrity check of an up-to-date build (checksums of small files only): its first problem, as an error."""
     from .verify import check_model_dir
 
     damage = check_model_dir(out, stamp, deep=False)
