@@ -23,6 +23,7 @@ import errno
 import fcntl
 import glob
 import hashlib
+import math
 import os
 import shutil
 import signal
@@ -70,10 +71,15 @@ def lock_path(target: Path) -> Path:
 
 def _lock_timeout() -> float:
     raw = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    if not raw.strip():
+        return DEFAULT_LOCK_TIMEOUT
     try:
-        return float(raw) if raw else DEFAULT_LOCK_TIMEOUT
+        value = float(raw)
     except ValueError:
-        raise ProjectError(f"must be a number of seconds, got {raw!r}", key=LOCK_TIMEOUT_ENV) from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ProjectError(f"must be a finite number of seconds, 0 or more; got {raw!r}", key=LOCK_TIMEOUT_ENV)
+    return value
 
 
 @contextlib.contextmanager

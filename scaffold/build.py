@@ -28,7 +28,7 @@ from . import __version__, atomic, manifest
 from .atomic import sha256_file
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
-from .errors import IntegrityError, ProjectError
+from .errors import IntegrityError, ManifestError, ProjectError
 from .render import TOKENIZER_FILE
 
 STAMP_FILE = "scaffold-build.json"
@@ -59,6 +59,11 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
         raise ProjectError("no such project folder", path=path)
     mpath = path / manifest.MANIFEST_NAME
     data = manifest.load(mpath)
+    for section, values in data.items():
+        if section in manifest.schema.SECTIONS and not isinstance(values, Mapping):
+            raise ManifestError(
+                [(section, f"must be a table ([{section}]), got {type(values).__name__} {values!r}")], path=mpath
+            )
     spec = data.get("project", {}).get("blueprint")
     if not isinstance(spec, str):
         raise ProjectError("missing; which blueprint made this project?", path=mpath, key="project.blueprint")

@@ -386,7 +386,7 @@ def find_checkpoint(path: str | Path) -> CheckpointFiles:
             hint = f" (found {', '.join(others[:5])})" if others else ""
             raise CheckpointError(f"no checkpoint here: neither {WEIGHTS_NAME} nor {INDEX_NAME}{hint}", path=path)
     else:
-        raise CheckpointError("no such checkpoint folder or file", path=path)
+        raise UsageError("no such checkpoint folder or file", path=path)
     if single is not None:
         return CheckpointFiles(folder, None, [single], {})
     assert index is not None

@@ -233,6 +233,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> 
     if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
         options.dataset = str(proj.path / options.dataset)
     _check_dataset_options(options)
+    _check_sequence_length(options, proj, "sequence_length" in test_flags)
     device = resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
     if overrides.checkpoint is not None:
@@ -266,6 +267,20 @@ def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
     if dataset is not None:
         flags["dataset"] = str(dataset.absolute())
     return flags
+
+
+def _check_sequence_length(options: Any, proj: Any, from_flag: bool) -> None:
+    """A sequence must hold a next token to predict, and fit the model's positions."""
+    from .errors import UsageError
+    from .manifest import MANIFEST_NAME
+
+    where = {"key": "--sequence-length"} if from_flag else {"path": proj.path / MANIFEST_NAME, "key": "test.sequence_length"}
+    length = options.sequence_length
+    if length < 2:
+        raise UsageError(f"{length} token(s) leave no next token to predict; use 2 or more", **where)
+    longest = proj.manifest["model"].get("max_position_embeddings")
+    if isinstance(longest, int) and length > longest:
+        raise UsageError(f"{length} is longer than model.max_position_embeddings = {longest}", **where)
 
 
 def _check_dataset_options(options: Any) -> None:

@@ -29,7 +29,7 @@ ANSWERS_FILE = ".copier-answers.yml"
 
 def check_name(name: str) -> None:
     """Refuse project names that are empty, hidden, or would escape the projects folder."""
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid project name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or "
             "digit (no paths)"

@@ -10,6 +10,7 @@ model key is an error for that family.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,8 @@ class Field:
         if not ok:
             article = "an" if self.type_name[0] in "aeiou" else "a"
             return f"must be {article} {self.type_name}, got {type(value).__name__} {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
         for check in self.checks:
             msg = check(value)
             if msg:
