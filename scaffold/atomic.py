@@ -179,6 +179,36 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, flushed, then
+    renamed over it. A failure (a full disk, permissions) is a :class:`FileAccessError` naming the
+    path and the operation, and leaves any previous file as it was, never a 0-byte one."""
+    from .errors import file_access_error
+
+    path = Path(path)
+    if path.is_dir():
+        raise ProjectError("is a folder; give a file name", path=path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        if err.filename is None or err.filename == tmp:
+            err.filename = str(path)
+        raise file_access_error(err, "write") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 def make_staging(target: Path, kind: str) -> Path:
     """A new empty folder beside ``target`` for ``kind`` (build or new), readable as the umask says."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from . import __version__, atomic, manifest
 from .atomic import sha256_file
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
-from .errors import IntegrityError, ManifestError, ProjectError
+from .errors import IntegrityError, ManifestError, ProjectError, writing
 from .render import TOKENIZER_FILE
 
 STAMP_FILE = "scaffold-build.json"
@@ -213,12 +213,13 @@ def _build_locked(
             )
     staging = atomic.make_staging(out, "build")
     try:
-        write_model_dir(project, staging, save_weights=save_weights, weights=weights)
-        atomic.fault_point("build-written")
-        stamp = {"inputs": record, "files": record_files(staging)}
-        (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-        atomic.apply_umask(staging)
-        atomic.fsync_tree(staging)
+        with writing(staging):
+            write_model_dir(project, staging, save_weights=save_weights, weights=weights)
+            atomic.fault_point("build-written")
+            stamp = {"inputs": record, "files": record_files(staging)}
+            (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+            atomic.apply_umask(staging)
+            atomic.fsync_tree(staging)
         atomic.fault_point("build-staged")
         atomic.swap_in(staging, out)
     finally:

@@ -7,6 +7,7 @@ torch and transformers are imported inside the commands that need them, never at
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_INTERNAL, ScaffoldError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
 from .overrides import Overrides, override_options
 
 DEBUG_ENV = "SCAFFOLD_DEBUG"
@@ -33,6 +34,13 @@ class ScaffoldGroup(click.Group):
             for line in str(err).splitlines() or [type(err).__name__]:
                 click.echo(f"error: {line}", err=True)
             ctx.exit(err.exit_code)
+        except OSError as err:  # permissions, a full disk: name the path and what failed
+            if _debug(ctx) or (err.filename is None and err.errno not in _SYSTEM_ERRNOS):
+                raise
+            from .errors import file_access_error
+
+            click.echo(f"error: {file_access_error(err)}", err=True)
+            ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -43,6 +51,10 @@ class ScaffoldGroup(click.Group):
                 raise
             click.echo(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+
+# errors of the machine, not of scaffold: reported as one line even when the system names no file
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -351,8 +363,9 @@ def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrid
         os.close(fd)
         output_file = Path(name)
     if output_file is not None:
-        output_file.parent.mkdir(parents=True, exist_ok=True)
-        output_file.write_text(text, encoding="utf-8")
+        from .atomic import write_text
+
+        write_text(output_file, text)  # whole or not at all: never a 0-byte file on a full disk
         click.echo(f"wrote {output_file}", err=True)
     else:
         click.echo(text, nl=False)
