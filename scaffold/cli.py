@@ -237,7 +237,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> 
     import tempfile
 
     from .build import build_for_test
-    from .smoke import TestOptions, resolve_device, resolve_dtype, run
+    from .smoke import TestOptions, precision, resolve_device, resolve_dtype, run
 
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
     proj = overrides.load_project(project, {"test": test_flags})
@@ -261,7 +261,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> 
             click.echo(result.message)
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
-        click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
+        click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {precision(options)}")
         report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
     click.echo(report.summary())
 
