@@ -205,6 +205,8 @@ def _build_locked(
                 raise damage
         # only a folder scaffold wrote (or an empty one) is ever replaced, with or without --force
         atomic.check_replaceable(out, protect=(project.path,), option=option)
+        if stamp is None and any(out.iterdir()) and not force:
+            raise ProjectError(f"its {STAMP_FILE} has no inputs record; pass --force to rebuild", path=out)
         if stamp is not None and stamp.get("inputs") != record and not force:
             raise ProjectError(
                 f"stale build ({describe_changes(stamp.get('inputs', {}), record)}); "
