@@ -59,6 +59,15 @@ def _names(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_NAMES]) + more
 
 
+LINK_PROBLEM = "is a symbolic link; a build writes plain files, and verify reads nothing outside the folder"
+
+
+def _linked(path: Path, name: str) -> bool:
+    """Whether the file ``name`` under ``path``, or a folder on the way to it, is a symbolic link."""
+    rel = Path(name)
+    return any((path / q).is_symlink() for q in (rel, *rel.parents) if q != Path("."))
+
+
 def check_weights(path: Path) -> tuple[list[Problem], int]:
     """Open every safetensors file under ``path`` with safetensors and check it against its index.
 
@@ -70,6 +79,9 @@ def check_weights(path: Path) -> tuple[list[Problem], int]:
     keys_of: dict[str, set[str]] = {}
     for p in sorted(path.rglob(f"*{WEIGHTS_SUFFIX}")):
         rel = p.relative_to(path).as_posix()
+        if _linked(path, rel):
+            problems.append((p, LINK_PROBLEM))
+            continue
         try:
             with safe_open(str(p), framework="pt") as f:
                 keys_of[rel] = set(f.keys())
@@ -139,6 +151,9 @@ def _check(path: Path, stamp: Mapping[str, Any] | None, *, deep: bool) -> tuple[
             problems.append((path / STAMP_FILE, f"entry {name!r}: {bad}"))
             continue
         if p in flagged:
+            continue
+        if _linked(path, name):
+            problems.append((p, LINK_PROBLEM))
             continue
         if not p.is_file():
             problems.append((p, f"missing (recorded in {STAMP_FILE})"))

@@ -625,3 +625,18 @@ def test_float16_is_mixed_precision_on_every_family(tmp_path: Path, family: str)
     r = invoke("test", projects / "p", "--dtype", "float16", "--fuse-optim-with-backward", "--steps", "1")
     assert r.exit_code == 2
     assert "float16 mixed precision steps after the gradient scaler" in one_error(r.stderr)
+
+
+def test_verify_never_follows_a_link_out_of_the_model_directory(proj: Path, tmp_path: Path):
+    """Row: verify never reads outside the model directory: a recorded file replaced by a symbolic link
+    to a file elsewhere is named, not read (3)."""
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    config = proj / "model" / "config.json"
+    config.unlink()
+    config.symlink_to(outside)
+    r = invoke("verify", proj)
+    assert r.exit_code == 3
+    assert one_error(r.stderr) == (
+        f"error: {config}: is a symbolic link; a build writes plain files, and verify reads nothing outside the folder"
+    )
