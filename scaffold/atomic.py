@@ -314,7 +314,6 @@ def swap_in(staging: Path, target: Path) -> None:
 
 BUILD_RECORD = "scaffold-build.json"  # scaffold.build.STAMP_FILE
 PROJECT_MARKERS = ("scaffold.toml", ".copier-answers.yml")  # what `scaffold new` always writes
-IGNORED_DIRS = ("__pycache__",)  # Python writes these beside the modules it imports
 CHECKPOINT_MARKERS = (
     "model.safetensors",
     "config.json",
@@ -334,23 +333,14 @@ def is_build_dir(path: Path) -> bool:
     files = stamp.get("files") if isinstance(stamp, dict) else None
     if not isinstance(files, dict):
         return False
-    return _files_in(path) <= set(files)
+    from .verify import files_on_disk
+
+    return files_on_disk(path) <= set(files)
 
 
 def is_project_dir(path: Path) -> bool:
     """Whether ``path`` is a project folder written by ``scaffold new`` (manifest and answers file)."""
     return all((path / name).is_file() for name in PROJECT_MARKERS)
-
-
-def _files_in(path: Path) -> set[str]:
-    out = set()
-    for p in path.rglob("*"):
-        rel = p.relative_to(path)
-        if set(rel.parts) & set(IGNORED_DIRS) or rel.as_posix() == BUILD_RECORD:
-            continue
-        if not p.is_dir() or p.is_symlink():
-            out.add(rel.as_posix())
-    return out
 
 
 def check_replaceable(
