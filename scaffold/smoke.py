@@ -340,7 +340,6 @@ def available_memory(device) -> int | None:
 def check_memory(config: Any, opts: TestOptions, device) -> MemoryEstimate:
     """Refuse (DeviceError, exit 2) a test whose estimate exceeds the device's free memory, before
     anything is allocated; the parameters are counted on the meta device."""
-
     from .construct import construct
 
     meta = construct(config, device="meta", init_weights=False)
