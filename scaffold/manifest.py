@@ -217,7 +217,9 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                 ("model.partial_rotary_factor", f"gives a rotary width of {width} (of head width {head_dim}); it must be even and positive")
             )
     generation = section("generation")
-    if generation and not any(k.startswith("generation.") for k in skip):
+    # max_new_tokens and do_sample alone (the defaults) cannot conflict; any other key is judged by
+    # transformers, which is imported only then (`scaffold new` of a plain project stays light)
+    if set(generation) - {"max_new_tokens", "do_sample"} and not any(k.startswith("generation.") for k in skip):
         problems.extend(generation_problems(generation))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
