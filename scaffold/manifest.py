@@ -114,6 +114,11 @@ def validate(manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = 
     """Check a resolved manifest against the schema; raise one ManifestError listing every problem."""
     problems: list[tuple[str, str]] = []
     allowed_model = set(model_keys) if model_keys is not None else None
+    model = manifest.get("model")
+    if allowed_model is not None and isinstance(model, Mapping):
+        # every family accepts the structural keys, and the number keys its structure needs
+        allowed_model |= set(schema.STRUCTURE) | set(schema.UNIVERSAL_MODEL_KEYS)
+        allowed_model |= set(schema.companions(schema.structure_of(model)))
     for section, values in manifest.items():
         if section not in schema.SECTIONS:
             problems.append((section, f"unknown section; expected one of {', '.join(schema.SECTIONS)}"))
@@ -173,10 +178,29 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                 v = scaling.get(k)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                     problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
+    problems.extend(_structure_checks(m, model))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
     if kind == "bpe" and not tok.get("files") and not tok.get("dataset"):
         problems.append(("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on"))
     if kind == "pretrained" and not tok.get("path"):
         problems.append(("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder"))
+    return problems
+
+
+def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Combinations of structural keys the generated code cannot express, each named."""
+    structure = schema.structure_of(model)
+    problems: list[tuple[str, str]] = []
+    position = structure["position_embedding"]
+    if structure["attention"] == "single_head" and position != "alibi":
+        problems.append(
+            ("model.attention", f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}")
+        )
+    test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
+    backend = test.get("attn_implementation")
+    if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
+        problems.append(
+            ("test.attn_implementation", f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa")
+        )
     return problems
