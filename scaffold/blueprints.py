@@ -146,7 +146,9 @@ class Blueprint:
         for candidate in (self.path.parent / SHARED, *(d / SHARED for d in builtin_dirs())):
             if (candidate / "copier.yml").is_file():
                 return candidate.resolve()
-        raise BlueprintError(f"no copier.yml here and no shared template ({SHARED}/) beside it", path=self.path)
+        raise BlueprintError(
+            f"no copier.yml here and no shared template ({SHARED}/) beside it", path=self.path
+        )
 
     @property
     def shared(self) -> bool:
@@ -190,7 +192,9 @@ def load(spec: str | Path) -> Blueprint:
                     break
     if not (path / BLUEPRINT_FILE).is_file():
         known = ", ".join(builtin_names()) or "none"
-        raise BlueprintError(f"no blueprint here (no {BLUEPRINT_FILE}); built-in blueprints: {known}", path=spec)
+        raise BlueprintError(
+            f"no blueprint here (no {BLUEPRINT_FILE}); built-in blueprints: {known}", path=spec
+        )
     path = path.resolve()
     try:
         data = tomllib.loads((path / BLUEPRINT_FILE).read_text(encoding="utf-8"))
@@ -205,7 +209,9 @@ def load(spec: str | Path) -> Blueprint:
     if prefix is not None:
         if not (isinstance(prefix, str) and prefix.isidentifier() and prefix[:1].isupper()):
             raise BlueprintError(
-                f"must be a class-name prefix such as 'Llama', got {prefix!r}", path=where, key="blueprint.class_prefix"
+                f"must be a class-name prefix such as 'Llama', got {prefix!r}",
+                path=where,
+                key="blueprint.class_prefix",
             )
         name = meta["name"]
         meta.setdefault("modeling_file", f"modeling_{name}.py")
@@ -215,11 +221,15 @@ def load(spec: str | Path) -> Blueprint:
         meta.setdefault("causal_lm_class", f"{prefix}ForCausalLM")
     for key in ("modeling_file", "configuration_file", "config_class", "causal_lm_class"):
         if key not in meta:
-            raise BlueprintError("missing key (or give blueprint.class_prefix)", path=where, key=f"blueprint.{key}")
+            raise BlueprintError(
+                "missing key (or give blueprint.class_prefix)", path=where, key=f"blueprint.{key}"
+            )
     structure = data.get("structure", {})
     names = data.get("names", {})
     problems = [
-        (f"structure.{k}", "not a structural key (see `scaffold schema`)") for k in structure if k not in STRUCTURAL
+        (f"structure.{k}", "not a structural key (see `scaffold schema`)")
+        for k in structure
+        if k not in STRUCTURAL
     ]
     problems += [(f"names.{k}", "unknown parameter name") for k in names if k not in DEFAULT_NAMES]
     problems += [
@@ -255,7 +265,9 @@ def check_safe(path: Path) -> None:
     try:  # Copier's own YAML reader; a tag it alone understands (!include) is refused as well
         keys = {k for doc in yaml.safe_load_all(text) if isinstance(doc, dict) for k in doc}
     except yaml.YAMLError as err:
-        raise BlueprintError(f"not YAML that scaffold can check: {' '.join(str(err).split())}", path=copier_yml) from None
+        raise BlueprintError(
+            f"not YAML that scaffold can check: {' '.join(str(err).split())}", path=copier_yml
+        ) from None
     keys |= {line.split(":", 1)[0].strip().strip("'\"") for line in text.splitlines()}
     for key in FORBIDDEN_COPIER_KEYS:
         if key in keys:

@@ -87,19 +87,31 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
     resolved = bp.resolve(data, overrides)
     manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
     project = Project(
-        path=path, blueprint=bp, manifest=resolved, overrides=dict(overrides or {}), file_manifest=bp.resolve(data)
+        path=path,
+        blueprint=bp,
+        manifest=resolved,
+        overrides=dict(overrides or {}),
+        file_manifest=bp.resolve(data),
     )
     for key in ("modeling_file", "configuration_file"):
         if not project.file(key).is_file():
-            raise ProjectError("missing; re-create the project with `scaffold new --force`", path=project.file(key))
+            raise ProjectError(
+                "missing; re-create the project with `scaffold new --force`", path=project.file(key)
+            )
     return project
 
 
-def inputs_record(project: Project, save_weights: bool, weights: WeightOptions | None = None) -> dict[str, Any]:
+def inputs_record(
+    project: Project, save_weights: bool, weights: WeightOptions | None = None
+) -> dict[str, Any]:
     """What a build depends on; a build whose record differs is stale."""
     from .tokenizer import project_sources
 
-    sources = [project.file("modeling_file"), project.file("configuration_file"), project.path / TOKENIZER_FILE]
+    sources = [
+        project.file("modeling_file"),
+        project.file("configuration_file"),
+        project.path / TOKENIZER_FILE,
+    ]
     sources += [p for p in (project.path / "README.md",) if p.is_file()]
     sources += project_sources(project.path, project.manifest.get("tokenizer", {}))
     return {
@@ -309,7 +321,11 @@ def make_config(project: Project, tokenizer) -> Any:
     if "rope_theta" in model:  # transformers 5.x keeps RoPE settings in one rope_parameters table
         scaling = dict(model.pop("rope_scaling", None) or {})
         kind = scaling.pop("rope_type", scaling.pop("type", "default"))
-        model["rope_parameters"] = {"rope_type": kind, "rope_theta": float(model.pop("rope_theta")), **scaling}
+        model["rope_parameters"] = {
+            "rope_type": kind,
+            "rope_theta": float(model.pop("rope_theta")),
+            **scaling,
+        }
     config = config_cls(
         **model,
         bos_token_id=tokenizer.bos_token_id,

@@ -81,8 +81,8 @@ CONFIG_ORDER = (
     "tie_word_embeddings",
 )
 CONFIG_COMMENTS = {
-    "rope_parameters": "RoPE as transformers 5.x spells it: {\"rope_type\": \"default\" | \"llama3\" | \"linear\", "
-    "\"rope_theta\": ...,\n# and the scaling keys of that type}; the manifest's rope_theta and rope_scaling fill it",
+    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "llama3" | "linear", '
+    '"rope_theta": ...,\n# and the scaling keys of that type}; the manifest\'s rope_theta and rope_scaling fill it',
     "hidden_dropout": "dropout on the embeddings and on each sublayer's output",
     "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
@@ -100,13 +100,9 @@ def plan_parts(arch: Mapping[str, Any]) -> list[str]:
     elif position == "alibi":
         parts += ["alibi_slopes"] if arch["attention"] == "multi_head" else []
         parts += ["AlibiSlopes", "alibi_attention_mask"]
-    if arch["attention"] == "multi_head":
-        parts += ["repeat_kv"]
-    parts += ["mha_eager_attention_forward"]
+    parts += ["repeat_kv", "mha_eager_attention_forward", "eager_attention_forward"]
     if position == "alibi":
         parts += ["flex_alibi_attention_forward", "alibi_attention_forward"]
-    elif arch["attention"] == "multi_head":
-        parts += ["eager_attention_forward"]
     if arch["norm_position"] == "deepnorm":
         parts += ["deepnet_alpha"]
     if arch["init"] == "deepnet":
@@ -224,7 +220,9 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         parts.append("Projections are initialised with DeepNet's gain beta = (8L)^(-1/4).")
     hf = bp.meta.get("transformers_class")
     if hf:
-        parts.append(f"Parameter names are those of transformers' ``{hf}``, so its checkpoints load here unchanged.")
+        parts.append(
+            f"Parameter names are those of transformers' ``{hf}``, so its checkpoints load here unchanged."
+        )
     if arch["position_embedding"] == "alibi":
         parts.append(
             "Attention runs on eager, sdpa or flex_attention, with ALiBi as a float bias (eager, sdpa) or a score "
@@ -258,17 +256,24 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         heads_text = f"{heads} query heads and {kv} key/value heads, "
     else:
         heads_text = "one attention head, "
-    writers = (f"{bp.names['o_proj']} and " if multi else f"{bp.names['v_proj']} and ") + bp.names["down_proj"]
+    writers = (f"{bp.names['o_proj']} and " if multi else f"{bp.names['v_proj']} and ") + bp.names[
+        "down_proj"
+    ]
     return {
         "title": title,
         "doc": doc,
         "heads_text": heads_text,
         "attention_doc": (
-            "Grouped-query self-attention" + (" with RoPE" if arch["position_embedding"] == "rope" else "")
+            "Grouped-query self-attention"
+            + (" with RoPE" if arch["position_embedding"] == "rope" else "")
             + (" with ALiBi biases" if arch["position_embedding"] == "alibi" else "")
         ),
         "mlp_doc": _mlp_doc(arch)[0].upper() + _mlp_doc(arch)[1:],
-        "model_doc": ("Embeddings, the decoder layers and the final norm" if arch["norm_position"] != "post" else "Embeddings and the decoder layers"),
+        "model_doc": (
+            "Embeddings, the decoder layers and the final norm"
+            if arch["norm_position"] != "post"
+            else "Embeddings and the decoder layers"
+        ),
         "parts": parts,
         "needs_math": arch["init"] == "scaled_normal"
         or arch["embedding_scale"] == "sqrt_hidden"
@@ -348,7 +353,9 @@ def render_files(bp: Blueprint, m: Mapping[str, Any]) -> dict[str, str]:
         dest = Path(tmp) / "project"
         _copier_render(bp, dest, template_data(bp, m))
         return {
-            name: (dest / name).read_text(encoding="utf-8") for name in code_files(bp) if (dest / name).is_file()
+            name: (dest / name).read_text(encoding="utf-8")
+            for name in code_files(bp)
+            if (dest / name).is_file()
         }
 
 
@@ -436,7 +443,9 @@ def create_project(
     with atomic.locked(target):
         atomic.sweep(target)
         if target.exists() and not force:
-            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+            raise ProjectError(
+                "already exists; pass --force to replace it (its files will be lost)", path=target
+            )
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
         staging = atomic.make_staging(target, "new")
@@ -458,6 +467,10 @@ def rerender(project_dir: str | Path, dest: str | Path) -> Path:
     m = manifest.load(project_dir)
     bp = load_blueprint(m.get("project", {}).get("blueprint") or answers.get("_src_path"))
     return render(
-        bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {},
+        bp,
+        Path(dest),
+        answers["project_name"],
+        answers.get("preset"),
+        answers.get("overrides") or {},
         project_dir=project_dir,
     )

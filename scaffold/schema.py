@@ -54,7 +54,14 @@ class Field:
 
     @property
     def type_name(self) -> str:
-        names = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "table", list: "array"}
+        names = {
+            int: "integer",
+            float: "number",
+            bool: "boolean",
+            str: "string",
+            dict: "table",
+            list: "array",
+        }
         return " or ".join(names[t] for t in self.types)
 
     def problem(self, value: Any) -> str | None:
@@ -131,6 +138,7 @@ def companions(structure: Mapping[str, Any]) -> dict[str, Any]:
         if structure.get(key) == value:
             out.update(needed)
     return out
+
 
 FIELDS: tuple[Field, ...] = (
     # [project]
@@ -291,7 +299,9 @@ FIELDS: tuple[Field, ...] = (
         STR,
         "A dataset a BPE tokenizer is trained on (file, folder or dataset.toml), relative to the project.",
     ),
-    Field("tokenizer", "dataset_config", STR, "The configuration of tokenizer.dataset's dataset.toml to use."),
+    Field(
+        "tokenizer", "dataset_config", STR, "The configuration of tokenizer.dataset's dataset.toml to use."
+    ),
     Field(
         "tokenizer",
         "min_frequency",

@@ -151,6 +151,23 @@ def mha_eager_attention_forward(
     return out, weights
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention: each KV head expanded to its query heads, then plain multi-head attention."""
+    groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+    key = repeat_kv(key, groups)
+    value = repeat_kv(value, groups)
+    return mha_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+
+
 def flex_alibi_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -200,13 +217,16 @@ def alibi_attention_forward(
     """Attention with ALiBi on the backend ``config._attn_implementation`` names; (B, T, H, D) out."""
     implementation = module.config._attn_implementation
     if implementation == "flex_attention":
+        groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         return flex_alibi_attention_forward(
             module, query, key, value, attention_mask, slopes, query_offset, scaling
         )
     mask = alibi_attention_mask(
         slopes, attention_mask, query_offset, query.shape[2], key.shape[2], query.dtype
     )
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, mha_eager_attention_forward)
+    # grouped-query attention: eager and sdpa expand the KV heads themselves
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     return attention(module, query, key, value, mask, scaling=scaling)
 
 
@@ -260,8 +280,6 @@ class DeeponeAttention(nn.Module):
         if cache is not None:
             past = cache.get_seq_length(self.layer_idx)
             k, v = cache.update(k, v, self.layer_idx)  # keys and values of the whole prefix
-        # each key/value head serves num_key_value_groups query heads
-        k, v = repeat_kv(k, self.num_key_value_groups), repeat_kv(v, self.num_key_value_groups)
         out, _ = alibi_attention_forward(self, q, k, v, attention_mask, self.alibi.slopes, past, self.scaling)
         # (B, T, heads, D) -> (B, T, heads * D)
         return self.o_proj(out.reshape(*input_shape, -1).contiguous())

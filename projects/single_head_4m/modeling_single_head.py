@@ -111,6 +111,14 @@ def alibi_attention_mask(
     return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
 
 
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, kv_heads, T, D) -> (B, kv_heads * n_rep, T, D), each KV head serving n_rep query heads."""
+    if n_rep == 1:
+        return x
+    b, kv_heads, t, d = x.shape
+    return x[:, :, None].expand(b, kv_heads, n_rep, t, d).reshape(b, kv_heads * n_rep, t, d)
+
+
 def mha_eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -129,6 +137,23 @@ def mha_eager_attention_forward(
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
     return out, weights
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention: each KV head expanded to its query heads, then plain multi-head attention."""
+    groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+    key = repeat_kv(key, groups)
+    value = repeat_kv(value, groups)
+    return mha_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
 
 
 def flex_alibi_attention_forward(
@@ -180,13 +205,16 @@ def alibi_attention_forward(
     """Attention with ALiBi on the backend ``config._attn_implementation`` names; (B, T, H, D) out."""
     implementation = module.config._attn_implementation
     if implementation == "flex_attention":
+        groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         return flex_alibi_attention_forward(
             module, query, key, value, attention_mask, slopes, query_offset, scaling
         )
     mask = alibi_attention_mask(
         slopes, attention_mask, query_offset, query.shape[2], key.shape[2], query.dtype
     )
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, mha_eager_attention_forward)
+    # grouped-query attention: eager and sdpa expand the KV heads themselves
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     return attention(module, query, key, value, mask, scaling=scaling)
 
 
