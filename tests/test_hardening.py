@@ -169,13 +169,16 @@ ESCAPES = {
 @pytest.mark.parametrize("escape", list(ESCAPES), ids=list(ESCAPES))
 def test_template_escapes_fail_in_the_sandbox(proj: Path, tmp_path: Path, escape: str):
     """Row: a blueprint's README.md.jinja that reaches Python internals: the model card re-rendered by
-    build (and show, test) runs in jinja's SandboxedEnvironment; the escape fails and nothing runs."""
-    bp = tmp_path / "evil"
-    shutil.copytree(REPO / "blueprints" / "llama", bp)
+    build (and show, test) for a variant renders in Copier's sandbox (jinja2's SandboxedEnvironment),
+    as `new` does; the escape fails and nothing runs."""
+    shutil.copytree(REPO / "blueprints" / "llama", tmp_path / "evil" / "llama")
+    shutil.copytree(REPO / "blueprints" / "_shared", tmp_path / "evil" / "_shared")
+    bp = tmp_path / "evil" / "llama"
     marker = tmp_path / "ran"
-    readme = bp / "template" / "README.md.jinja"
+    readme = tmp_path / "evil" / "_shared" / "template" / "README.md.jinja"
     readme.write_text(readme.read_text() + "\n" + ESCAPES[escape].replace("MARKER", str(marker)) + "\n")
     manifest = proj / "scaffold.toml"
+    assert 'blueprint = "llama"' in manifest.read_text()
     manifest.write_text(manifest.read_text().replace('blueprint = "llama"', f'blueprint = "{bp}"'))
     before = snapshot(proj)
     r = invoke("build", proj, "--model-name", "renamed", "--output-dir", tmp_path / "out")
@@ -199,12 +202,13 @@ def test_template_escapes_fail_in_the_sandbox(proj: Path, tmp_path: Path, escape
 @pytest.mark.parametrize("value", ["/etc/passwd", "../../outside.py", "sub/../../x.py"])
 def test_blueprint_file_names_that_leave_the_project_are_refused(tmp_path: Path, value: str):
     """Row: blueprint.toml's modeling_file = "/etc/passwd" (or with ..): refused at load."""
-    bp = tmp_path / "bp"
-    shutil.copytree(REPO / "blueprints" / "llama", bp)
+    shutil.copytree(REPO / "blueprints" / "llama", tmp_path / "bp" / "llama")
+    shutil.copytree(REPO / "blueprints" / "_shared", tmp_path / "bp" / "_shared")
+    bp = tmp_path / "bp" / "llama"
     toml = bp / "blueprint.toml"
-    toml.write_text(
-        toml.read_text().replace('modeling_file = "modeling_llama.py"', f'modeling_file = "{value}"')
-    )
+    text = toml.read_text()
+    assert 'class_prefix = "Llama"\n' in text
+    toml.write_text(text.replace('class_prefix = "Llama"\n', f'class_prefix = "Llama"\nmodeling_file = "{value}"\n'))
     r = invoke("new", "p", "--from", bp, "--projects-dir", tmp_path / "projects", *sets(TINY))
     assert r.exit_code == 2
     assert one_error(r.stderr) == (
