@@ -53,3 +53,35 @@ def test_post_sublayer_block_is_olmo2s_decoder_layer():
         got = ours(x, position_embeddings=position_embeddings)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
     assert not any("input_layernorm" in k for k in ours.state_dict())
+
+
+# --------------------------------------------------------------------------------------------- parity
+# A tiny transformers model of each family (random weights, fp32), its state dict loaded strictly into
+# the model scaffold generates, logits compared with eager and sdpa, with the KV cache, with padding and
+# with packed sequences (tests/_parity.py).
+
+SLIDING = {"sliding_window": 6}  # shorter than the test sequences, so a wrong window shows
+MIXED = ["full_attention", "sliding_attention"]  # per layer, as transformers' layer_types
+
+CASES = {
+    "mistral-sliding-head-dim": ("mistral", {**SLIDING, "head_dim": 24}),
+    "mistral-full": ("mistral", {"sliding_window": None}),
+    "qwen2-qkv-bias": ("qwen2", {}),
+    "qwen2-layer-types-tied": (
+        "qwen2",
+        {"use_sliding_window": True, **SLIDING, "layer_types": MIXED, "tie_word_embeddings": True},
+    ),
+    "qwen3-head-qk-norm": ("qwen3", {"head_dim": 32}),
+    "qwen3-layer-types": ("qwen3", {"use_sliding_window": True, **SLIDING, "layer_types": MIXED}),
+    "olmo2-gqa": ("olmo2", {}),
+    "olmo2-mha": ("olmo2", {"num_key_value_heads": 4}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_against_transformers(tmp_path, case):
+    family, overrides = CASES[case]
+    hf = tiny_hf_model(family, **overrides)
+    ours = assert_parity(hf, family, tmp_path)
+    assert type(ours).__name__ == type(hf).__name__  # transformers' class names, scaffold's code
+    assert type(ours).__module__ != type(hf).__module__
