@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from scaffold.parts.blocks import PostSublayerNormBlock
 from scaffold.parts.mlp import GatedMLP
 from scaffold.parts.norms import RMSNorm
+
+from ._parity import assert_parity, tiny_hf_model
 
 
 class _TensorOut(nn.Module):
