@@ -10,7 +10,7 @@ from scaffold.parts.blocks import PostSublayerNormBlock
 from scaffold.parts.mlp import GatedMLP
 from scaffold.parts.norms import RMSNorm
 
-from ._parity import assert_parity, tiny_hf_model
+from ._parity import assert_parity, model_table, scaffold_model, tiny_hf_model
 
 
 class _TensorOut(nn.Module):
@@ -88,3 +88,83 @@ def test_against_transformers(tmp_path, case):
     ours = assert_parity(hf, family, tmp_path)
     assert type(ours).__name__ == type(hf).__name__  # transformers' class names, scaffold's code
     assert type(ours).__module__ != type(hf).__module__
+
+
+def test_layer_types_choose_each_layers_window(tmp_path):
+    """A sliding layer sees only its window, a full layer everything: token 0 reaches the last position
+    through the full layer only, so its logits change with token 0 only because of that layer."""
+    hf = tiny_hf_model("qwen3", use_sliding_window=True, sliding_window=4, layer_types=MIXED)
+    ours = scaffold_model(tmp_path, "qwen3", model_table(hf.config, "qwen3"))
+    attn = [layer.self_attn for layer in ours.model.layers]
+    assert [a.sliding_window for a in attn] == [None, 4]
+    assert ours.config.layer_types == MIXED
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+# One real preset per family: its parameter count equals transformers' own class at the same config
+# (counted on the meta device, transformers 5.24) and the published figure.
+REAL_PRESETS = {
+    ("mistral", "7b"): 7_241_732_096,  # Mistral 7B v0.1: 7.24B
+    ("qwen2", "0.5b"): 494_032_768,  # Qwen2.5-0.5B: 0.49B
+    ("qwen3", "0.6b"): 596_049_920,  # Qwen3-0.6B: 0.6B
+    ("olmo2", "1b"): 1_484_916_736,  # OLMo 2 1B: 1.48B
+}
+
+
+@pytest.mark.parametrize(("family", "preset"), REAL_PRESETS, ids=[f"{f}-{p}" for f, p in REAL_PRESETS])
+def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from scaffold.build import build, load_project
+    from scaffold.render import create_project
+
+    project = create_project(f"{family}_{preset}", family, projects_dir=tmp_path, preset=preset)
+    config = AutoConfig.from_pretrained(build(load_project(project)).output_dir, trust_remote_code=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == REAL_PRESETS[(family, preset)]
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+@pytest.mark.parametrize(
+    ("blueprint", "sets", "key", "message"),
+    [
+        (
+            "qwen2",
+            {"layer_types": ["full_attention"] * 3},
+            "model.layer_types",
+            "3 entries for num_hidden_layers = 4",
+        ),
+        (
+            "qwen2",
+            {"layer_types": ["sliding_attention"] * 4},
+            "model.layer_types",
+            "sliding_window is not set",
+        ),
+        ("qwen3", {"layer_types": ["full_attention", "local"] * 2}, "model.layer_types", "'local'"),
+        ("qwen3", {"qk_norm": "both"}, "model.qk_norm", "none, head, full"),
+        ("llama", {"position_embedding": "alibi", "sliding_window": 8}, "model.sliding_window", "ALiBi"),
+        ("mistral", {"layer_types": ["full_attention"] * 4}, "model.layer_types", "unknown key"),
+        ("single_head", {"qk_norm": "head"}, "model.qk_norm", "no separate queries and keys"),
+    ],
+    ids=[
+        "length",
+        "sliding-without-window",
+        "bad-type",
+        "bad-qk-norm",
+        "alibi-window",
+        "mistral-has-no-layer-types",
+        "single-head-qk-norm",
+    ],
+)
+def test_manifest_names_the_bad_key(tmp_path, blueprint, sets, key, message):
+    from scaffold.errors import ManifestError
+    from scaffold.render import create_project
+
+    with pytest.raises(ManifestError) as err:
+        create_project("bad", blueprint, projects_dir=tmp_path, overrides={"model": sets})
+    assert key in str(err.value) and message in str(err.value)
+    assert not (tmp_path / "bad").exists()
