@@ -91,13 +91,15 @@ def test_against_transformers(tmp_path, case):
 
 
 def test_layer_types_choose_each_layers_window(tmp_path):
-    """A sliding layer sees only its window, a full layer everything: token 0 reaches the last position
-    through the full layer only, so its logits change with token 0 only because of that layer."""
+    """Each layer's attention follows layer_types; absent, every layer slides once a window is set."""
     hf = tiny_hf_model("qwen3", use_sliding_window=True, sliding_window=4, layer_types=MIXED)
-    ours = scaffold_model(tmp_path, "qwen3", model_table(hf.config, "qwen3"))
-    attn = [layer.self_attn for layer in ours.model.layers]
-    assert [a.sliding_window for a in attn] == [None, 4]
+    ours = scaffold_model(tmp_path / "mixed", "qwen3", model_table(hf.config, "qwen3"))
+    assert [layer.self_attn.sliding_window for layer in ours.model.layers] == [None, 4]
     assert ours.config.layer_types == MIXED
+    table = {k: v for k, v in model_table(hf.config, "qwen3").items() if k != "layer_types"}
+    ours = scaffold_model(tmp_path / "all", "qwen3", table)
+    assert ours.config.layer_types == ["sliding_attention"] * 2
+    assert [layer.self_attn.sliding_window for layer in ours.model.layers] == [4, 4]
 
 
 # --------------------------------------------------------------------------------------------- presets
