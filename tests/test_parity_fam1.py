@@ -68,16 +68,15 @@ MIXED = ["full_attention", "sliding_attention"]  # per layer, as transformers' l
 
 CASES = {
     "mistral-sliding-head-dim": ("mistral", {**SLIDING, "head_dim": 24}),
-    "mistral-full": ("mistral", {"sliding_window": None}),
-    "qwen2-qkv-bias": ("qwen2", {}),
-    "qwen2-layer-types-tied": (
+    "qwen2-qkv-bias-layer-types-tied": (
         "qwen2",
         {"use_sliding_window": True, **SLIDING, "layer_types": MIXED, "tie_word_embeddings": True},
     ),
-    "qwen3-head-qk-norm": ("qwen3", {"head_dim": 32}),
-    "qwen3-layer-types": ("qwen3", {"use_sliding_window": True, **SLIDING, "layer_types": MIXED}),
-    "olmo2-gqa": ("olmo2", {}),
-    "olmo2-mha": ("olmo2", {"num_key_value_heads": 4}),
+    "qwen3-head-qk-norm-layer-types": (
+        "qwen3",
+        {"head_dim": 32, "use_sliding_window": True, **SLIDING, "layer_types": MIXED},
+    ),
+    "olmo2-full-qk-norm-gqa": ("olmo2", {}),
 }
 
 
