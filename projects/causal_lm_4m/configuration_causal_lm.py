@@ -39,6 +39,8 @@ class ScaffoldCausalLMConfig(PreTrainedConfig):
     hidden_act: str = "relu"
     mlp_bias: bool = True
     embedding_scale: str = "sqrt_hidden"
+    qk_norm: str = "none"
+    qkv_bias: bool = False
     init: str = "xavier"
 
     def __post_init__(self, **kwargs):

@@ -38,6 +38,8 @@ class ScaffoldDeeponeConfig(PreTrainedConfig):
     hidden_act: str = "relu"
     mlp_bias: bool = False
     embedding_scale: str = "none"
+    qk_norm: str = "none"
+    qkv_bias: bool = False
     init: str = "deepnet"
 
     def __post_init__(self, **kwargs):

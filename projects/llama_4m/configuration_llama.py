@@ -42,6 +42,8 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     hidden_act: str = "silu"
     mlp_bias: bool = False
     embedding_scale: str = "none"
+    qk_norm: str = "none"
+    qkv_bias: bool = False
     init: str = "scaled_normal"
 
     def __post_init__(self, **kwargs):

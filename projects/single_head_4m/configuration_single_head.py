@@ -38,6 +38,8 @@ class ScaffoldSingleHeadConfig(PreTrainedConfig):
     hidden_act: str = "relu"
     mlp_bias: bool = False
     embedding_scale: str = "sqrt_hidden"
+    qk_norm: str = "none"
+    qkv_bias: bool = False
     init: str = "scaled_normal"
 
 

@@ -62,30 +62,6 @@ class PostNormBlock(GradientCheckpointingLayer):
         return x
 
 
-class PostSublayerNormBlock(GradientCheckpointingLayer):
-    """Post-sublayer norm: ``x = x + norm(attn(x)); x = x + norm(mlp(x))``: each sublayer's output is
-    normalised before the residual add and the residual stream itself is never normed (OLMo 2)."""
-
-    def __init__(
-        self,
-        self_attn: nn.Module,
-        mlp: nn.Module,
-        post_attention_layernorm: nn.Module,
-        post_feedforward_layernorm: nn.Module,
-    ):
-        super().__init__()
-        self.self_attn = self_attn
-        self.mlp = mlp
-        self.post_attention_layernorm = post_attention_layernorm
-        self.post_feedforward_layernorm = post_feedforward_layernorm
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
-        x = hidden_states
-        x = x + self.post_attention_layernorm(self.self_attn(x, attention_mask, **kwargs))
-        x = x + self.post_feedforward_layernorm(self.mlp(x))
-        return x
-
-
 def deepnet_alpha(num_hidden_layers: int) -> float:
     """DeepNet's residual scale for a decoder-only model: ``alpha = (2L)^(1/4)`` (Wang et al., 2022)."""
     return (2 * num_hidden_layers) ** 0.25
