@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ._parity import assert_parity, model_table, scaffold_model, tiny_hf_model
+from ._parity import assert_family_checks, assert_parity, model_table, scaffold_model, tiny_hf_model
 
 # --------------------------------------------------------------------------------------------- parity
 # A tiny transformers model of each family (random weights, fp32), its state dict loaded strictly into
@@ -48,6 +48,29 @@ def test_layer_types_choose_each_layers_window(tmp_path):
     ours = scaffold_model(tmp_path / "all", "qwen3", table)
     assert ours.config.layer_types == ["sliding_attention"] * 2
     assert [layer.self_attn.sliding_window for layer in ours.model.layers] == [4, 4]
+
+
+def test_the_new_keys_combine_on_another_family(tmp_path):
+    """qk_norm, qkv_bias and post_sublayer are structure, not families: set on llama with LayerNorm,
+    they build, load, and pass the checks that need no transformers twin."""
+    from .conftest import TINY_LLAMA
+
+    model = {
+        **TINY_LLAMA,
+        "norm_type": "layernorm",
+        "qk_norm": "head",
+        "qkv_bias": True,
+        "norm_position": "post_sublayer",
+        "sliding_window": 5,
+    }
+    ours = scaffold_model(tmp_path, "llama", model)
+    attn = ours.model.layers[0].self_attn
+    assert isinstance(attn.q_norm, torch.nn.LayerNorm) and attn.q_norm.normalized_shape == (16,)
+    assert attn.q_proj.bias is not None and attn.o_proj.bias is None
+    assert not hasattr(ours.model.layers[0], "input_layernorm")
+    assert_family_checks(ours)
+    source = (tmp_path / "projects" / "parity" / "modeling_llama.py").read_text()
+    assert "config.qk_norm" not in source and "config.norm_position" not in source  # resolved when generated
 
 
 # --------------------------------------------------------------------------------------------- presets
