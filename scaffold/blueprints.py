@@ -60,6 +60,7 @@ class Blueprint:
     meta: dict[str, Any]
     defaults: dict[str, dict[str, Any]]
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    parallel: dict[str, Any] = field(default_factory=dict)  # module names and styles for scaffold/plans.py
 
     @property
     def name(self) -> str:
@@ -111,7 +112,9 @@ def load(spec: str | Path) -> Blueprint:
                     break
     if not (path / BLUEPRINT_FILE).is_file():
         known = ", ".join(builtin_names()) or "none"
-        raise BlueprintError(f"no blueprint here (no {BLUEPRINT_FILE}); built-in blueprints: {known}", path=spec)
+        raise BlueprintError(
+            f"no blueprint here (no {BLUEPRINT_FILE}); built-in blueprints: {known}", path=spec
+        )
     path = path.resolve()
     try:
         data = tomllib.loads((path / BLUEPRINT_FILE).read_text(encoding="utf-8"))
@@ -122,7 +125,13 @@ def load(spec: str | Path) -> Blueprint:
         if key not in meta:
             raise BlueprintError("missing key", path=path / BLUEPRINT_FILE, key=f"blueprint.{key}")
     check_safe(path)
-    return Blueprint(path=path, meta=meta, defaults=data.get("defaults", {}), presets=data.get("presets", {}))
+    return Blueprint(
+        path=path,
+        meta=meta,
+        defaults=data.get("defaults", {}),
+        presets=data.get("presets", {}),
+        parallel=data.get("parallel", {}),
+    )
 
 
 def check_safe(path: Path) -> None:
@@ -136,7 +145,9 @@ def check_safe(path: Path) -> None:
     try:  # Copier's own YAML reader; a tag it alone understands (!include) is refused as well
         keys = {k for doc in yaml.safe_load_all(text) if isinstance(doc, dict) for k in doc}
     except yaml.YAMLError as err:
-        raise BlueprintError(f"not YAML that scaffold can check: {' '.join(str(err).split())}", path=copier_yml) from None
+        raise BlueprintError(
+            f"not YAML that scaffold can check: {' '.join(str(err).split())}", path=copier_yml
+        ) from None
     keys |= {line.split(":", 1)[0].strip().strip("'\"") for line in text.splitlines()}
     for key in FORBIDDEN_COPIER_KEYS:
         if key in keys:

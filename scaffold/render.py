@@ -19,6 +19,7 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
+from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
 from .tokenizer import make_for_new
 from .tokenizer import write as write_tokenizer
@@ -76,6 +77,7 @@ def render(
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
         "parts": part_sources(),
+        "plans": plans_for(bp),
         "scaffold_version": __version__,
         "blueprint_name": bp.name,
         "blueprint_version": bp.version,
@@ -159,7 +161,9 @@ def create_project(
     with atomic.locked(target):
         atomic.sweep(target)
         if target.exists() and not force:
-            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+            raise ProjectError(
+                "already exists; pass --force to replace it (its files will be lost)", path=target
+            )
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
         staging = atomic.make_staging(target, "new")
@@ -181,6 +185,10 @@ def rerender(project_dir: str | Path, dest: str | Path) -> Path:
     m = manifest.load(project_dir)
     bp = load_blueprint(m.get("project", {}).get("blueprint") or answers.get("_src_path"))
     return render(
-        bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {},
+        bp,
+        Path(dest),
+        answers["project_name"],
+        answers.get("preset"),
+        answers.get("overrides") or {},
         project_dir=project_dir,
     )

@@ -284,6 +284,10 @@ class CausalLMModel(CausalLMPreTrainedModel):
 class CausalLMForCausalLM(CausalLMPreTrainedModel, GenerationMixin):
     """CausalLMModel with its own (untied) output head; computes the shifted next-token loss when given labels."""
 
+    # the output head split on the vocabulary and gathered (scaffold/plans.py)
+    _tp_plan = {"lm_head": "colwise_rep"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
     def __init__(self, config: CausalLMConfig):
         super().__init__(config)
         self.model = CausalLMModel(config)
