@@ -22,6 +22,7 @@ that hangs is stopped with all the others after ``timeout`` seconds and named.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -236,31 +237,44 @@ def _run_torchrun(job: Path, dist: DistributedOptions, log: Callable[[str], None
             _stream(proc, deadline, log)
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _stop(proc)
-            done = {int(p.stem.split("-")[1]) for p in job.glob("done-*.json")}
-            hung = [r for r in range(dist.nproc) if r not in done]
-            raise TestFailure(
-                f"--nproc {dist.nproc}: rank {', '.join(map(str, hung))} did not finish within "
-                f"{dist.timeout:g} s; every rank was stopped"
-            ) from None
+            _stop(proc, job)
+            raise TestFailure(f"--nproc {dist.nproc}: {_hung(job, dist)}; every rank was stopped") from None
         except BaseException:
-            _stop(proc)
+            _stop(proc, job)
             raise
     if proc.returncode == 0 and (job / "result.json").is_file():
         return
+    # a rank that died without writing an error (killed by a signal) is the cause; the others' errors
+    # (a peer closed the connection) follow from it. Else the first rank to write an error.
+    died = _died(stderr_path.read_text(encoding="utf-8", errors="replace"), job)
+    if died:
+        raise TestFailure(f"--nproc {dist.nproc}: {died}; every rank was stopped")
     errors = sorted(
         (json.loads(p.read_text(encoding="utf-8")) for p in job.glob("error-*.json")), key=lambda e: e["time"]
     )
-    if errors:  # the first rank to fail; the others stopped because of it
+    if errors:
         first = errors[0]
         err = ScaffoldError(f"rank {first['rank']}: {first['message']}")
         err.exit_code = first["exit_code"]
         raise err
-    died = _died(stderr_path.read_text(encoding="utf-8", errors="replace"))
-    err = TestFailure(
-        f"--nproc {dist.nproc}: {died or f'torch.distributed.run exited with {proc.returncode}'}"
-    )
-    raise err
+    raise TestFailure(f"--nproc {dist.nproc}: torch.distributed.run exited with {proc.returncode}")
+
+
+def _hung(job: Path, dist: DistributedOptions) -> str:
+    """Which ranks a run that timed out waited for: those that got least far (the others wait for them)."""
+    done = {r for r in range(dist.nproc) if (job / f"done-{r}.json").is_file()}
+    progress = {}
+    for r in range(dist.nproc):
+        path = job / f"progress-{r}"
+        progress[r] = int(path.read_text(encoding="ascii") or 0) if path.is_file() else 0
+    waiting = [r for r in range(dist.nproc) if r not in done]
+    if not waiting:
+        return f"torch.distributed.run did not exit within {dist.timeout:g} s after every rank finished"
+    least = min(progress[r] for r in waiting)
+    stuck = [r for r in waiting if progress[r] == least]
+    where = f"after {least} step{'s' * (least != 1)}" if least else "before its first step"
+    ranks = ", ".join(map(str, stuck))
+    return f"rank {ranks} did not finish within {dist.timeout:g} s (stuck {where})"
 
 
 def _stream(proc: subprocess.Popen, deadline: float, log: Callable[[str], None]) -> None:
@@ -281,27 +295,40 @@ def _stream(proc: subprocess.Popen, deadline: float, log: Callable[[str], None])
         log(line.rstrip("\n"))
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop torchrun and every worker (they share its session): SIGKILL, so that a stopped one goes too."""
-    try:
+def _stop(proc: subprocess.Popen, job: Path) -> None:
+    """Stop torchrun and every worker with SIGKILL (a stopped process ignores anything gentler). The
+    workers run in sessions of their own: each is found by the pid it wrote, if it still runs this job."""
+    for path in job.glob("pid-*"):
+        pid = int(path.read_text(encoding="ascii") or 0)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(job).encode() not in f.read():
+                    continue
+        except OSError:
+            if sys.platform.startswith("linux"):
+                continue  # gone already
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
-def _died(stderr: str) -> str:
-    """torchrun's one line about a worker that died without an error of its own (killed by a signal)."""
+def _died(stderr: str, job: Path) -> str:
+    """A worker that died without an error of its own (killed by a signal), from torchrun's report."""
     import re
 
-    rank = re.search(r"rank\s*:\s*(\d+)", stderr)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", stderr)
-    if not (rank and code):
-        return ""
-    exit_code = int(code.group(1))
-    how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
-    names = {-signal.SIGKILL: " (SIGKILL: out of memory?)", -signal.SIGSEGV: " (SIGSEGV)"}
-    return f"rank {rank.group(1)} {how}{names.get(exit_code, '')}; every rank was stopped"
+    # torchrun lists the other failures first and the first observed one under "Root Cause"
+    root = stderr.rpartition("Root Cause")[2]
+    for block in re.split(r"\n\s*\[\d+\]:", root)[1:] + re.split(r"\n\s*\[\d+\]:", stderr)[1:]:
+        rank = re.search(r"rank\s*:\s*(\d+)", block)
+        code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+        if rank and code and int(code.group(1)) != 0 and not (job / f"error-{rank.group(1)}.json").is_file():
+            exit_code = int(code.group(1))
+            how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
+            names = {-signal.SIGKILL: " (SIGKILL: out of memory?)", -signal.SIGSEGV: " (SIGSEGV)"}
+            return f"rank {rank.group(1)} {how}{names.get(exit_code, '')}"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +345,8 @@ def worker(job: Path) -> int:
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    # torchrun gives each worker its own session: the launcher stops a hung one by this pid
+    (job / f"pid-{rank}").write_text(str(os.getpid()), encoding="ascii")
     spec = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))
     try:
         if spec["device_type"] == "cuda":
@@ -330,7 +359,7 @@ def worker(job: Path) -> int:
             timeout=timedelta(seconds=spec["timeout"]),
             device_id=device if device.type == "cuda" else None,
         )
-        result = _run_rank(spec, rank, world, device)
+        result = _run_rank(job, spec, rank, world, device)
         (job / f"done-{rank}.json").write_text("{}", encoding="utf-8")
         if rank == 0:
             (job / "result.json").write_text(json.dumps(result), encoding="utf-8")
@@ -352,7 +381,7 @@ def _write_error(job: Path, rank: int, message: str, exit_code: int) -> int:
     return exit_code
 
 
-def _run_rank(spec: dict[str, Any], rank: int, world: int, device) -> dict[str, Any]:
+def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) -> dict[str, Any]:
     import torch.distributed as tdist
 
     from . import smoke
@@ -389,8 +418,13 @@ def _run_rank(spec: dict[str, Any], rank: int, world: int, device) -> dict[str, 
     elif parallel == "fsdp2":
         model = shard_fsdp2(model, dtype, sum_reduction=spec["backend"] == "gloo")
 
+    steps = 0
+
     def loss_value(loss) -> float:
+        nonlocal steps
         fault_point(f"dist-step-rank{rank}")  # tests stop or kill one rank here (SCAFFOLD_FAULT)
+        steps += 1  # how far this rank got, for naming a rank that hangs
+        (job / f"progress-{rank}").write_text(str(steps), encoding="ascii")
         if parallel == "tp":
             return loss.item()
         total = loss.detach().float().clone()
