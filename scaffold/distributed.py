@@ -347,6 +347,9 @@ def worker(job: Path) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     # torchrun gives each worker its own session: the launcher stops a hung one by this pid
     (job / f"pid-{rank}").write_text(str(os.getpid()), encoding="ascii")
+    from .atomic import fault_point
+
+    fault_point(f"dist-start-rank{rank}")  # tests stop or kill one rank here (SCAFFOLD_FAULT)
     spec = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))
     try:
         if spec["device_type"] == "cuda":
