@@ -244,16 +244,20 @@ def _run_torchrun(job: Path, dist: DistributedOptions, log: Callable[[str], None
             raise
     if proc.returncode == 0 and (job / "result.json").is_file():
         return
-    # a rank that died without writing an error (killed by a signal) is the cause; the others' errors
-    # (a peer closed the connection) follow from it. Else the first rank to write an error.
-    died = _died(stderr_path.read_text(encoding="utf-8", errors="replace"), job)
-    if died:
-        raise TestFailure(f"--nproc {dist.nproc}: {died}; every rank was stopped")
-    errors = sorted(
-        (json.loads(p.read_text(encoding="utf-8")) for p in job.glob("error-*.json")), key=lambda e: e["time"]
-    )
+    # torchrun names the first failure ("Root Cause"): its error if it wrote one, else how it died (a
+    # signal). The others' errors (a peer closed the connection) and deaths (torchrun's SIGTERM) follow.
+    errors = {
+        e["rank"]: e for e in (json.loads(p.read_text(encoding="utf-8")) for p in job.glob("error-*.json"))
+    }
+    root = _root_cause(stderr_path.read_text(encoding="utf-8", errors="replace"))
+    if root is not None and root[0] not in errors and root[1] != 0:
+        raise TestFailure(f"--nproc {dist.nproc}: {_death(*root)}; every rank was stopped")
     if errors:
-        first = errors[0]
+        first = (
+            errors[root[0]]
+            if root is not None and root[0] in errors
+            else min(errors.values(), key=lambda e: e["time"])
+        )
         err = ScaffoldError(f"rank {first['rank']}: {first['message']}")
         err.exit_code = first["exit_code"]
         raise err
@@ -314,21 +318,20 @@ def _stop(proc: subprocess.Popen, job: Path) -> None:
     proc.wait()
 
 
-def _died(stderr: str, job: Path) -> str:
-    """A worker that died without an error of its own (killed by a signal), from torchrun's report."""
+def _root_cause(stderr: str) -> tuple[int, int] | None:
+    """(rank, exit code) of the first failure torchrun observed, from its report on stderr."""
     import re
 
-    # torchrun lists the other failures first and the first observed one under "Root Cause"
-    root = stderr.rpartition("Root Cause")[2]
-    for block in re.split(r"\n\s*\[\d+\]:", root)[1:] + re.split(r"\n\s*\[\d+\]:", stderr)[1:]:
-        rank = re.search(r"rank\s*:\s*(\d+)", block)
-        code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
-        if rank and code and int(code.group(1)) != 0 and not (job / f"error-{rank.group(1)}.json").is_file():
-            exit_code = int(code.group(1))
-            how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
-            names = {-signal.SIGKILL: " (SIGKILL: out of memory?)", -signal.SIGSEGV: " (SIGSEGV)"}
-            return f"rank {rank.group(1)} {how}{names.get(exit_code, '')}"
-    return ""
+    block = stderr.rpartition("Root Cause")[2]
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+    return (int(rank.group(1)), int(code.group(1))) if rank and code else None
+
+
+def _death(rank: int, exit_code: int) -> str:
+    how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
+    names = {-signal.SIGKILL: " (SIGKILL: out of memory?)", -signal.SIGSEGV: " (SIGSEGV)"}
+    return f"rank {rank} {how}{names.get(exit_code, '')}"
 
 
 # ---------------------------------------------------------------------------------------------

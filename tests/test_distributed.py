@@ -289,6 +289,20 @@ def test_more_processes_than_gpus_is_a_usage_error(model_dirs):
     assert result.exit_code == 2 and "GPUs" in result.output
 
 
+def test_an_error_in_the_ranks_is_one_line_with_its_exit_code(model_dirs):
+    """A learning rate that blows the weights up: the non-finite loss or gradient stops the ranks (exit 4), reported
+    once with the rank that raised it, no traceback."""
+    result = invoke(
+        "test", _project(model_dirs), "--nproc", 2, "--parallel", "ddp", "--lr", "1e30", "--steps", 3
+    )
+    assert result.exit_code == 4, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.match(r"error: rank [01]: step [23]: (loss is|non-finite)", errors[0]), (
+        errors
+    )
+    assert "Traceback" not in result.output
+
+
 def test_a_rank_that_dies_ends_every_rank_with_one_line(model_dirs):
     before = scaffold_processes()
     result = invoke(
