@@ -23,8 +23,9 @@ How a projection may be split follows from the layout:
 - The output head is split on the vocabulary and gathered (``colwise_rep``), which also matches an
   input embedding tied to it (transformers splits ``embed_tokens`` on the vocabulary).
 
-A family's data (the ``[parallel]`` table of its blueprint.toml) names its modules where they differ
-from Llama's and may set the style of any projection outright.
+The layout follows from the resolved structure and the family's parameter names (``[names]``); the
+``[parallel]`` table of a blueprint.toml may set any :class:`Layout` field on top, the style of any
+projection included (``styles``).
 """
 
 from __future__ import annotations
@@ -193,6 +194,45 @@ def render_plans(layout: Layout) -> RenderedPlans:
     return RenderedPlans(config=config, causal_lm=causal_lm)
 
 
-def plans_for(blueprint: Any) -> RenderedPlans:
-    """The rendered plans of a blueprint, from its ``[parallel]`` table."""
-    return render_plans(layout_from(blueprint.parallel, path=blueprint.path / "blueprint.toml"))
+def layout_for(structure: Mapping[str, Any], names: Mapping[str, str]) -> Layout:
+    """The layout a resolved structure (``schema.structure_of``) and a family's parameter names give.
+
+    ALiBi (one slope vector over all heads) and single-head attention keep whole heads; a q/k norm
+    (``qk_norm``: "head" or "all") and a fused qkv projection (``qkv``: "interleaved" or "blocks") are
+    read when the structure has them; a post-norm decoder has no final norm; a plain MLP no gate.
+    """
+    single = structure.get("attention") == "single_head"
+    qkv = structure.get("qkv", "separate")
+    fused = qkv in QKV_LAYOUTS
+    whole = single or structure.get("position_embedding") == "alibi"
+    return Layout(
+        embed_tokens=names["embed_tokens"],
+        layers=names["layers"],
+        norm=names["norm"] if structure.get("norm_position") != "post" else "",
+        lm_head=names["lm_head"],
+        attention=names["self_attn"],
+        q_proj="" if fused else names["qk_proj"] if single else names["q_proj"],
+        k_proj="" if fused or single else names["k_proj"],
+        v_proj="" if fused else names["v_proj"],
+        o_proj="" if single else names["o_proj"],
+        qkv_proj=names["qkv_proj"] if fused else "",
+        qkv_layout=qkv if fused else "blocks",
+        qk_norm=structure.get("qk_norm", "none"),
+        heads="whole" if whole else "split",
+        mlp=names["mlp"],
+        gate_proj=names["gate_proj"] if structure.get("mlp") == "gated" else "",
+        up_proj=names["up_proj"],
+        down_proj=names["down_proj"],
+    )
+
+
+def plans_for(blueprint: Any, model: Mapping[str, Any]) -> RenderedPlans:
+    """The rendered plans of a family's project: its structure and names, with the ``[parallel]``
+    table of its blueprint.toml (any :class:`Layout` field) on top."""
+    from dataclasses import asdict
+
+    from .schema import structure_of
+
+    derived = asdict(layout_for(structure_of(model), blueprint.names))
+    layout = layout_from({**derived, **blueprint.parallel}, path=blueprint.path / "blueprint.toml")
+    return render_plans(layout)

@@ -24,7 +24,7 @@ from scaffold.blueprints import load as load_blueprint
 from scaffold.build import build, load_project
 from scaffold.construct import construct, default_dtype
 from scaffold.errors import BlueprintError
-from scaffold.plans import Layout, attention_styles, base_model_tp_plan, layout_from, mlp_styles
+from scaffold.plans import Layout, attention_styles, base_model_tp_plan, layout_from, mlp_styles, plans_for
 from scaffold.render import create_project
 
 from ._construct_util import invoke
@@ -172,13 +172,29 @@ def test_bad_parallel_table_names_the_key(table, key):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_data_gives_the_rendered_plan(family):
-    """The [parallel] table is the single source: the shipped project carries exactly its plan."""
+def test_shipped_projects_carry_the_plans_of_their_structure(family):
+    """The plans follow from the family's structure and names: the shipped project carries exactly them."""
+    from scaffold import manifest
+
     bp = load_blueprint(family)
-    plan = base_model_tp_plan(layout_from(bp.parallel))
-    text = (ROOT / "projects" / f"{family}_4m" / bp.meta["configuration_file"]).read_text()
-    for pattern, style in plan.items():
-        assert f'"{pattern}": "{style}"' in text
+    project = ROOT / "projects" / f"{family}_4m"
+    plans = plans_for(bp, manifest.load(project)["model"])
+    assert plans.config in (project / bp.meta["configuration_file"]).read_text()
+    assert plans.causal_lm in (project / bp.meta["modeling_file"]).read_text()
+
+
+def test_a_structural_change_changes_the_plan():
+    """Llama's heads split; with ALiBi (one slope vector over all heads) they are gathered instead, and a
+    post-norm decoder with a plain MLP has no final norm and no gate in its plans."""
+    llama = load_blueprint("llama")
+    assert "colwise_rep" not in plans_for(llama, {}).config
+    alibi = plans_for(llama, {"position_embedding": "alibi"}).config
+    assert (
+        '"layers.*.self_attn.q_proj": "colwise_rep"' in alibi
+        and '"layers.*.self_attn.o_proj": "rowwise_rep"' in alibi
+    )
+    post = plans_for(llama, {"norm_position": "post", "mlp": "plain"}).config
+    assert "gate_proj" not in post and '"norm":' not in post
 
 
 # ---------------------------------------------------------------------------------------------
