@@ -22,6 +22,7 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
+from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
 from .tokenizer import make_for_new
 from .tokenizer import write as write_tokenizer
@@ -351,6 +352,7 @@ def template_data(
         "arch": schema.structure_of(m.get("model", {})),
         "names": bp.names,
         "plan": plan(bp, m.get("model", {})),
+        "plans": plans_for(bp, m.get("model", {})),  # tensor- and pipeline-parallel plans
     }
 
 
