@@ -22,6 +22,7 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
+from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
 from .tokenizer import make_for_new
 from .tokenizer import write as write_tokenizer
@@ -73,6 +74,7 @@ CONFIG_ORDER = (
     "rms_norm_eps",
     "layer_norm_eps",
     "sliding_window",
+    "layer_types",
     "attention_dropout",
     "hidden_dropout",
     "initializer_range",
@@ -123,6 +125,8 @@ def _annotation(key: str, default: Any) -> str:
 
     if key == "rope_parameters":
         return "dict | None"
+    if key == "layer_types":
+        return "list[str] | None"
     f = schema.BY_PATH.get(f"model.{key}")
     names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
     types = [t for t in (f.types if f else (type(default),)) if t in names]
@@ -197,6 +201,7 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         "post": f"Post-norm blocks, ``x = {norm}(x + attn(x)); x = {norm}(x + mlp(x))``",
         "deepnorm": f"DeepNorm blocks (Wang et al., 2022), ``x = {norm}(alpha * x + attn(x)); "
         f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
+        "post_sublayer": f"Post-sublayer-norm blocks, ``x = x + {norm}(attn(x)); x = x + {norm}(mlp(x))``",
     }[arch["norm_position"]]
     position = {
         "rope": "rotary position embeddings",
@@ -207,7 +212,14 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     if arch["attention"] == "single_head":
         attention = "one attention head with a fused query-key matrix and no output projection"
     else:
-        attention = "grouped-query attention" + (" with biases" if arch["attention_bias"] else "")
+        attention = "grouped-query attention"
+        if arch["attention_bias"]:
+            attention += " with biases"
+        elif arch["qkv_bias"]:
+            attention += " with query, key and value biases"
+        if arch["qk_norm"] != "none":
+            width = "each head" if arch["qk_norm"] == "head" else "all heads at once"
+            attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
     parts = [f"{blocks}, with {position}, {attention} and a {_mlp_doc(arch)}"]
     if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
         parts[0] += " (layer norms without bias)"
@@ -237,6 +249,24 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
             + "packed sequences) come from transformers' mask builders."
         )
     return f"A {bp.prefix}-family decoder-only language model in one file.", _wrap(" ".join(parts))
+
+
+def lora_targets(arch: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+    """The names of the linear layers inside the decoder layers (attention and MLP projections): what
+    PEFT's ``target_modules`` must list for a model type it does not know."""
+    if arch.get("attention") == "single_head":
+        attention = [names["qk_proj"], names["v_proj"]]
+    elif arch.get("qkv_layout", "separate") != "separate":
+        attention = [names["qkv_proj"], names["o_proj"]]
+    else:
+        attention = [names[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if arch.get("mlp") == "plain":
+        mlp = [names["up_proj"], names["down_proj"]]
+    elif arch.get("mlp_layout", "separate") != "separate":
+        mlp = [names["gate_up_proj"], names["down_proj"]]
+    else:
+        mlp = [names[k] for k in ("gate_proj", "up_proj", "down_proj")]
+    return attention + mlp
 
 
 def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,13 +313,16 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": "sliding_window" in keys and multi and arch["position_embedding"] != "alibi",
+        # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
+        "layer_types": "layer_types" in keys and multi and arch["position_embedding"] != "alibi",
         "hidden_dropout": "hidden_dropout" in keys,
         "final_norm": arch["norm_position"] != "post",
         "positions": arch["position_embedding"] in ("rope", "sinusoidal"),
-        "padding_idx": arch["init"] == "scaled_normal",
+        "padding_idx": arch["init"] in ("scaled_normal", "normal"),
         "residual_writers": writers,
         "linear_bias": arch["attention_bias"] or arch["mlp_bias"],
         "config_fields": config_fields(bp, arch),
+        "lora_targets": lora_targets(arch, bp.names),
     }
 
 
@@ -304,6 +337,7 @@ def template_data(
         "project_name": project.get("name", ""),
         "preset": project.get("preset") or bp.default_preset,
         "overrides": dict(overrides or {}),
+        "vocab_follows_tokenizer": "vocab_size" not in (dict(overrides or {}).get("model") or {}),
         # not questions: computed here, so not saved in the answers file
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
@@ -318,6 +352,7 @@ def template_data(
         "arch": schema.structure_of(m.get("model", {})),
         "names": bp.names,
         "plan": plan(bp, m.get("model", {})),
+        "plans": plans_for(bp, m.get("model", {})),  # tensor- and pipeline-parallel plans
     }
 
 
