@@ -18,6 +18,7 @@ from typing import Any
 
 from . import manifest
 from .build import Project, default_output_dir, inputs_record, read_stamp, write_model_dir
+from .diagram import breakdown_lines, parameter_breakdown, project_structure, text_diagram
 from .errors import UsageError
 
 
@@ -98,8 +99,10 @@ def describe(project: Project, opts: ShowOptions) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
 
     p = m["project"]
-    lines.append(f"project     {p['name']}: blueprint {project.blueprint.name} {project.blueprint.version}, "
-                 f"preset {p.get('preset', '-')} ({project.path})")
+    lines.append(
+        f"project     {p['name']}: blueprint {project.blueprint.name} {project.blueprint.version}, "
+        f"preset {p.get('preset', '-')} ({project.path})"
+    )
     if opts.flags:
         lines.append(f"overrides   {' '.join(opts.flags)}")
     lines.append(f"model dir   {build_status(project, opts.output_dir)}")
@@ -112,7 +115,11 @@ def describe(project: Project, opts: ShowOptions) -> str:
     embedding = model.get_input_embeddings().weight.numel()
     nbytes = sum(t.numel() * t.element_size() for t in params)
     first = params[0]
-    init = "none (meta device)" if device.type == "meta" else ("none (--no-init-weights)" if opts.no_init else "yes")
+    init = (
+        "none (meta device)"
+        if device.type == "meta"
+        else ("none (--no-init-weights)" if opts.no_init else "yes")
+    )
     lines += [
         "",
         "== model ==",
@@ -121,9 +128,16 @@ def describe(project: Project, opts: ShowOptions) -> str:
         f"parameters  {total:,} ({_human(total)}); embedding {embedding:,}, other {total - embedding:,}",
         f"weights     {_mib(nbytes)} at {str(first.dtype).removeprefix('torch.')}",
     ]
-    for names in alias_groups(model):
+    tied = list(alias_groups(model))
+    for names in tied:
         lines.append(f"tied        {' = '.join(names)}")
-    lines += ["", repr(model)]
+    lines += [
+        "",
+        "== parameters ==",
+        *breakdown_lines(parameter_breakdown(list(model.named_parameters())), bool(tied)),
+    ]
+    lines += ["", "== structure ==", text_diagram(project_structure(m, project.blueprint.name)).rstrip()]
+    lines += ["", "== modules ==", repr(model)]
     if checkpoint_lines:
         lines += ["", "== checkpoint ==", *checkpoint_lines]
     return "\n".join(lines) + "\n"
