@@ -204,8 +204,9 @@ def _doc(path: str) -> str:
     default=None,
     help=_doc("test.packed"),
 )
+@click.option("--no-record", is_flag=True, help="Do not write a run record under PROJECT/runs/.")
 @override_options
-def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
+def test_cmd(project: Path, overrides: Overrides, no_record: bool, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
     tokens or on a dataset tokenized with the model's own tokenizer.
 
@@ -218,10 +219,15 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     --output-dir is given, so PROJECT/model is left alone. --load-from-checkpoint loads those weights
     (strictly, converted to --dtype); --no-init-weights constructs without init and loads the weights
     from the checkpoint or the model directory.
+
+    Each run is recorded in PROJECT/runs/<time>-<id>/ (options, model config, per-step loss, learning
+    rate, tokens/s and memory, the summary and a loss-curve PNG) unless --no-record; `scaffold runs`
+    lists and plots them. A progress bar shows when stderr is a terminal.
     """
     import tempfile
 
     from .build import build_for_test
+    from .runs import recording
     from .smoke import TestOptions, resolve_device, resolve_dtype, run
 
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
@@ -246,8 +252,46 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
         click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
-        report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
+        record = _record_options(proj, options, device, overrides, result.output_dir)
+        with recording(
+            None if no_record else proj.path, record, result.output_dir, device, options.steps, click.echo
+        ) as rec:
+            report = run(
+                result.output_dir,
+                options,
+                checkpoint=overrides.checkpoint,
+                no_init=overrides.no_init_weights,
+                on_step=rec.step if rec else None,
+            )
+            said = rec.finish("completed", report) if rec else []
     click.echo(report.summary())
+    for line in said:
+        click.echo(line)
+
+
+def _record_options(proj: Any, options: Any, device: Any, overrides: Overrides, model_dir: Path) -> dict:
+    """What a run record's options.json holds besides the run id: the resolved test options, where
+    the model came from and the versions that ran it."""
+    import dataclasses
+
+    import torch
+    import transformers
+
+    return {
+        "project": {
+            "name": proj.name,
+            "path": str(proj.path.absolute()),
+            "blueprint": proj.blueprint.name,
+            "blueprint_version": proj.blueprint.version,
+        },
+        "test": dataclasses.asdict(options),
+        "device": str(device),
+        "overrides": list(overrides.flags_given()),
+        "checkpoint": str(overrides.checkpoint) if overrides.checkpoint is not None else None,
+        "no_init_weights": bool(overrides.no_init_weights),
+        "model_dir": str(model_dir.absolute()),
+        "versions": {"scaffold": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+    }
 
 
 def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +384,44 @@ def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrid
         click.echo(text, nl=False)
     if edit:
         click.edit(filename=str(output_file))
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True, metavar="PROJECT | RUN...")
+@click.option("--plot", is_flag=True, help="Draw the loss curves of the RUNs on one figure (needs -o).")
+@click.option(
+    "-o",
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PNG file --plot writes.",
+)
+def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None:
+    """List the runs `scaffold test` recorded for PROJECT, or with --plot draw several runs' loss
+    curves on one figure: runs of different projects too, to compare two architectures.
+
+    \b
+      scaffold runs projects/my_llama
+      scaffold runs --plot projects/a:latest projects/b:20260101T120000Z-1a2b3c -o compare.png
+      scaffold runs --plot projects/a/runs/20260101T120000Z-1a2b3c projects/b:latest -o compare.png
+
+    A RUN is a run folder or PROJECT:RUN, where RUN is a run id, a unique prefix of one, or latest.
+    Plotting needs matplotlib (pip install 'scaffold[plot]').
+    """
+    from .runs import load_run, plot_runs, resolve_run, runs_table
+
+    if not plot:
+        if output_file is not None:
+            raise UsageError("-o/--output-file goes with --plot")
+        for i, target in enumerate(targets):
+            if len(targets) > 1:
+                click.echo(("\n" if i else "") + f"{target}:")
+            click.echo(runs_table(Path(target)), nl=False)
+        return
+    if output_file is None:
+        raise UsageError("--plot needs -o FILE (the PNG to write)")
+    chosen = [load_run(resolve_run(t)) for t in targets]
+    labels = plot_runs(chosen, output_file)
+    click.echo(f"wrote {output_file}: {len(labels)} loss curves ({', '.join(labels)})")
 
 
 @cli.command()
