@@ -393,6 +393,7 @@ def model_card(project: Project) -> str | None:
     import jinja2
     import yaml
 
+    from .diagram import mermaid_block, project_structure
     from .parts import part_sources
 
     copier_yml = yaml.safe_load((project.blueprint.path / "copier.yml").read_text(encoding="utf-8")) or {}
@@ -409,6 +410,7 @@ def model_card(project: Project) -> str | None:
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
         "parts": part_sources(),
+        "architecture_mermaid": mermaid_block(project_structure(m, project.blueprint.name)).rstrip(),
         "scaffold_version": __version__,
         "blueprint_name": project.blueprint.name,
         "blueprint_version": project.blueprint.version,

@@ -17,6 +17,7 @@ from typing import Any
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
+from .diagram import mermaid_block, project_structure
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
@@ -76,6 +77,7 @@ def render(
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
         "parts": part_sources(),
+        "architecture_mermaid": mermaid_block(project_structure(m, bp.name)).rstrip(),
         "scaffold_version": __version__,
         "blueprint_name": bp.name,
         "blueprint_version": bp.version,

@@ -34,6 +34,9 @@ from typing import Any
 from .errors import ScaffoldError, TestFailure, UsageError
 
 RUNS_DIR = "runs"
+# Folders inside a project that scaffold's commands write (the default build, the run records):
+# outputs, never part of the project's own files, so never a hand edit of it.
+PROJECT_OUTPUTS = frozenset({"model", RUNS_DIR})
 OPTIONS_FILE = "options.json"
 CONFIG_FILE = "config.json"
 STEPS_FILE = "steps.jsonl"
