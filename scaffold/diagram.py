@@ -326,11 +326,11 @@ def mermaid(s: Mapping[str, Any]) -> str:
         if pos == "pre":
             add(f"    x_in --> norm_attn[{_q(n)}] --> attn --> sum")
             add(f"    x_in --> norm_mlp[{_q(n)}] --> mlp --> sum")
-            add(f"    x_in -- {_q('parallel residual')} --> sum --> x_out")
+            add(f"    x_in -->|{_q('parallel residual')}| sum --> x_out")
         else:
             add("    x_in --> attn --> sum")
             add("    x_in --> mlp --> sum")
-            add(f"    x_in -- {_q('parallel residual')} --> sum --> norm_out[{_q(n)}] --> x_out")
+            add(f"    x_in -->|{_q('parallel residual')}| sum --> norm_out[{_q(n)}] --> x_out")
     else:
         alpha = _q("alpha x, alpha = (2L)^(1/4)") if pos == "deepnorm" else _q("residual")
         add(f"    add_attn(({_q('+')}))")
@@ -350,8 +350,8 @@ def mermaid(s: Mapping[str, Any]) -> str:
             add(f"    x_in --> attn --> add_attn --> norm_attn[{_q(n)}]")
             add(f"    norm_attn --> mlp --> add_mlp --> norm_mlp[{_q(n)}] --> x_out")
         residual_from = "norm_attn" if pos in ("post", "deepnorm") else "add_attn"
-        add(f"    x_in -- {alpha} --> add_attn")
-        add(f"    {residual_from} -- {alpha} --> add_mlp")
+        add(f"    x_in -->|{alpha}| add_attn")
+        add(f"    {residual_from} -->|{alpha}| add_mlp")
     add("  end")
 
     # inside the attention
