@@ -380,6 +380,7 @@ def plot_runs(runs: Sequence[Run], output: Path, title: str | None = None) -> li
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise PlotUnavailable(f"cannot plot: {PLOT_HINT}") from None
 
@@ -389,6 +390,7 @@ def plot_runs(runs: Sequence[Run], output: Path, title: str | None = None) -> li
     for run in runs:
         points = [(s["step"], s["loss"]) for s in run.steps if isinstance(s.get("loss"), int | float)]
         ax.plot([p[0] for p in points], [p[1] for p in points], label=run.label, linewidth=1.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or "loss")
