@@ -4,6 +4,7 @@ and the parameter breakdown adding up to the model's parameters."""
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from scaffold.diagram import (
     text_diagram,
 )
 
-from .conftest import ROOT, TINY_LLAMA
+from .conftest import ROOT, TINY_LLAMA, make_project
 
 # What a reader must see in each shipped family's drawing (Mermaid and text alike).
 FAMILY_FEATURES = {
@@ -190,3 +191,28 @@ def test_parameter_breakdown_adds_up(tiny_llama_dir):
     assert total["embedding"] == v * d and total["head"] == v * d  # untied
     assert total["norms"] == 2 * 2 * d + d  # two per layer and the final norm
     assert sum(total.values()) == sum(p.numel() for p in model.parameters())
+
+
+def _mermaid_of(readme: Path) -> str:
+    text = readme.read_text(encoding="utf-8")
+    start = text.index("```mermaid\n") + len("```mermaid\n")
+    return text[start : text.index("```", start)]
+
+
+def test_model_cards_of_two_projects_differ_where_their_structure_does(tmp_path):
+    """Two projects one key apart (a sliding window: every layer's attention type): their model cards'
+    diagrams differ in the stack's layer node only; a build override redraws the built card."""
+    from scaffold.build import load_project, model_card
+
+    full = make_project(tmp_path, "full")
+    sliding = make_project(tmp_path, "sliding", model={**TINY_LLAMA, "sliding_window": 32})
+    a, b = _mermaid_of(full / "README.md"), _mermaid_of(sliding / "README.md")
+    assert a == mermaid(project_structure(load_project(full).manifest, "llama"))
+    changed = _changed(a, b)
+    assert {sub for sub, _ in changed} == {"stack"}
+    assert [line for _, line in changed if "layers0" in line and "-->" in line] == [
+        '    embed --> layers0["layers 0-1: 2 x decoder layer, full causal attention"]',
+        '    embed --> layers0["layers 0-1: 2 x decoder layer, sliding-window attention (window 32)"]',
+    ]
+    card = model_card(load_project(full, {"model": {"sliding_window": 16}}))
+    assert card is not None and "sliding-window attention (window 16)" in card
