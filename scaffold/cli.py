@@ -227,7 +227,7 @@ def test_cmd(project: Path, overrides: Overrides, no_record: bool, **flags: Any)
     import tempfile
 
     from .build import build_for_test
-    from .runs import recording
+    from .runs import record_options, recording
     from .smoke import TestOptions, resolve_device, resolve_dtype, run
 
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
@@ -252,7 +252,7 @@ def test_cmd(project: Path, overrides: Overrides, no_record: bool, **flags: Any)
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
         click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
-        record = _record_options(proj, options, device, overrides, result.output_dir)
+        record = record_options(proj, options, device, overrides, result.output_dir)
         with recording(
             None if no_record else proj.path, record, result.output_dir, device, options.steps, click.echo
         ) as rec:
@@ -267,31 +267,6 @@ def test_cmd(project: Path, overrides: Overrides, no_record: bool, **flags: Any)
     click.echo(report.summary())
     for line in said:
         click.echo(line)
-
-
-def _record_options(proj: Any, options: Any, device: Any, overrides: Overrides, model_dir: Path) -> dict:
-    """What a run record's options.json holds besides the run id: the resolved test options, where
-    the model came from and the versions that ran it."""
-    import dataclasses
-
-    import torch
-    import transformers
-
-    return {
-        "project": {
-            "name": proj.name,
-            "path": str(proj.path.absolute()),
-            "blueprint": proj.blueprint.name,
-            "blueprint_version": proj.blueprint.version,
-        },
-        "test": dataclasses.asdict(options),
-        "device": str(device),
-        "overrides": list(overrides.flags_given()),
-        "checkpoint": str(overrides.checkpoint) if overrides.checkpoint is not None else None,
-        "no_init_weights": bool(overrides.no_init_weights),
-        "model_dir": str(model_dir.absolute()),
-        "versions": {"scaffold": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
-    }
 
 
 def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:

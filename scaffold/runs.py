@@ -168,6 +168,40 @@ class RunRecorder:
         return said
 
 
+def record_options(
+    project: Any, options: Any, device: Any, overrides: Any, model_dir: Path
+) -> dict[str, Any]:
+    """What a record's options.json holds besides the run id: the project, the resolved test options
+    (a :class:`scaffold.smoke.TestOptions`), the override flags, where the weights came from, the model
+    directory trained and the versions that ran it."""
+    import dataclasses
+
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "project": {
+            "name": project.name,
+            "path": str(project.path.absolute()),
+            "blueprint": project.blueprint.name,
+            "blueprint_version": project.blueprint.version,
+        },
+        "test": dataclasses.asdict(options),
+        "device": str(device),
+        "overrides": list(overrides.flags_given()),
+        "checkpoint": str(overrides.checkpoint) if overrides.checkpoint is not None else None,
+        "no_init_weights": bool(overrides.no_init_weights),
+        "model_dir": str(Path(model_dir).absolute()),
+        "versions": {
+            "scaffold": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+
 @contextlib.contextmanager
 def recording(
     project_dir: Path | None, options: Mapping[str, Any], model_dir: Path, device: Any, steps: int, echo: Any

@@ -292,18 +292,13 @@ def fused_optimizers(model, lr: float, bad: list[str]) -> tuple[dict, list]:
 
 
 def train(
-    model,
-    opts: TestOptions,
-    data: Iterator[Any],
-    *,
-    device=None,
-    log: Callable[[str], None] = print,
+    model, opts: TestOptions, data: Iterator[Any], *, device=None, log: Callable[[str], None] = print,
     on_step: OnStep | None = None,
 ) -> TestReport:
     """Run ``opts.steps`` steps of forward, backward and AdamW on ``model`` with batches from ``data``.
 
-    ``on_step(step, loss, tokens, lr, seconds)`` is called after each step (the run record's hook). A progress
-    bar shows on stderr when it is a terminal (:mod:`scaffold.progress`).
+    ``on_step(step, loss, tokens, lr, seconds)`` is called after each step (the run record's hook).
+    A progress bar shows on stderr when it is a terminal (:mod:`scaffold.progress`).
     """
     import torch
 
