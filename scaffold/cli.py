@@ -264,9 +264,9 @@ def test_cmd(project: Path, overrides: Overrides, no_record: bool, **flags: Any)
                 on_step=rec.step if rec else None,
             )
             said = rec.finish("completed", report) if rec else []
-    click.echo(report.summary())
     for line in said:
         click.echo(line)
+    click.echo(report.summary())  # the last line, as before records
 
 
 def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
