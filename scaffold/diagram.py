@@ -3,9 +3,10 @@
 Everything here is a pure function of a *structure*: a plain mapping of the manifest's structural
 ``[model]`` keys (norm type and placement, residual paths, position encoding, qk-norm, MLP kind,
 biases, softcaps, per-layer attention types) plus the sizes the labels show. :func:`structure_of`
-makes one from a manifest's ``[model]`` table and the family's structural defaults, so a structural
-key set in the manifest wins over the family's choice. :data:`FAMILY_STRUCTURES` holds the shipped
-families' structures, which today live in their templates' code rather than in their manifests.
+makes one from a manifest's ``[model]`` table and the family's structural defaults (its
+``blueprint.toml`` ``[structure]``), so a structural key set in the manifest wins over the family's
+choice. Keys the generated code does not offer yet (qk-norm, softcaps, parallel residual, ...) are
+drawn all the same, so the drawing is ready for them.
 
 :func:`mermaid` draws one decoder layer and the whole stack (the model card embeds it; the Hugging
 Face hub and GitHub render it). Node ids are fixed and each structural key decides its own nodes and
@@ -19,11 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 # Every structural key with its value when neither the manifest nor the family says otherwise
-# (a Llama-style decoder).
+# (a Llama-style decoder): scaffold.schema.STRUCTURE's keys and those still to come.
 STRUCTURE_DEFAULTS: dict[str, Any] = {
     "norm_type": "rmsnorm",  # rmsnorm | layernorm | rmsnorm_unit_offset
+    "norm_bias": True,  # LayerNorm's bias
     "norm_position": "pre",  # pre | post | sandwich | post_sublayer | deepnorm
     "parallel_residual": False,
+    "attention": "multi_head",  # multi_head | single_head (one head, x W_qk x^T scores, no o_proj)
     "position_embedding": "rope",  # rope | alibi | sinusoidal | learned | none
     "partial_rotary_factor": 1.0,
     "qk_norm": "none",  # none | head | full
@@ -42,35 +45,6 @@ STRUCTURE_DEFAULTS: dict[str, Any] = {
 }
 STRUCTURE_KEYS = tuple(STRUCTURE_DEFAULTS)
 
-# Family quirks that are not (yet) structural keys: the attention's shape and the final norm.
-EXTRA_DEFAULTS: dict[str, Any] = {"attention": "multi_head", "final_norm": True}
-
-# The shipped families' structures, as their templates build them.
-FAMILY_STRUCTURES: dict[str, dict[str, Any]] = {
-    "llama": {},
-    "causal_lm": {
-        "norm_type": "layernorm",
-        "norm_position": "post",
-        "position_embedding": "sinusoidal",
-        "mlp": "plain",
-        "hidden_act": "relu",
-        "mlp_bias": True,
-        "embedding_scale": "sqrt_hidden",
-        "final_norm": False,  # every post-norm block already ends in a LayerNorm
-    },
-    "deepone": {
-        "norm_position": "deepnorm",
-        "position_embedding": "alibi",
-        "hidden_act": "relu",
-    },
-    "single_head": {
-        "position_embedding": "alibi",
-        "hidden_act": "relu",
-        "embedding_scale": "sqrt_hidden",
-        "attention": "single_head_fused_qk",  # one head, x W_qk x^T scores, no output projection
-    },
-}
-
 SIZE_KEYS = (
     "vocab_size",
     "hidden_size",
@@ -82,6 +56,7 @@ SIZE_KEYS = (
     "tie_word_embeddings",
     "rope_theta",
     "alibi_trainable",
+    "alibi_slope_init",
 )
 
 NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "rmsnorm_unit_offset": "RMSNorm (1 + w)"}
@@ -100,14 +75,14 @@ def structure_of(
     """The structure of a decoder: structural keys from ``model`` (a manifest's ``[model]`` table) over
     ``family_defaults`` over :data:`STRUCTURE_DEFAULTS`, plus the sizes the diagrams label."""
     family = dict(family_defaults or {})
-    s: dict[str, Any] = {**STRUCTURE_DEFAULTS, **EXTRA_DEFAULTS}
+    s: dict[str, Any] = dict(STRUCTURE_DEFAULTS)
     for key in s:
         if key in model:
             s[key] = model[key]
         elif key in family:
             s[key] = family[key]
     layers = int(model.get("num_hidden_layers", family.get("num_hidden_layers", 1)))
-    heads = 1 if s["attention"] == "single_head_fused_qk" else model.get("num_attention_heads", 1)
+    heads = 1 if s["attention"] == "single_head" else model.get("num_attention_heads", 1)
     hidden = model.get("hidden_size", 0)
     s.update({k: model[k] for k in SIZE_KEYS if k in model})
     s["num_hidden_layers"] = layers
@@ -115,27 +90,27 @@ def structure_of(
     s.setdefault("num_key_value_heads", heads)
     s.setdefault("head_dim", hidden // heads if heads else hidden)
     s.setdefault("tie_word_embeddings", False)
+    s["final_norm"] = s["norm_position"] != "post"  # post-norm blocks already end in a norm
     if s["layer_types"] is None:
         kind = "sliding_attention" if s["sliding_window"] else "full_attention"
         s["layer_types"] = [kind] * layers
     return s
 
 
-def family_structure(family: str) -> dict[str, Any]:
-    """A shipped family's structural defaults (empty, that is Llama's, for a family not in the table)."""
-    return dict(FAMILY_STRUCTURES.get(family, {}))
-
-
-def project_structure(manifest: Mapping[str, Any], family: str) -> dict[str, Any]:
-    """The structure of a resolved manifest of ``family``."""
-    return structure_of(manifest.get("model", {}), family_structure(family))
+def project_structure(
+    manifest: Mapping[str, Any], family_defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The structure of a manifest (a resolved one holds every structural key its family sets);
+    ``family_defaults``: the family's ``[structure]`` table, for the keys the manifest lacks."""
+    return structure_of(manifest.get("model", {}), family_defaults)
 
 
 # -- pieces shared by both drawings -----------------------------------------------------------------
 
 
 def _norm(s: Mapping[str, Any]) -> str:
-    return NORM_NAMES.get(s["norm_type"], str(s["norm_type"]))
+    name = NORM_NAMES.get(s["norm_type"], str(s["norm_type"]))
+    return name + (" (no bias)" if s["norm_type"] == "layernorm" and not s["norm_bias"] else "")
 
 
 def _bias(on: Any) -> str:
@@ -154,7 +129,7 @@ def _mlp_formula(s: Mapping[str, Any]) -> str:
 
 
 def _qkv(s: Mapping[str, Any]) -> str:
-    if s["attention"] == "single_head_fused_qk":
+    if s["attention"] == "single_head":
         return "qk_proj, v_proj: 1 head of width " + str(s.get("hidden_size", "d"))
     heads, kv = s["num_attention_heads"], s["num_key_value_heads"]
     kind = "multi-head" if heads == kv else ("multi-query" if kv == 1 else "grouped-query")
@@ -176,7 +151,7 @@ def _qk_norm(s: Mapping[str, Any]) -> str:
 
 
 def _scores(s: Mapping[str, Any]) -> str:
-    if s["attention"] == "single_head_fused_qk":
+    if s["attention"] == "single_head":
         q, k = "x W_qk", "x"
     else:
         q, k = "q", "k"
@@ -186,13 +161,14 @@ def _scores(s: Mapping[str, Any]) -> str:
         cap = s["attn_logit_softcapping"]
         score = f"{cap:g} tanh(({score}) / {cap:g})"
     if s["position_embedding"] == "alibi":
-        slopes = "one trainable slope" if s["attention"] == "single_head_fused_qk" else "per-head slopes"
+        slopes = "one slope" if s["attention"] == "single_head" else "per-head slopes"
+        slopes += ", trainable" if s.get("alibi_trainable") else ""
         score += f" - m (i - j) [ALiBi, {slopes}]"
     return f"softmax({score} + causal mask) v"
 
 
 def _out(s: Mapping[str, Any]) -> str | None:
-    if s["attention"] == "single_head_fused_qk":
+    if s["attention"] == "single_head":
         return None
     return "o_proj" + _bias(s["attention_bias"])
 

@@ -130,7 +130,7 @@ def describe(project: Project, opts: ShowOptions) -> str:
         "== parameters ==",
         *breakdown_lines(parameter_breakdown(list(model.named_parameters())), bool(tied)),
     ]
-    lines += ["", "== structure ==", text_diagram(project_structure(m, project.blueprint.name)).rstrip()]
+    lines += ["", "== structure ==", text_diagram(project_structure(m, project.blueprint.structure)).rstrip()]
     lines += ["", "== modules ==", repr(model)]
     if checkpoint_lines:
         lines += ["", "== checkpoint ==", *checkpoint_lines]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from scaffold.blueprints import load as load_blueprint
 from scaffold.diagram import (
-    FAMILY_STRUCTURES,
     STRUCTURE_KEYS,
     mermaid,
     parameter_breakdown,
@@ -19,6 +19,8 @@ from scaffold.diagram import (
 )
 
 from .conftest import ROOT, TINY_LLAMA, make_project
+
+LLAMA = load_blueprint("llama").structure
 
 # What a reader must see in each shipped family's drawing (Mermaid and text alike).
 FAMILY_FEATURES = {
@@ -35,7 +37,7 @@ FAMILY_FEATURES = {
         "down_proj(relu(up_proj(x))) + bias",
     ],
     "deepone": ["alpha", "ALiBi, per-head slopes", "down_proj(relu(gate_proj(x)) * up_proj(x))"],
-    "single_head": ["qk_proj, v_proj: 1 head", "ALiBi, one trainable slope", "tied to embed_tokens"],
+    "single_head": ["qk_proj, v_proj: 1 head", "ALiBi, one slope, trainable", "tied to embed_tokens"],
 }
 FAMILY_ABSENT = {
     "llama": ["LayerNorm", "ALiBi", "sqrt(hidden_size)", "tied"],
@@ -61,7 +63,7 @@ def _manifest(family: str) -> dict:
 
 @pytest.mark.parametrize("family", sorted(FAMILY_FEATURES))
 def test_each_family_is_drawn_with_its_structure(family):
-    s = project_structure(_manifest(family), family)
+    s = project_structure(_manifest(family))
     chart, text = mermaid(s), text_diagram(s)
     assert chart.startswith("flowchart TB\n")
     for feature in FAMILY_FEATURES[family]:
@@ -133,8 +135,8 @@ ONE_KEY_CHANGES = [
 def test_one_structural_key_changes_one_place(key, value, where, shows, rows):
     """Two manifests differing in one structural key: the diagrams differ there and nowhere else."""
     model = {**TINY_LLAMA, "sliding_window": 64}
-    before = structure_of(model, FAMILY_STRUCTURES["llama"])
-    after = structure_of({**model, key: value}, FAMILY_STRUCTURES["llama"])
+    before = structure_of(model, LLAMA)
+    after = structure_of({**model, key: value}, LLAMA)
     assert {k for k in STRUCTURE_KEYS if before[k] != after[k]} == {key}
     a, b = mermaid(before), mermaid(after)
     changed = _changed(a, b)
@@ -156,7 +158,8 @@ def test_one_structural_key_changes_one_place(key, value, where, shows, rows):
 
 
 def test_a_key_the_manifest_sets_wins_over_the_family():
-    s = structure_of({"norm_type": "layernorm", "num_hidden_layers": 2}, FAMILY_STRUCTURES["deepone"])
+    deepone = load_blueprint("deepone").structure
+    s = structure_of({"norm_type": "layernorm", "num_hidden_layers": 2}, deepone)
     assert s["norm_type"] == "layernorm" and s["norm_position"] == "deepnorm"
     assert "LayerNorm(alpha x + attn(x))" in text_diagram(s)
 
@@ -207,7 +210,7 @@ def test_model_cards_of_two_projects_differ_where_their_structure_does(tmp_path)
     full = make_project(tmp_path, "full")
     sliding = make_project(tmp_path, "sliding", model={**TINY_LLAMA, "sliding_window": 32})
     a, b = _mermaid_of(full / "README.md"), _mermaid_of(sliding / "README.md")
-    assert a == mermaid(project_structure(load_project(full).manifest, "llama"))
+    assert a == mermaid(project_structure(load_project(full).manifest))
     changed = _changed(a, b)
     assert {sub for sub, _ in changed} == {"stack"}
     assert [line for _, line in changed if "layers0" in line and "-->" in line] == [
