@@ -203,8 +203,8 @@ def _mermaid_of(readme: Path) -> str:
 
 
 def test_model_cards_of_two_projects_differ_where_their_structure_does(tmp_path):
-    """Two projects one key apart (a sliding window: every layer's attention type): their model cards'
-    diagrams differ in the stack's layer node only; a build override redraws the built card."""
+    """Projects one key apart (a sliding window: every layer's attention type; the MLP kind): their model
+    cards' diagrams differ in that node only; a build override redraws the built card."""
     from scaffold.build import load_project, model_card
 
     full = make_project(tmp_path, "full")
@@ -216,6 +216,12 @@ def test_model_cards_of_two_projects_differ_where_their_structure_does(tmp_path)
     assert [line for _, line in changed if "layers0" in line and "-->" in line] == [
         '    embed --> layers0["layers 0-1: 2 x decoder layer, full causal attention"]',
         '    embed --> layers0["layers 0-1: 2 x decoder layer, sliding-window attention (window 32)"]',
+    ]
+    plain = make_project(tmp_path, "plain", model={**TINY_LLAMA, "mlp": "plain"})  # a structural key
+    changed = _changed(a, _mermaid_of(plain / "README.md"))
+    assert [line for _, line in changed] == [
+        '    mlp["MLP: down_proj(silu(gate_proj(x)) * up_proj(x))"]',
+        '    mlp["MLP: down_proj(silu(up_proj(x)))"]',
     ]
     card = model_card(load_project(full, {"model": {"sliding_window": 16}}))
     assert card is not None and "sliding-window attention (window 16)" in card
