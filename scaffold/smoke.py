@@ -364,10 +364,13 @@ def train(
     *,
     device=None,
     log: Callable[[str], None] = print,
+    loss_value: Callable[[Any], float] | None = None,
     on_step: OnStep | None = None,
 ) -> TestReport:
     """Run ``opts.steps`` steps of forward, backward and AdamW on ``model`` with batches from ``data``.
 
+    ``loss_value`` turns the step's loss tensor into the number reported (default ``loss.item()``;
+    several processes report the loss of the whole batch: :mod:`scaffold.distributed`).
     ``on_step(step, loss, tokens, lr, seconds)`` is called after each step (the run record's hook).
     A progress bar shows on stderr when it is a terminal (:mod:`scaffold.progress`).
     """
@@ -403,7 +406,7 @@ def train(
             inputs = {k: v.to(device) for k, v in inputs.items()}
             labels = inputs.pop("labels", inputs["input_ids"])
             loss = model(**inputs, labels=labels, use_cache=False).loss
-            value = loss.item()
+            value = loss.item() if loss_value is None else loss_value(loss)
             if not math.isfinite(value):
                 raise TestFailure(f"step {step}: loss is {value}; first bad parameter: {_first_bad(model)}")
             loss.backward()
