@@ -151,16 +151,18 @@ class RunRecorder:
         s["steps"] = len(self.losses)
         s["loss_first"] = self.losses[0] if self.losses else None
         s["loss_last"] = self.losses[-1] if self.losses else None
-        if report is not None:
-            s.update(
-                parameters=report.parameters,
-                tokens=report.tokens,
-                tokens_per_second=round(report.tokens_per_second, 1),
-                peak_memory_bytes=report.peak_memory_bytes,
-                seconds=round(report.seconds, 3),
-                device=report.device,
-                data=report.data or "random tokens",
-            )
+        if report is not None:  # a TestReport, or a multi-process run's report (fewer figures)
+            for key in (
+                "parameters",
+                "tokens",
+                "tokens_per_second",
+                "peak_memory_bytes",
+                "seconds",
+                "device",
+            ):
+                value = getattr(report, key, None)
+                s[key] = round(value, 3) if isinstance(value, float) else value
+            s["data"] = getattr(report, "data", "") or "random tokens"
         s["error"] = error
         said = [f"run record: {self.folder}"]
         s["plot"] = None
