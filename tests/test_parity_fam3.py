@@ -1,0 +1,232 @@
+"""GPT-NeoX and Phi-3: their parts against transformers' own modules, then whole models against
+transformers' classes (tiny random models, fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scaffold.parts.attention import (
+    eager_attention_forward,
+    mha_eager_attention_forward,
+    split_qkv,
+    split_qkv_per_head,
+)
+from scaffold.parts.blocks import ParallelBlock
+from scaffold.parts.mlp import FusedGatedMLP
+from scaffold.parts.rotary import (
+    RotaryEmbedding,
+    apply_partial_rotary_pos_emb,
+    rope_attention_factor,
+    rope_inv_freq,
+)
+
+# --------------------------------------------------------------------------------------------- rotary
+
+
+def _hf_rope(kind: str, head_dim: int, rope: dict, max_positions: int = 4096):
+    """transformers' inverse frequencies and attention factor for ``rope`` (a Llama config carries it)."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = LlamaConfig(
+        hidden_size=4 * head_dim,
+        num_attention_heads=4,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
+        rope_parameters={"rope_type": kind, **rope},
+    )
+    inv_freq, factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    return inv_freq.float(), factor
+
+
+YARN_CASES = {
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 1024},
+    "yarn-untruncated-betas": {
+        "factor": 8.0,
+        "original_max_position_embeddings": 512,
+        "beta_fast": 16,
+        "beta_slow": 2,
+        "truncate": False,
+    },
+    "yarn-mscale": {
+        "factor": 16.0,
+        "original_max_position_embeddings": 256,
+        "mscale": 0.707,
+        "mscale_all_dim": 1.0,
+    },
+    "yarn-attention-factor": {
+        "factor": 2.0,
+        "original_max_position_embeddings": 2048,
+        "attention_factor": 1.25,
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(YARN_CASES), ids=list(YARN_CASES))
+@pytest.mark.parametrize("partial", [1.0, 0.25], ids=["full", "partial"])
+def test_rope_yarn_matches_transformers(case, partial):
+    rope = {"rope_theta": 10000.0, "partial_rotary_factor": partial, **YARN_CASES[case]}
+    expected, expected_factor = _hf_rope("yarn", 64, rope)
+    scaling = {"rope_type": "yarn", **YARN_CASES[case]}
+    ours = rope_inv_freq(int(64 * partial), 10000.0, scaling)
+    torch.testing.assert_close(ours, expected, atol=0, rtol=1e-6)
+    assert rope_attention_factor(scaling) == pytest.approx(expected_factor, rel=1e-12)
+    plain = rope_inv_freq(int(64 * partial), 10000.0)
+    assert (ours <= plain * (1 + 1e-6)).all() and (ours < plain).any()  # low frequencies slowed down
+    assert rope_attention_factor(scaling) != 1.0
+
+
+def test_rope_linear_matches_transformers_and_scales_nothing_else():
+    expected, factor = _hf_rope("linear", 32, {"rope_theta": 500.0, "factor": 3.0})
+    scaling = {"rope_type": "linear", "factor": 3.0}
+    torch.testing.assert_close(rope_inv_freq(32, 500.0, scaling), expected, atol=0, rtol=1e-6)
+    assert factor == 1.0 and rope_attention_factor(scaling) == 1.0 and rope_attention_factor(None) == 1.0
+
+
+def test_rotary_tables_carry_the_yarn_attention_factor():
+    scaling = {"rope_type": "yarn", **YARN_CASES["yarn"]}
+    plain, yarn = RotaryEmbedding(16, 10000.0), RotaryEmbedding(16, 10000.0, scaling)
+    x, positions = torch.zeros(1, 3, 16), torch.arange(3)[None]
+    cos, sin = yarn(x, positions)
+    assert cos[0, 0, 0].item() == pytest.approx(
+        rope_attention_factor(scaling)
+    )  # cos(0) = 1, times the factor
+    assert sin.abs().max() <= rope_attention_factor(scaling)
+    torch.testing.assert_close(plain(x, positions)[0][0, 0], torch.ones(16))
+
+
+def test_partial_rotary_matches_transformers():
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb as hf_apply
+
+    rope = RotaryEmbedding(4, 10000.0)  # a quarter of a 16-wide head rotates
+    q, k = torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16)
+    cos, sin = rope(q, torch.arange(7, 12)[None].expand(2, 5))
+    ours = apply_partial_rotary_pos_emb(q, k, cos, sin)
+    theirs = hf_apply(q, k, cos, sin)
+    torch.testing.assert_close(ours[0], theirs[0], atol=0, rtol=0)
+    torch.testing.assert_close(ours[1], theirs[1], atol=0, rtol=0)
+    assert torch.equal(ours[0][..., 4:], q[..., 4:]) and not torch.equal(ours[0][..., :4], q[..., :4])
+
+
+# --------------------------------------------------------------------------------------------- fused layouts
+
+
+def _identity_rope(batch: int, length: int, dim: int):
+    return torch.ones(batch, length, dim), torch.zeros(batch, length, dim)
+
+
+def _hf_attention_out(attn: nn.Module, x: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    b, t, _ = x.shape
+    mask = torch.full((t, t), float("-inf")).triu(1)[None, None]
+    out, _ = attn(x, attention_mask=mask, position_embeddings=_identity_rope(b, t, rotary_dim))
+    return out
+
+
+def test_gpt_neox_query_key_value_is_interleaved_per_head():
+    from transformers import GPTNeoXConfig
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention
+
+    config = GPTNeoXConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=1)
+    config._attn_implementation = "eager"
+    attn = GPTNeoXAttention(config, 0).eval()
+    x = torch.randn(2, 6, 32)
+    b, t, _ = x.shape
+    mask = torch.full((t, t), float("-inf")).triu(1)[None, None]
+    q, k, v = split_qkv_per_head(attn.query_key_value(x), head_dim=8)
+    assert q.shape == k.shape == v.shape == (2, 4, 6, 8)
+    out, _ = mha_eager_attention_forward(attn, q, k, v, mask, scaling=8**-0.5)
+    ours = attn.dense(out.reshape(b, t, -1))
+    torch.testing.assert_close(ours, _hf_attention_out(attn, x, 2), atol=1e-6, rtol=1e-6)
+    # the per-head interleave matters: reading the same weights as [q; k; v] gives another answer
+    q2, k2, v2 = split_qkv(attn.query_key_value(x), 4, 4, 8)
+    out2, _ = mha_eager_attention_forward(attn, q2, k2, v2, mask, scaling=8**-0.5)
+    assert not torch.allclose(attn.dense(out2.reshape(b, t, -1)), ours, atol=1e-3)
+
+
+def test_phi3_qkv_proj_is_stacked_with_grouped_kv_heads():
+    from transformers import Phi3Config
+    from transformers.models.phi3.modeling_phi3 import Phi3Attention
+
+    config = Phi3Config(
+        hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, pad_token_id=0
+    )
+    config._attn_implementation = "eager"
+    attn = Phi3Attention(config, 0).eval()
+    assert attn.qkv_proj.out_features == (4 + 2 * 2) * 8
+    x = torch.randn(2, 6, 32)
+    b, t, _ = x.shape
+    mask = torch.full((t, t), float("-inf")).triu(1)[None, None]
+    q, k, v = split_qkv(attn.qkv_proj(x), 4, 2, 8)
+    assert q.shape == (2, 4, 6, 8) and k.shape == v.shape == (2, 2, 6, 8)
+    out, _ = eager_attention_forward(attn, q, k, v, mask, scaling=8**-0.5)
+    ours = attn.o_proj(out.reshape(b, t, -1))
+    torch.testing.assert_close(ours, _hf_attention_out(attn, x, 8), atol=1e-6, rtol=1e-6)
+
+
+def test_fused_gated_mlp_matches_phi3():
+    from transformers import Phi3Config
+    from transformers.models.phi3.modeling_phi3 import Phi3MLP
+
+    theirs = Phi3MLP(Phi3Config(hidden_size=32, intermediate_size=48, pad_token_id=0))
+    ours = FusedGatedMLP(32, 48, act_fn=F.silu)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=1e-6)
+    # [gate; up]: the first half goes through the activation
+    gate, up = ours.gate_up_proj.weight.split(48)
+    torch.testing.assert_close(ours(x), ours.down_proj(F.silu(x @ gate.T) * (x @ up.T)), atol=1e-6, rtol=1e-6)
+
+
+class _HFAttention(nn.Module):
+    """GPT-NeoX's attention module as a block sublayer: (x, mask, **kwargs) -> output."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x, attention_mask=None, **kwargs):
+        return self.attn(x, attention_mask=attention_mask, **kwargs)[0]
+
+
+def test_parallel_block_matches_gpt_neox_layer():
+    from transformers import GPTNeoXConfig
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
+
+    config = GPTNeoXConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=1)
+    config._attn_implementation = "eager"
+    layer = GPTNeoXLayer(config, 0).eval()
+    for norm in (layer.input_layernorm, layer.post_attention_layernorm):  # not the identity-like init
+        nn.init.normal_(norm.weight, 1.0, 0.2)
+        nn.init.normal_(norm.bias, 0.0, 0.2)
+    block = ParallelBlock(
+        _HFAttention(layer.attention), layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
+    ).eval()
+    x = torch.randn(2, 6, 32)
+    t = x.shape[1]
+    mask = torch.full((t, t), float("-inf")).triu(1)[None, None]
+    rope = _identity_rope(2, t, 2)
+    expected = layer(x, attention_mask=mask, position_embeddings=rope)
+    torch.testing.assert_close(block(x, mask, position_embeddings=rope), expected, atol=1e-6, rtol=1e-6)
+    # not the sequential pre-norm stream
+    config.use_parallel_residual = False
+    sequential = GPTNeoXLayer(config, 0).eval()
+    sequential.load_state_dict(layer.state_dict())
+    assert not torch.allclose(
+        sequential(x, attention_mask=mask, position_embeddings=rope), expected, atol=1e-3
+    )
+
+
+def test_parallel_block_dropout_applies_in_training_only():
+    torch.manual_seed(3)
+    block = ParallelBlock(_Const(), _Const(), nn.Identity(), nn.Identity(), dropout=0.5)
+    x = torch.ones(4, 64)
+    assert torch.equal(block.eval()(x), 3 * x)
+    assert not torch.equal(block.train()(x), 3 * x)
+
+
+class _Const(nn.Module):
+    def forward(self, x, *args, **kwargs):
+        return x
