@@ -230,3 +230,54 @@ def test_parallel_block_dropout_applies_in_training_only():
 class _Const(nn.Module):
     def forward(self, x, *args, **kwargs):
         return x
+
+
+# --------------------------------------------------------------------------------------------- families
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+
+# transformers config overrides of each parity case (tiny_hf_config's sizes underneath)
+NEOX_CASES = {
+    "parallel-quarter-rotary": {},
+    "sequential-no-bias-yarn": {
+        "use_parallel_residual": False,
+        "attention_bias": False,
+        "rope_parameters": {**YARN, "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    },
+    "full-rotary-linear-tied": {
+        "rope_parameters": {
+            "rope_type": "linear",
+            "factor": 2.0,
+            "rope_theta": 500.0,
+            "partial_rotary_factor": 1.0,
+        },
+        "tie_word_embeddings": True,
+    },
+}
+PHI3_CASES = {
+    "gqa": {},
+    "partial-rotary-tied": {
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        "tie_word_embeddings": True,
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(NEOX_CASES), ids=list(NEOX_CASES))
+def test_against_gpt_neox(tmp_path, case):
+    from tests._parity import assert_parity, tiny_hf_model
+
+    hf = tiny_hf_model("gpt_neox", num_key_value_heads=4, **NEOX_CASES[case])
+    model = assert_parity(hf, "gpt_neox", tmp_path)
+    assert type(model).__name__ == "GPTNeoXForCausalLM"
+    assert "gpt_neox.layers.0.attention.query_key_value.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize("case", list(PHI3_CASES), ids=list(PHI3_CASES))
+def test_against_phi3(tmp_path, case):
+    from tests._parity import assert_parity, tiny_hf_model
+
+    hf = tiny_hf_model("phi3", **PHI3_CASES[case])
+    model = assert_parity(hf, "phi3", tmp_path)
+    assert type(model).__name__ == "Phi3ForCausalLM"
+    assert "model.layers.0.mlp.gate_up_proj.weight" in model.state_dict()
