@@ -59,9 +59,7 @@ def dumps(manifest: Mapping[str, Mapping[str, Any]], header: str = "") -> str:
     out: dict[str, dict[str, Any]] = {}
     for section in schema.SECTIONS:
         values = manifest.get(section) or {}
-        keys = sorted(
-            (k for k, v in values.items() if v is not None), key=lambda k: order.get(f"{section}.{k}", 1e9)
-        )
+        keys = sorted((k for k, v in values.items() if v is not None), key=lambda k: order.get(f"{section}.{k}", 1e9))
         if keys:
             out[section] = {k: values[k] for k in keys}
     body = tomli_w.dumps(out)
@@ -117,9 +115,7 @@ def parse_sets(pairs: Iterable[str]) -> Manifest:
     return layer
 
 
-def validate(
-    manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = None, path: Path | None = None
-) -> None:
+def validate(manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = None, path: Path | None = None) -> None:
     """Check a resolved manifest against the schema; raise one ManifestError listing every problem."""
     problems: list[tuple[str, str]] = []
     allowed_model = set(model_keys) if model_keys is not None else None
@@ -160,7 +156,9 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
     kv = model.get("num_key_value_heads")
     hidden = model.get("hidden_size")
     if heads and kv and heads % kv:
-        problems.append(("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}"))
+        problems.append(
+            ("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}")
+        )
     if heads and hidden and "head_dim" not in (m.get("model") or {}) and hidden % heads:
         problems.append(
             (
@@ -173,28 +171,19 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind not in ROPE_SCALING_KEYS:
             problems.append(
-                (
-                    "model.rope_scaling.rope_type",
-                    f"must be one of {', '.join(ROPE_SCALING_KEYS)}; got {kind!r}",
-                )
+                ("model.rope_scaling.rope_type", f"must be one of {', '.join(ROPE_SCALING_KEYS)}; got {kind!r}")
             )
         else:
             for k in ROPE_SCALING_KEYS[kind]:
                 v = scaling.get(k)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                    problems.append(
-                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
-                    )
+                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
             for k in ROPE_SCALING_OPTIONAL.get(kind, ()):
                 v = scaling.get(k)
                 if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-                    problems.append(
-                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
-                    )
+                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
             if kind == "yarn" and not isinstance(scaling.get("truncate", True), bool):
-                problems.append(
-                    ("model.rope_scaling.truncate", f"must be true or false, got {scaling['truncate']!r}")
-                )
+                problems.append(("model.rope_scaling.truncate", f"must be true or false, got {scaling['truncate']!r}"))
             known = {"rope_type", "type", *ROPE_SCALING_KEYS[kind], *ROPE_SCALING_OPTIONAL.get(kind, ())}
             known |= {"truncate"} if kind == "yarn" else set()
             for k in sorted(set(scaling) - known):
@@ -202,11 +191,7 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
     if kind == "bpe" and not tok.get("files") and not tok.get("dataset"):
-        problems.append(
-            ("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on")
-        )
+        problems.append(("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on"))
     if kind == "pretrained" and not tok.get("path"):
-        problems.append(
-            ("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder")
-        )
+        problems.append(("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder"))
     return problems
