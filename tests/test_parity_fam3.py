@@ -281,3 +281,154 @@ def test_against_phi3(tmp_path, case):
     model = assert_parity(hf, "phi3", tmp_path)
     assert type(model).__name__ == "Phi3ForCausalLM"
     assert "model.layers.0.mlp.gate_up_proj.weight" in model.state_dict()
+
+
+def test_learned_positions_and_head_bias_pass_the_family_checks(tmp_path):
+    """No transformers class has this combination: GPT-NeoX with a learned position table instead of
+    RoPE and a biased output head. The checks that need no twin: backends agree, the cache equals
+    recomputation, packed documents equal each alone."""
+    from tests._parity import assert_family_checks, scaffold_model
+
+    model = scaffold_model(
+        tmp_path,
+        "gpt_neox",
+        {**TINY_NEOX, "position_embedding": "learned", "lm_head_bias": True, "partial_rotary_factor": 1.0},
+    )
+    state = model.state_dict()
+    assert state["gpt_neox.embed_positions.weight"].shape == (TINY_NEOX["max_position_embeddings"], 64)
+    assert "embed_out.bias" in state and not any("rotary" in k for k in state)
+    assert model.get_input_embeddings() is model.gpt_neox.embed_in
+    assert model.get_output_embeddings() is model.embed_out
+    assert_family_checks(model)
+    # the position table matters: permuting it changes the logits
+    ids = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        before = model(ids, use_cache=False).logits
+        model.gpt_neox.embed_positions.weight.copy_(model.gpt_neox.embed_positions.weight.flip(0))
+        assert not torch.allclose(model(ids, use_cache=False).logits, before, atol=1e-4)
+
+
+TINY_NEOX = {
+    "vocab_size": 300,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 96,
+    "max_position_embeddings": 128,
+}
+
+BAD_STRUCTURES = {
+    "parallel-post-norm": (
+        "gpt_neox",
+        {"norm_position": "post"},
+        {"model.parallel_residual": "needs norm_position = pre; norm_position is 'post'"},
+    ),
+    "odd-rotary-width": (
+        "gpt_neox",
+        {"partial_rotary_factor": 0.3},  # head_dim 64 -> int(19.2) = 19 features
+        {"model.partial_rotary_factor": "rotates int(64 * 0.3) = 19 features of each head"},
+    ),
+    "partial-rotary-without-rope": (
+        "llama",
+        {"position_embedding": "alibi", "partial_rotary_factor": 0.5},
+        {"model.partial_rotary_factor": "partial rotary needs position_embedding = rope, not 'alibi'"},
+    ),
+    "per-head-fused-gqa": (
+        "llama",
+        {"qkv_layout": "fused_per_head", "num_attention_heads": 4, "num_key_value_heads": 2},
+        {"model.qkv_layout": "num_key_value_heads = 2 differs from num_attention_heads = 4"},
+    ),
+    "fused-plain-mlp": (
+        "phi3",
+        {"mlp": "plain"},
+        {"model.mlp_layout": "fused stores a gated MLP's gate and up projections; mlp is 'plain'"},
+    ),
+    "bad-values": (
+        "phi3",
+        {"partial_rotary_factor": 1.5, "qkv_layout": "interleaved"},
+        {
+            "model.partial_rotary_factor": "must be in (0, 1], got 1.5",
+            "model.qkv_layout": "must be one of separate, fused, fused_per_head; got 'interleaved'",
+        },
+    ),
+    "yarn-keys": (
+        "phi3",
+        {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta": 2, "mscale": -1, "truncate": 1}},
+        {
+            "model.rope_scaling.original_max_position_embeddings": "must be a positive number for yarn, got None",
+            "model.rope_scaling.beta": "unknown key for rope_type yarn",
+            "model.rope_scaling.mscale": "must be a positive number for yarn, got -1",
+            "model.rope_scaling.truncate": "must be true or false, got 1",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STRUCTURES), ids=list(BAD_STRUCTURES))
+def test_impossible_structures_are_named_before_anything_is_written(tmp_path, case):
+    from scaffold.errors import ManifestError
+    from scaffold.render import create_project
+
+    family, model, expected = BAD_STRUCTURES[case]
+    with pytest.raises(ManifestError) as err:
+        create_project("bad", family, projects_dir=tmp_path, overrides={"model": model})
+    found = dict(err.value.problems)
+    for key, message in expected.items():
+        assert key in found and message in found[key], (key, found)
+    assert err.value.exit_code == 2
+    assert not (tmp_path / "bad").exists()
+
+
+# preset -> transformers' own config for it: the parameter counts must agree exactly, on the meta device
+REAL_PRESETS = {
+    ("gpt_neox", "pythia_160m"): (
+        "gpt_neox",
+        {
+            "vocab_size": 50304,
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "max_position_embeddings": 2048,
+            "rotary_pct": 0.25,
+        },
+        162_322_944,
+    ),
+    ("phi3", "phi3_mini_4k"): (
+        "phi3",
+        {
+            "vocab_size": 32064,
+            "hidden_size": 3072,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "intermediate_size": 8192,
+            "max_position_embeddings": 4096,
+            "pad_token_id": 32000,
+        },
+        3_821_079_552,
+    ),
+}
+
+
+@pytest.mark.parametrize("family_preset", list(REAL_PRESETS), ids=[f"{f}-{p}" for f, p in REAL_PRESETS])
+def test_real_preset_parameter_count_on_meta(tmp_path, family_preset):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from scaffold.build import build, load_project
+    from scaffold.render import create_project
+
+    family, preset = family_preset
+    model_type, hf_kwargs, published = REAL_PRESETS[family_preset]
+    out = build(load_project(create_project("real", family, projects_dir=tmp_path, preset=preset))).output_dir
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    with torch.device("meta"):
+        ours = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+        theirs = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **hf_kwargs))
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters()) == published
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    their_shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    if family == "gpt_neox":  # transformers 5 calls the head lm_head in memory, embed_out on disk
+        their_shapes["embed_out.weight"] = their_shapes.pop("lm_head.weight")
+    assert shapes == their_shapes
