@@ -59,7 +59,9 @@ def dumps(manifest: Mapping[str, Mapping[str, Any]], header: str = "") -> str:
     out: dict[str, dict[str, Any]] = {}
     for section in schema.SECTIONS:
         values = manifest.get(section) or {}
-        keys = sorted((k for k, v in values.items() if v is not None), key=lambda k: order.get(f"{section}.{k}", 1e9))
+        keys = sorted(
+            (k for k, v in values.items() if v is not None), key=lambda k: order.get(f"{section}.{k}", 1e9)
+        )
         if keys:
             out[section] = {k: values[k] for k in keys}
     body = tomli_w.dumps(out)
@@ -115,10 +117,17 @@ def parse_sets(pairs: Iterable[str]) -> Manifest:
     return layer
 
 
-def validate(manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = None, path: Path | None = None) -> None:
+def validate(
+    manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = None, path: Path | None = None
+) -> None:
     """Check a resolved manifest against the schema; raise one ManifestError listing every problem."""
     problems: list[tuple[str, str]] = []
     allowed_model = set(model_keys) if model_keys is not None else None
+    model = manifest.get("model")
+    if allowed_model is not None and isinstance(model, Mapping):
+        # every family accepts the structural keys, and the number keys its structure needs
+        allowed_model |= set(schema.STRUCTURE) | set(schema.UNIVERSAL_MODEL_KEYS)
+        allowed_model |= set(schema.companions(schema.structure_of(model)))
     for section, values in manifest.items():
         if section not in schema.SECTIONS:
             problems.append((section, f"unknown section; expected one of {', '.join(schema.SECTIONS)}"))
@@ -156,9 +165,7 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
     kv = model.get("num_key_value_heads")
     hidden = model.get("hidden_size")
     if heads and kv and heads % kv:
-        problems.append(
-            ("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}")
-        )
+        problems.append(("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}"))
     if heads and hidden and "head_dim" not in (m.get("model") or {}) and hidden % heads:
         problems.append(
             (
@@ -171,27 +178,116 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind not in ROPE_SCALING_KEYS:
             problems.append(
-                ("model.rope_scaling.rope_type", f"must be one of {', '.join(ROPE_SCALING_KEYS)}; got {kind!r}")
+                (
+                    "model.rope_scaling.rope_type",
+                    f"must be one of {', '.join(ROPE_SCALING_KEYS)}; got {kind!r}",
+                )
             )
         else:
             for k in ROPE_SCALING_KEYS[kind]:
                 v = scaling.get(k)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
+                    problems.append(
+                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
+                    )
             for k in ROPE_SCALING_OPTIONAL.get(kind, ()):
                 v = scaling.get(k)
                 if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
+                    problems.append(
+                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
+                    )
             if kind == "yarn" and not isinstance(scaling.get("truncate", True), bool):
-                problems.append(("model.rope_scaling.truncate", f"must be true or false, got {scaling['truncate']!r}"))
+                problems.append(
+                    ("model.rope_scaling.truncate", f"must be true or false, got {scaling['truncate']!r}")
+                )
             known = {"rope_type", "type", *ROPE_SCALING_KEYS[kind], *ROPE_SCALING_OPTIONAL.get(kind, ())}
             known |= {"truncate"} if kind == "yarn" else set()
             for k in sorted(set(scaling) - known):
                 problems.append((f"model.rope_scaling.{k}", f"unknown key for rope_type {kind}"))
+    problems.extend(_structure_checks(m, model))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
     if kind == "bpe" and not tok.get("files") and not tok.get("dataset"):
-        problems.append(("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on"))
+        problems.append(
+            ("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on")
+        )
     if kind == "pretrained" and not tok.get("path"):
-        problems.append(("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder"))
+        problems.append(
+            ("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder")
+        )
+    return problems
+
+
+def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Combinations of structural keys the generated code cannot express, each named."""
+    structure = schema.structure_of(model)
+    problems: list[tuple[str, str]] = []
+    position = structure["position_embedding"]
+    if structure["attention"] == "single_head" and position != "alibi":
+        problems.append(
+            (
+                "model.attention",
+                f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}",
+            )
+        )
+    if structure["parallel_residual"] and structure["norm_position"] != "pre":
+        problems.append(
+            (
+                "model.parallel_residual",
+                f"needs norm_position = pre; norm_position is {structure['norm_position']!r}",
+            )
+        )
+    factor = structure["partial_rotary_factor"]
+    if isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor < 1:
+        if position != "rope":
+            problems.append(
+                (
+                    "model.partial_rotary_factor",
+                    f"partial rotary needs position_embedding = rope, not {position!r}",
+                )
+            )
+        head_dim = model.get("head_dim")
+        heads, hidden = model.get("num_attention_heads"), model.get("hidden_size")
+        if head_dim is None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
+            head_dim = hidden // heads
+        rotary = int(head_dim * factor) if isinstance(head_dim, int) else 2
+        if rotary == 0 or rotary % 2:
+            problems.append(
+                (
+                    "model.partial_rotary_factor",
+                    f"rotates int({head_dim} * {factor}) = {rotary} features of each head; RoPE turns them "
+                    "in pairs, so that must be even and positive",
+                )
+            )
+    layout = structure["qkv_layout"]
+    if layout != "separate" and structure["attention"] != "multi_head":
+        problems.append(("model.qkv_layout", f"{layout} needs attention = multi_head"))
+    if layout == "fused_per_head":
+        heads, kv = model.get("num_attention_heads"), model.get("num_key_value_heads")
+        if kv is not None and kv != heads:
+            problems.append(
+                (
+                    "model.qkv_layout",
+                    f"fused_per_head interleaves one k and one v per query head; num_key_value_heads = {kv} "
+                    f"differs from num_attention_heads = {heads}",
+                )
+            )
+    if structure["mlp_layout"] == "fused" and structure["mlp"] != "gated":
+        problems.append(
+            ("model.mlp_layout", "fused stores a gated MLP's gate and up projections; mlp is 'plain'")
+        )
+    for key in ("qkv_layout", "mlp_layout"):
+        if structure["init"] == "deepnet" and structure[key] != "separate":
+            problems.append(
+                (f"model.{key}", f"init = deepnet sets a gain per projection; it needs {key} = separate")
+            )
+    test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
+    backend = test.get("attn_implementation")
+    if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
+        problems.append(
+            (
+                "test.attn_implementation",
+                f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa",
+            )
+        )
     return problems

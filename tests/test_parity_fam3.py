@@ -267,8 +267,8 @@ PHI3_CASES = {
 def test_against_gpt_neox(tmp_path, case):
     from tests._parity import assert_parity, tiny_hf_model
 
-    hf = tiny_hf_model("gpt_neox", num_key_value_heads=4, **NEOX_CASES[case])
-    model = assert_parity(hf, "gpt_neox", tmp_path)
+    hf = tiny_hf_model("gpt_neox", **NEOX_CASES[case])
+    model = assert_parity(hf, "gpt_neox", tmp_path, checkpoint=True)
     assert type(model).__name__ == "GPTNeoXForCausalLM"
     assert "gpt_neox.layers.0.attention.query_key_value.weight" in model.state_dict()
 
@@ -277,8 +277,9 @@ def test_against_gpt_neox(tmp_path, case):
 def test_against_phi3(tmp_path, case):
     from tests._parity import assert_parity, tiny_hf_model
 
-    hf = tiny_hf_model("phi3", **PHI3_CASES[case])
-    model = assert_parity(hf, "phi3", tmp_path)
+    # Phi-3's config defaults its special tokens to ids of its own 32k vocabulary
+    hf = tiny_hf_model("phi3", bos_token_id=1, eos_token_id=2, pad_token_id=0, **PHI3_CASES[case])
+    model = assert_parity(hf, "phi3", tmp_path, checkpoint=True)
     assert type(model).__name__ == "Phi3ForCausalLM"
     assert "model.layers.0.mlp.gate_up_proj.weight" in model.state_dict()
 

@@ -5,7 +5,7 @@
 from transformers import PreTrainedConfig
 
 
-class LlamaConfig(PreTrainedConfig):
+class ScaffoldLlamaConfig(PreTrainedConfig):
     """Sizes and rates of a Llama-family model. Key names follow transformers' standard ones."""
 
     model_type = "scaffold_llama"
@@ -19,8 +19,8 @@ class LlamaConfig(PreTrainedConfig):
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     max_position_embeddings: int = 2048
-    # RoPE as transformers 5.x spells it: {"rope_type": "default" | "llama3" | "linear", "rope_theta": ...,
-    # and the scaling keys of that type}; the manifest's rope_theta and rope_scaling fill it
+    # RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "llama3" | "yarn",
+    # "rope_theta": ..., and the scaling keys of that type}; the manifest's rope_theta and rope_scaling fill it
     rope_parameters: dict | None = None
     rms_norm_eps: float = 1e-5
     sliding_window: int | None = None
@@ -31,6 +31,23 @@ class LlamaConfig(PreTrainedConfig):
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    # the structure modeling_llama.py was generated for: informational, the code does not read it
+    norm_type: str = "rmsnorm"
+    norm_bias: bool = True
+    norm_position: str = "pre"
+    position_embedding: str = "rope"
+    attention: str = "multi_head"
+    attention_bias: bool = False
+    mlp: str = "gated"
+    hidden_act: str = "silu"
+    mlp_bias: bool = False
+    parallel_residual: bool = False
+    partial_rotary_factor: float = 1.0
+    qkv_layout: str = "separate"
+    mlp_layout: str = "separate"
+    lm_head_bias: bool = False
+    embedding_scale: str = "none"
+    init: str = "scaled_normal"
 
     def __post_init__(self, **kwargs):
         if self.rope_parameters is None:
@@ -52,4 +69,4 @@ class LlamaConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
-__all__ = ["LlamaConfig"]
+__all__ = ["ScaffoldLlamaConfig"]
