@@ -239,18 +239,10 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 # transformers config overrides of each parity case (tiny_hf_config's sizes underneath)
 NEOX_CASES = {
     "parallel-quarter-rotary": {},
-    "sequential-no-bias-yarn": {
+    "sequential-no-bias-yarn-tied": {
         "use_parallel_residual": False,
         "attention_bias": False,
         "rope_parameters": {**YARN, "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
-    },
-    "full-rotary-linear-tied": {
-        "rope_parameters": {
-            "rope_type": "linear",
-            "factor": 2.0,
-            "rope_theta": 500.0,
-            "partial_rotary_factor": 1.0,
-        },
         "tie_word_embeddings": True,
     },
 }
@@ -433,3 +425,30 @@ def test_real_preset_parameter_count_on_meta(tmp_path, family_preset):
     if family == "gpt_neox":  # transformers 5 calls the head lm_head in memory, embed_out on disk
         their_shapes["embed_out.weight"] = their_shapes.pop("lm_head.weight")
     assert shapes == their_shapes
+
+
+def test_import_reads_gpt_neox_configs_old_and_new(tmp_path):
+    """The manifest table of a GPT-NeoX config as transformers 5 writes it, and as Pythia's files spell it
+    (rotary_pct, rotary_emb_base), reproduces the structure: the same [model] either way."""
+    import json
+
+    from scaffold.blueprints import load
+    from scaffold.importer import model_table
+    from tests._parity import tiny_hf_config
+
+    hf = tiny_hf_config("gpt_neox", use_parallel_residual=False, rotary_pct=0.5, rotary_emb_base=500.0)
+    hf.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "rope_parameters" in saved and "rotary_pct" not in saved
+    legacy = {k: v for k, v in saved.items() if k != "rope_parameters"}
+    legacy.update(rotary_pct=0.5, rotary_emb_base=500.0)
+    for config in (saved, legacy):
+        table = model_table(config, load("gpt_neox"))
+        assert table["parallel_residual"] is False and table["partial_rotary_factor"] == 0.5
+        assert table["rope_theta"] == 500.0 and table.get("rope_scaling") is None
+        assert "num_key_value_heads" not in table  # GPT-NeoX has no grouped-query attention
+        assert {k: table[k] for k in ("hidden_size", "num_attention_heads", "intermediate_size")} == {
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "intermediate_size": 96,
+        }
