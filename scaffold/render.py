@@ -209,8 +209,8 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     }[arch["norm_position"]]
     if arch["parallel_residual"]:
         blocks = (
-            f"Parallel-residual blocks, ``x = x + attn({norm}_1(x)) + mlp({norm}_2(x))``: attention and the "
-            "feed-forward read the same input"
+            f"Parallel-residual blocks, ``x = x + attn({norm}(x)) + mlp({norm}(x))`` (a norm for each): "
+            "attention and the feed-forward read the same input"
         )
     position = {
         "rope": "rotary position embeddings",
@@ -224,7 +224,8 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     if arch["attention"] == "single_head":
         attention = "one attention head with a fused query-key matrix and no output projection"
     else:
-        attention = "grouped-query attention" + (" with biases" if arch["attention_bias"] else "")
+        kind = "multi-head" if arch["qkv_layout"] == "fused_per_head" else "grouped-query"
+        attention = f"{kind} attention" + (" with biases" if arch["attention_bias"] else "")
         attention += {
             "fused": " (q, k and v from one projection stored [q; k; v])",
             "fused_per_head": " (q, k and v from one projection, interleaved per head)",
@@ -287,7 +288,8 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "doc": doc,
         "heads_text": heads_text,
         "attention_doc": (
-            "Grouped-query self-attention"
+            ("Multi-head" if arch["qkv_layout"] == "fused_per_head" else "Grouped-query")
+            + " self-attention"
             + (" with RoPE" if arch["position_embedding"] == "rope" else "")
             + (" with ALiBi biases" if arch["position_embedding"] == "alibi" else "")
         ),
