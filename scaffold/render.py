@@ -82,7 +82,8 @@ CONFIG_ORDER = (
 )
 CONFIG_COMMENTS = {
     "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "llama3" | "yarn",\n'
-    '# "rope_theta": ..., and the scaling keys of that type}; the manifest\'s rope_theta and rope_scaling fill it',
+    '# "rope_theta": ..., the scaling keys of that type, and partial_rotary_factor when below 1}; the\n'
+    "# manifest's rope_theta, rope_scaling and partial_rotary_factor fill it",
     "hidden_dropout": "dropout on the embeddings and on each sublayer's output",
     "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
