@@ -442,7 +442,10 @@ def test_real_preset_parameter_count_on_meta(tmp_path, family_preset):
 
     family, preset = family_preset
     model_type, hf_kwargs, published = REAL_PRESETS[family_preset]
-    out = build(load_project(create_project("real", family, projects_dir=tmp_path, preset=preset))).output_dir
+    # a project's vocabulary follows its (byte) tokenizer unless given: give the published one
+    vocab = {"model": {"vocab_size": hf_kwargs["vocab_size"]}}
+    project = create_project("real", family, projects_dir=tmp_path, preset=preset, overrides=vocab)
+    out = build(load_project(project)).output_dir
     config = AutoConfig.from_pretrained(out, trust_remote_code=True)
     with torch.device("meta"):
         ours = AutoModelForCausalLM.from_config(config, trust_remote_code=True)

@@ -43,6 +43,7 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     hidden_act: str = "silu"
     mlp_bias: bool = False
     parallel_residual: bool = False
+    # partial_rotary_factor = 1.0 (rope_parameters holds it when below 1, as transformers does)
     qkv_layout: str = "separate"
     mlp_layout: str = "separate"
     lm_head_bias: bool = False
