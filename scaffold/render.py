@@ -20,8 +20,10 @@ from typing import Any
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
+from .diagram import mermaid_block, project_structure
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
+from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
 from .tokenizer import make_for_new
 from .tokenizer import write as write_tokenizer
@@ -32,7 +34,7 @@ ANSWERS_FILE = ".copier-answers.yml"
 
 def check_name(name: str) -> None:
     """Refuse project names that are empty, hidden, or would escape the projects folder."""
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid project name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or "
             "digit (no paths)"
@@ -73,6 +75,7 @@ CONFIG_ORDER = (
     "rms_norm_eps",
     "layer_norm_eps",
     "sliding_window",
+    "layer_types",
     "attention_dropout",
     "hidden_dropout",
     "initializer_range",
@@ -132,6 +135,8 @@ def _annotation(key: str, default: Any) -> str:
 
     if key == "rope_parameters":
         return "dict | None"
+    if key == "layer_types":
+        return "list[str] | None"
     f = schema.BY_PATH.get(f"model.{key}")
     names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
     types = [t for t in (f.types if f else (type(default),)) if t in names]
@@ -207,6 +212,7 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         "post": f"Post-norm blocks, ``x = {norm}(x + attn(x)); x = {norm}(x + mlp(x))``",
         "deepnorm": f"DeepNorm blocks (Wang et al., 2022), ``x = {norm}(alpha * x + attn(x)); "
         f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
+        "post_sublayer": f"Post-sublayer-norm blocks, ``x = x + {norm}(attn(x)); x = x + {norm}(mlp(x))``",
     }[arch["norm_position"]]
     if arch["parallel_residual"]:
         blocks = (
@@ -226,7 +232,14 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         attention = "one attention head with a fused query-key matrix and no output projection"
     else:
         kind = "multi-head" if arch["qkv_layout"] == "fused_per_head" else "grouped-query"
-        attention = f"{kind} attention" + (" with biases" if arch["attention_bias"] else "")
+        attention = f"{kind} attention"
+        if arch["attention_bias"]:
+            attention += " with biases"
+        elif arch["qkv_bias"]:
+            attention += " with query, key and value biases"
+        if arch["qk_norm"] != "none":
+            width = "each head" if arch["qk_norm"] == "head" else "all heads at once"
+            attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
         attention += {
             "fused": " (q, k and v from one projection stored [q; k; v])",
             "fused_per_head": " (q, k and v from one projection, interleaved per head)",
@@ -327,11 +340,13 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": "sliding_window" in keys and multi and arch["position_embedding"] != "alibi",
+        # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
+        "layer_types": "layer_types" in keys and multi and arch["position_embedding"] != "alibi",
         "hidden_dropout": "hidden_dropout" in keys,
         "final_norm": arch["norm_position"] != "post",
         "positions": arch["position_embedding"] in ("rope", "sinusoidal", "learned"),
         "partial_rotary": partial_rotary(arch),
-        "padding_idx": arch["init"] == "scaled_normal",
+        "padding_idx": arch["init"] in ("scaled_normal", "normal"),
         "residual_writers": writers,
         "linear_bias": arch["attention_bias"] or arch["mlp_bias"] or arch["lm_head_bias"],
         "config_fields": config_fields(bp, arch),
@@ -355,6 +370,7 @@ def template_data(
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
         "parts": part_sources(),
+        "architecture_mermaid": mermaid_block(project_structure(m, bp.structure)).rstrip(),
         "scaffold_version": __version__,
         "blueprint_name": bp.name,
         "blueprint_version": bp.version,
@@ -365,6 +381,7 @@ def template_data(
         "arch": schema.structure_of(m.get("model", {})),
         "names": bp.names,
         "plan": plan(bp, m.get("model", {})),
+        "plans": plans_for(bp, m.get("model", {})),  # tensor- and pipeline-parallel plans
     }
 
 
@@ -489,12 +506,13 @@ def create_project(
     new_manifest(bp, name, preset, overrides)  # validate before anything is written
     with atomic.locked(target):
         atomic.sweep(target)
+        if target.exists() and not target.is_dir():
+            raise ProjectError("exists and is not a folder", path=target)
         if target.exists() and not force:
             raise ProjectError(
                 "already exists; pass --force to replace it (its files will be lost)", path=target
             )
-        if target.exists() and not target.is_dir():
-            raise ProjectError("exists and is not a folder", path=target)
+        atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project
         staging = atomic.make_staging(target, "new")
         try:
             render(bp, staging, name, preset, overrides, project_dir=target)

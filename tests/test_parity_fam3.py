@@ -348,7 +348,7 @@ BAD_STRUCTURES = {
     "odd-rotary-width": (
         "gpt_neox",
         {"partial_rotary_factor": 0.3},  # head_dim 64 -> int(19.2) = 19 features
-        {"model.partial_rotary_factor": "rotates int(64 * 0.3) = 19 features of each head"},
+        {"model.partial_rotary_factor": "gives a rotary width of 19 (of head width 64)"},
     ),
     "partial-rotary-without-rope": (
         "llama",
