@@ -211,6 +211,17 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
                 f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}",
             )
         )
+    if position != "rope" and model.get("rope_scaling"):
+        problems.append(
+            ("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing")
+        )
+    if model.get("sliding_window") and (position == "alibi" or structure["attention"] == "single_head"):
+        problems.append(
+            (
+                "model.sliding_window",
+                "the ALiBi attention here has no sliding window: it would change nothing",
+            )
+        )
     test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
     backend = test.get("attn_implementation")
     if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
