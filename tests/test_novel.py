@@ -5,7 +5,10 @@ recomputation, packed equals alone)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+from scaffold import schema
 
 from ._parity import assert_family_checks, scaffold_model
 from .test_loading import run_loadcheck
@@ -29,6 +32,10 @@ TINY = {
 }
 
 
+@pytest.mark.skipif(
+    not {"qk_norm", "parallel_residual"} <= set(schema.STRUCTURE),
+    reason="needs the qk_norm and parallel_residual structural keys",
+)
 def test_a_novel_combination_builds_loads_trains_and_passes_the_family_checks(tmp_path):
     model = scaffold_model(tmp_path, "decoder", {**TINY, **NOVEL})
     out = tmp_path / "projects" / "parity" / "model"
