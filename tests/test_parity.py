@@ -159,11 +159,11 @@ def test_the_decoder_blueprint_lists_every_structural_key(tmp_path):
 def test_auto_classes_never_fall_back_to_transformers_own_llama(tmp_path):
     """The config class is scaffold's own name: an Auto class missing from auto_map fails with
     transformers' clear message instead of quietly building transformers' Llama from our config."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     model = scaffold_model(tmp_path, "llama", TINY)
     out = tmp_path / "projects" / "parity" / "model"
     config = AutoConfig.from_pretrained(out, trust_remote_code=True)
     assert type(config).__name__ == "ScaffoldLlamaConfig" and type(model).__name__ == "LlamaForCausalLM"
     with pytest.raises(ValueError, match="Unrecognized configuration class"):
-        AutoModelForSequenceClassification.from_config(config, trust_remote_code=True)
+        AutoModelForQuestionAnswering.from_config(config, trust_remote_code=True)  # not in auto_map
