@@ -215,13 +215,7 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
         problems.append(
             ("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing")
         )
-    if model.get("sliding_window") and (position == "alibi" or structure["attention"] == "single_head"):
-        problems.append(
-            (
-                "model.sliding_window",
-                "the ALiBi attention here has no sliding window: it would change nothing",
-            )
-        )
+    problems.extend(_attention_layout_checks(model, structure))
     test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
     backend = test.get("attn_implementation")
     if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
@@ -231,4 +225,34 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
                 f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa",
             )
         )
+    return problems
+
+
+def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """qk-norm, sliding windows and per-layer attention types against the attention they act on."""
+    problems: list[tuple[str, str]] = []
+    single = structure["attention"] == "single_head"
+    if single and structure["qk_norm"] != "none":
+        problems.append(
+            ("model.qk_norm", "single_head attention has no separate queries and keys to normalise")
+        )
+    if single and structure["qkv_bias"]:
+        problems.append(("model.qkv_bias", "single_head attention has no query and key projections"))
+    windowed = model.get("sliding_window") is not None or model.get("layer_types") is not None
+    if windowed and (single or structure["position_embedding"] == "alibi"):
+        key = "model.sliding_window" if model.get("sliding_window") is not None else "model.layer_types"
+        problems.append(
+            (key, "sliding windows need multi_head attention without ALiBi (its bias spans every key)")
+        )
+    types = model.get("layer_types")
+    if isinstance(types, list):
+        layers = model.get("num_hidden_layers")
+        if isinstance(layers, int) and not isinstance(layers, bool) and len(types) != layers:
+            problems.append(
+                ("model.layer_types", f"has {len(types)} entries for num_hidden_layers = {layers}")
+            )
+        if "sliding_attention" in types and model.get("sliding_window") is None:
+            problems.append(
+                ("model.layer_types", "names sliding_attention layers but model.sliding_window is not set")
+            )
     return problems
