@@ -38,7 +38,7 @@ from .errors import BlueprintError
 
 # The styles a plan here may use: present in every transformers 5.x release scaffold supports.
 STYLES = ("colwise", "rowwise", "colwise_rep", "rowwise_rep", "replicate")
-QK_NORMS = ("none", "head", "full")  # the manifest's qk_norm values
+QK_NORMS = ("none", "head", "full")  # as scaffold/schema.py spells them
 QKV_LAYOUTS = ("interleaved", "blocks")
 HEADS = ("split", "whole")
 
@@ -61,7 +61,7 @@ class Layout:
     o_proj: str = "o_proj"
     qkv_proj: str = ""  # a fused query-key-value projection, instead of q/k/v
     qkv_layout: str = "blocks"  # "interleaved" per head (GPT-NeoX) or "blocks" [q; k; v] (Phi-3)
-    qk_norm: str = "none"  # "head": over head_dim, per head; "full": over every head's width at once (OLMo 2)
+    qk_norm: str = "none"  # "head": over head_dim, per head; "full": over every head's width at once
     heads: str = "split"  # "whole": the attention needs every head on every rank (ALiBi slopes, one head)
     mlp: str = "mlp"
     gate_proj: str = "gate_proj"

@@ -162,7 +162,7 @@ def test_plan_styles_follow_the_layout():
 
 @pytest.mark.parametrize(
     ("table", "key"),
-    [({"qk_nrom": "all"}, "parallel.qk_nrom"), ({"heads": "some"}, "parallel.heads"),
+    [({"qk_nrom": "full"}, "parallel.qk_nrom"), ({"heads": "some"}, "parallel.heads"),
      ({"styles": {"q_proj": "diagonal"}}, "parallel.styles.q_proj")],
 )  # fmt: skip
 def test_bad_parallel_table_names_the_key(table, key):
