@@ -14,6 +14,8 @@ cache, gradient checkpointing and the optimizer fused into backward giving the s
 times training steps (bf16 weights, fused AdamW, random tokens, warm-up steps excluded, CUDA
 events) of both models at 160M- and 1B-class shapes, eager and ``torch.compile``d, sdpa and flex
 attention, plain and with the memory options; peak memory is ``torch.cuda.max_memory_allocated``.
+Last, every reproduced family (``bench/families.py``) at a 160M-class shape against transformers' own
+class of its ``model_type`` (``family_<name>`` cases, sdpa, plain).
 Cases run most important first, the two models of a case back to back (order alternating), and a
 case is skipped when the time budget (``BENCH_BUDGET_S`` seconds, default 420) would be overrun, and
 stopped if it runs 45 s past it: the whole run stays under budget + 45 s plus start-up.
@@ -94,7 +96,19 @@ SHAPES: dict[str, dict[str, Any]] = {
     "llama_1b": dict(preset="llama3.2_1b", model={}, batch=4, seq=2048),
 }
 
-# (shape, attention, compiled, option), most important first
+# The shape every reproduced family is timed at against its transformers class (160M-class, GQA).
+FAMILY_SHAPE: dict[str, Any] = dict(
+    vocab_size=32000,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=4,
+    intermediate_size=2048,
+    max_position_embeddings=2048,
+)
+
+# (shape, attention, compiled, option), most important first; every family_<name> shape of the plan
+# follows (sdpa, eager, plain)
 CASES = [
     ("llama_160m", "sdpa", False, "plain"),
     ("llama_1b", "sdpa", False, "plain"),
@@ -153,6 +167,27 @@ def prepare(out_dir: Path) -> None:
         model_dir.rename(target)
         plan["shapes"][name] = {"dir": name, "batch": shape["batch"], "seq": shape["seq"]}
         print(f"built {target}")
+    # every reproduced family at the 160M-class shape, beside its transformers config (bench/families.py)
+    import families
+    from transformers import AutoConfig
+
+    from scaffold.build import build, load_project
+    from scaffold.importer import import_project
+
+    for family, model_type in families.reproduced_families().items():
+        name = f"family_{family}"
+        source = out_dir / ".work" / f"hf-{family}" / "config.json"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        AutoConfig.for_model(model_type, **FAMILY_SHAPE).to_json_file(source)
+        project = import_project(source, name=family, projects_dir=out_dir / ".work" / "projects", force=True)
+        target = out_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        build(load_project(project), target)
+        (target / "transformers").mkdir()
+        shutil.copy2(source, target / "transformers" / "config.json")
+        plan["shapes"][name] = {"dir": name, "batch": 16, "seq": 2048, "family": family}
+        print(f"built {target}")
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
     C.write_json(out_dir / "plan.json", plan)
     print(f"wrote {out_dir / 'plan.json'}; on the GPU machine: python bench/gpu.py --run {out_dir}")
@@ -175,7 +210,7 @@ class Run:
         (results / "gpu.jsonl").write_text("")
 
     def model_dir(self, shape: str) -> Path:
-        if self.quick:
+        if self.quick and not shape.startswith("family_"):
             shape = "tiny"  # --quick checks the script: every case on the tiny model
         return self.plan_dir / self.plan["shapes"][shape]["dir"]
 
@@ -410,6 +445,13 @@ def time_case(run: Run, shape: str, impl: str, attn: str, compiled: bool, option
     torch.manual_seed(0)
     if impl == "generated":
         model = C.load_generated(run.model_dir(shape), dtype, run.device, attn)
+    elif shape.startswith("family_"):  # transformers' own class of that family, from its saved config
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        hf_config = AutoConfig.from_pretrained(run.model_dir(shape) / "transformers")
+        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn, dtype=dtype).to(
+            run.device
+        )
     else:
         model = C.load_hf(C.generated_config(run.model_dir(shape)), dtype, run.device, attn)
     ckpt, fused = OPTIONS[option]
@@ -439,7 +481,7 @@ def time_case(run: Run, shape: str, impl: str, attn: str, compiled: bool, option
     tokens = batch * seq
     rec: dict[str, Any] = {
         "kind": "case",
-        "shape": f"tiny (for {shape})" if run.quick else shape,
+        "shape": f"tiny (for {shape})" if run.quick and not shape.startswith("family_") else shape,
         "impl": impl,
         "attn": attn,
         "compiled": compiled,
@@ -518,8 +560,11 @@ def run_all(run: Run) -> dict[str, Any]:
         run.free()
     cases: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    for i, (shape, attn, compiled, option) in enumerate(CASES):
-        est = ESTIMATE_S[(shape, compiled)] + (FLEX_EXTRA_S if attn != "sdpa" else 0)
+    family_cases = [
+        (name, "sdpa", False, "plain") for name in run.plan["shapes"] if name.startswith("family_")
+    ]
+    for i, (shape, attn, compiled, option) in enumerate(CASES + family_cases):
+        est = ESTIMATE_S.get((shape, compiled), 25) + (FLEX_EXTRA_S if attn != "sdpa" else 0)
         if run.quick:
             est = 0 if not compiled else 60
         if run.elapsed() + est > run.budget:

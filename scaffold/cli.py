@@ -49,7 +49,9 @@ class ScaffoldGroup(click.Group):
         except Exception as err:  # a bug in scaffold or a library: say so plainly
             if _debug(ctx):
                 raise
-            click.echo(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True)
+            click.echo(
+                f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True
+            )
             ctx.exit(EXIT_INTERNAL)
 
 
@@ -124,7 +126,9 @@ def _overrides(sets: tuple[str, ...]) -> dict:
     help="Folder the project is created in.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing project of that name (its files are lost).")
-def new(name: str, blueprint: str, preset: str | None, sets: tuple[str, ...], projects_dir: Path, force: bool) -> None:
+def new(
+    name: str, blueprint: str, preset: str | None, sets: tuple[str, ...], projects_dir: Path, force: bool
+) -> None:
     """Create the project NAME from a blueprint: manifest, modeling and configuration files, tokenizer."""
     from .render import create_project
 
@@ -133,6 +137,29 @@ def new(name: str, blueprint: str, preset: str | None, sets: tuple[str, ...], pr
     )
     click.echo(f"created {path}")
     click.echo(f"next: scaffold build {path}")
+
+
+@cli.command(name="import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", help="Name of the project (default: the model folder's name).")
+@click.option(
+    "--projects-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("projects"),
+    show_default=True,
+    help="Folder the project is created in.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing project of that name (its files are lost).")
+def import_cmd(path: Path, name: str | None, projects_dir: Path, force: bool) -> None:
+    """Create a project that reproduces the transformers model at PATH (a local model folder or its
+    config.json): the family from its model_type, the sizes and structure from its config. Features no
+    part expresses (mixture of experts, latent attention, vision towers) are refused, naming the key."""
+    from .importer import import_project
+
+    project = import_project(path, name=name, projects_dir=projects_dir, force=force)
+    click.echo(f"created {project}")
+    weights = " --load-from-checkpoint " + str(path if Path(path).is_dir() else Path(path).parent)
+    click.echo(f"next: scaffold build {project}{weights} --save-weights")
 
 
 @cli.command()
@@ -163,8 +190,10 @@ def build(project: Path, force: bool, save_weights: bool, overrides: Overrides) 
             "without --save-weights or --load-from-checkpoint (no weights are made)",
         )
     if overrides.no_init_weights and overrides.checkpoint is None:
-        raise UsageError("--no-init-weights with --save-weights would save uninitialised weights; "
-                         "add --load-from-checkpoint")
+        raise UsageError(
+            "--no-init-weights with --save-weights would save uninitialised weights; "
+            "add --load-from-checkpoint"
+        )
     proj = overrides.load_project(project)
     weights = None
     if overrides.checkpoint is not None or overrides.device or overrides.dtype:
@@ -191,7 +220,9 @@ def _doc(path: str) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), help=_doc("test.batch_size"))
 @click.option("--sequence-length", type=click.IntRange(min=1), help=_doc("test.sequence_length"))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=_doc("test.lr"))
-@click.option("--gradient-checkpointing", is_flag=True, default=None, help=_doc("test.gradient_checkpointing"))
+@click.option(
+    "--gradient-checkpointing", is_flag=True, default=None, help=_doc("test.gradient_checkpointing")
+)
 @click.option(
     "--fuse-optim-with-backward",
     is_flag=True,
@@ -402,7 +433,9 @@ def verify(model_dir: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the description to this file instead of printing it.",
 )
-@click.option("-e", "--edit", is_flag=True, help="Write the description to a temporary file and open it in $EDITOR.")
+@click.option(
+    "-e", "--edit", is_flag=True, help="Write the description to a temporary file and open it in $EDITOR."
+)
 @override_options
 def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrides) -> None:
     """Show what constructing PROJECT gives: the resolved configuration, the tokenizer, the model's

@@ -1,4 +1,4 @@
-"""From a transformers ``config.json`` to a manifest's ``[model]`` table (``scaffold import``).
+"""``scaffold import``: from a transformers ``config.json`` to a project that reproduces the model.
 
 A family says which transformers ``model_type`` it reproduces (``transformers_model_type`` in its
 blueprint.toml). Keys are copied by name, since the manifest uses transformers' names; RoPE settings
@@ -8,10 +8,12 @@ are read from transformers 5.x's ``rope_parameters`` (or the older ``rope_theta`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from . import schema
 from .blueprints import Blueprint
+from .errors import DataError, UsageError
 
 
 def accepted_keys(bp: Blueprint, structure: Mapping[str, Any]) -> set[str]:
@@ -44,11 +46,112 @@ def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
         {**bp.structure, **{k: config[k] for k in schema.STRUCTURE if k in config}}
     )
     keys = accepted_keys(bp, structure)
-    table = {}
-    for key in sorted(keys):
+    # every value is taken as it is: one the family cannot take fails validation, naming the key
+    return {
+        key: config[key]
+        for key in sorted(keys)
+        if config.get(key) is not None and f"model.{key}" in schema.BY_PATH
+    }
+
+
+# Config keys that name what no part expresses: a config that sets them (to anything but off) is refused.
+UNSUPPORTED_KEYS: dict[str, str] = {
+    "num_experts": "mixture of experts",
+    "num_local_experts": "mixture of experts",
+    "n_routed_experts": "mixture of experts",
+    "moe_intermediate_size": "mixture of experts",
+    "num_experts_per_tok": "mixture of experts",
+    "kv_lora_rank": "multi-head latent attention",
+    "q_lora_rank": "multi-head latent attention",
+    "vision_config": "a vision tower",
+    "audio_config": "an audio tower",
+    "text_config": "a multimodal model (a text_config inside)",
+}
+CONFIG_NAME = "config.json"
+
+
+def read_config(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The ``config.json`` of a local transformers model folder (or the file itself), parsed."""
+    import json
+
+    file = path / CONFIG_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(
+            f"no {CONFIG_NAME} here: give a transformers model folder or its {CONFIG_NAME}", path=path
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"not a readable JSON config: {' '.join(str(err).split())}", path=file) from None
+    if not isinstance(data, dict):
+        raise DataError("not a JSON object", path=file)
+    return file, data
+
+
+def family_for(model_type: Any, where: Path) -> Blueprint:
+    """The built-in family that reproduces transformers' ``model_type``."""
+    from .blueprints import builtin_names, load
+
+    families = {}
+    for name in builtin_names():
+        bp = load(name)
+        if bp.meta.get("transformers_model_type"):
+            families[bp.meta["transformers_model_type"]] = bp
+    if model_type not in families:
+        known = ", ".join(sorted(families)) or "none"
+        raise UsageError(
+            f"unsupported model_type {model_type!r}; scaffold reproduces: {known}",
+            path=where,
+            key="model_type",
+        )
+    return families[model_type]
+
+
+def check_supported(config: Mapping[str, Any], where: Path) -> None:
+    """Refuse configs with features the parts cannot express, naming the first such key."""
+    for key, what in UNSUPPORTED_KEYS.items():
         value = config.get(key)
-        if value is None or schema.BY_PATH.get(f"model.{key}") is None:
-            continue
-        if schema.BY_PATH[f"model.{key}"].problem(value) is None:
-            table[key] = value
-    return table
+        if value not in (None, 0, 1, False, {}, []) or (key.endswith("_config") and value is not None):
+            raise UsageError(
+                f"{what} is not something scaffold's parts express (set to {value!r})", path=where, key=key
+            )
+
+
+def import_project(
+    path: str | Path, *, name: str | None = None, projects_dir: str | Path = "projects", force: bool = False
+) -> Path:
+    """``scaffold import``: a project whose manifest reproduces a local transformers model (sizes and
+    structure). Everything is checked before anything is written."""
+    from .errors import ManifestError
+    from .render import check_name, create_project
+
+    path = Path(path)
+    file, config = read_config(path)
+    check_supported(config, file)
+    bp = family_for(config.get("model_type"), file)
+    table = model_table(config, bp)
+    # keys of the family's default preset that the config does not set are switched off, not inherited
+    preset = bp.preset(None).get("model", {})
+    model = {**{k: None for k in preset if k not in table}, **table}
+    overrides: dict[str, Any] = {"model": model}
+    folder = file.parent
+    if (folder / "tokenizer.json").is_file():  # the model's own tokenizer, when it ships one
+        overrides["tokenizer"] = {
+            "kind": "pretrained",
+            "path": str(folder.resolve()),
+            "chat_template": "inherit",
+        }
+    name = name or _name_from(folder)
+    check_name(name)
+    try:
+        return create_project(name, bp.name, projects_dir=projects_dir, overrides=overrides, force=force)
+    except ManifestError as err:  # a value the family cannot take: name it as the config spells it
+        key, msg = err.problems[0]
+        raise UsageError(f"cannot be reproduced: {msg}", path=file, key=key.removeprefix("model.")) from None
+
+
+def _name_from(folder: Path) -> str:
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.resolve().name).strip("._-")
+    return name or "imported"

@@ -355,6 +355,10 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
             problems.append(
                 (f"model.{key}", f"init = deepnet sets a gain per projection; it needs {key} = separate")
             )
+    if position != "rope" and model.get("rope_scaling"):
+        problems.append(
+            ("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing")
+        )
     problems.extend(_attention_layout_checks(model, structure))
     test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
     backend = test.get("attn_implementation")

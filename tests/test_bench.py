@@ -122,3 +122,16 @@ def test_cli_start_up_does_not_import_torch(tmp_path, argv):
     )
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, out.stdout
+
+
+def test_family_bench_compares_the_same_function(tmp_path):
+    """bench/families.py: the generated model of each reproduced family against its transformers
+    class, same weights (strict load, logits compared) before any timing."""
+    import families
+
+    assert families.reproduced_families()["llama"] == "llama"
+    tiny = {**TINY, "intermediate_size": 64}
+    row = families.measure("llama", "llama", tmp_path, batch=2, seq=16, warmup=0, rounds=2, shape=tiny)
+    assert row["logits max diff"] <= 1e-5
+    assert len(row["cpu"]["generated"]) == len(row["cpu"]["transformers"]) == 2
+    assert row["ratio"] > 0 and row["parameters"] > 0

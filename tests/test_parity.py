@@ -144,3 +144,26 @@ def test_a_structure_brings_the_keys_it_needs(tmp_path):
     )
     model = manifest.load(project / "scaffold.toml")["model"]
     assert model["norm_type"] == "layernorm" and model["layer_norm_eps"] == 1e-6
+
+
+def test_the_decoder_blueprint_lists_every_structural_key(tmp_path):
+    from scaffold import manifest, schema
+    from scaffold.render import create_project
+
+    project = create_project("mine", "decoder", projects_dir=tmp_path)
+    model = manifest.load(project / "scaffold.toml")["model"]
+    assert set(schema.STRUCTURE) <= set(model), "a structural key the decoder blueprint does not show"
+    assert "rope_theta" in model and "layer_norm_eps" not in model  # numbers follow the structure
+
+
+def test_auto_classes_never_fall_back_to_transformers_own_llama(tmp_path):
+    """The config class is scaffold's own name: an Auto class missing from auto_map fails with
+    transformers' clear message instead of quietly building transformers' Llama from our config."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    model = scaffold_model(tmp_path, "llama", TINY)
+    out = tmp_path / "projects" / "parity" / "model"
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    assert type(config).__name__ == "ScaffoldLlamaConfig" and type(model).__name__ == "LlamaForCausalLM"
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        AutoModelForQuestionAnswering.from_config(config, trust_remote_code=True)  # not in auto_map
