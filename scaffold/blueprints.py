@@ -60,6 +60,8 @@ class Blueprint:
     meta: dict[str, Any]
     defaults: dict[str, dict[str, Any]]
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # [[migrations]]: manifest keys renamed, added or removed at a version (data, applied by update)
+    migrations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -122,7 +124,16 @@ def load(spec: str | Path) -> Blueprint:
         if key not in meta:
             raise BlueprintError("missing key", path=path / BLUEPRINT_FILE, key=f"blueprint.{key}")
     check_safe(path)
-    return Blueprint(path=path, meta=meta, defaults=data.get("defaults", {}), presets=data.get("presets", {}))
+    migrations = data.get("migrations", [])
+    if not isinstance(migrations, list):
+        raise BlueprintError("must be an array of tables ([[migrations]])", path=path / BLUEPRINT_FILE, key="migrations")
+    return Blueprint(
+        path=path,
+        meta=meta,
+        defaults=data.get("defaults", {}),
+        presets=data.get("presets", {}),
+        migrations=migrations,
+    )
 
 
 def check_safe(path: Path) -> None:

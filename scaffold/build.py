@@ -54,7 +54,10 @@ class Project:
 
 def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Project:
     """Read and validate a project; ``overrides`` (from the command line) win over the manifest."""
+    from .update import recover
+
     path = Path(path)
+    recover(path)  # a project an interrupted update or `new` left aside is put back first
     if not path.is_dir():
         raise ProjectError("no such project folder", path=path)
     mpath = path / manifest.MANIFEST_NAME
@@ -75,6 +78,7 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
 def inputs_record(project: Project, save_weights: bool, weights: WeightOptions | None = None) -> dict[str, Any]:
     """What a build depends on; a build whose record differs is stale."""
     from .tokenizer import project_sources
+    from .update import edited_files, read_rendering
 
     sources = [project.file("modeling_file"), project.file("configuration_file"), project.path / TOKENIZER_FILE]
     sources += [p for p in (project.path / "README.md",) if p.is_file()]
@@ -87,6 +91,10 @@ def inputs_record(project: Project, save_weights: bool, weights: WeightOptions |
         "manifest": manifest.fingerprint({k: v for k, v in project.manifest.items() if k != "test"}),
         "sources": {p.name: sha256_file(p) for p in sources if p.is_file()},
         "weights": weights.record() if weights is not None else save_weights,
+        # generated files the user edited (their code is what is built), against the last rendering
+        "edited": [n for n in edited_files(project.path) if n != manifest.MANIFEST_NAME]
+        if read_rendering(project.path) is not None
+        else None,
     }
 
 
@@ -156,11 +164,15 @@ def build(
 ) -> BuildResult:
     """Write the model directory of ``project``; see the module docstring for the rules.
 
-    ``weights`` (implies saving weights) says how they are made: see :class:`WeightOptions`.
+    ``weights`` (implies saving weights) says how they are made: see :class:`WeightOptions`. A
+    manifest changed since the project's code was last rendered re-renders it first, merged with the
+    user's edits (:func:`scaffold.update.rerender_if_changed`); conflict markers left in the code stop
+    the build (exit 2) naming file and line.
     """
     from .tokenizer import ensure_project_tokenizer
 
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    prepare_code(project)
     # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
     note = ensure_project_tokenizer(project.path, project.manifest)
     record = inputs_record(project, save_weights, weights)
@@ -217,10 +229,22 @@ def _build_locked(
     return BuildResult(out, True, f"built {out}")
 
 
-def build_for_test(project: Project, output_dir: str | Path | None = None) -> BuildResult:
+def prepare_code(project: Project) -> None:
+    """The project's code as the build uses it: re-rendered and merged if the manifest changed since
+    its last rendering, and free of conflict markers (else a usage error naming file and line)."""
+    from .merge import check_no_conflicts
+    from .update import code_files, rerender_if_changed
+
+    rerender_if_changed(project)
+    check_no_conflicts(code_files(project.path))
+
+
+def build_for_test(project: Project, output_dir: str | Path | None = None, *, force: bool = False) -> BuildResult:
     """The build ``scaffold test`` runs on: an existing build that differs only in how its weights were
-    made is kept as it is (its weights are what gets tested); anything else builds as usual."""
+    made is kept as it is (its weights are what gets tested); anything else builds as usual (a stale
+    one is replaced only with ``force``)."""
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    prepare_code(project)
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
         old = dict(stamp.get("inputs") or {})
@@ -233,7 +257,7 @@ def build_for_test(project: Project, output_dir: str | Path | None = None) -> Bu
             if damage is not None:
                 raise damage
             return BuildResult(out, False, f"up to date, kept: {out}")
-    return build(project, out)
+    return build(project, out, force=force)
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,56 @@ def new_manifest(
     return m
 
 
+def render_data(bp: Blueprint, m: manifest.Manifest, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What the templates see: the answers (name, preset, --set overrides) and computed values."""
+    project = m.get("project", {})
+    return {
+        "project_name": project["name"],
+        "preset": project.get("preset") or bp.default_preset,
+        "overrides": dict(overrides or {}),
+        # not questions: computed here, so not saved in the answers file
+        "manifest": m,
+        "manifest_toml": manifest.dumps(m).rstrip(),
+        "parts": part_sources(),
+        "scaffold_version": __version__,
+        "blueprint_name": bp.name,
+        "blueprint_version": bp.version,
+    }
+
+
+def render_files(
+    bp: Blueprint, m: manifest.Manifest, overrides: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The project files ``bp`` renders for the resolved manifest ``m``, by relative path.
+
+    Copier renders into a temporary folder that is read back and removed; the tokenizer is not made
+    here. ``overrides`` are the ``--set`` values recorded in the answers file.
+    """
+    import copier
+
+    with tempfile.TemporaryDirectory(prefix="scaffold-render-") as tmp:
+        out = Path(tmp) / "project"
+        try:
+            copier.run_copy(
+                str(bp.path),
+                out,
+                data=render_data(bp, m, overrides),
+                defaults=True,
+                overwrite=True,
+                unsafe=False,
+                quiet=True,
+                cleanup_on_error=False,
+            )
+        except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
+            raise template_error(err, bp) from err
+        _normalise_answers(out / ANSWERS_FILE, bp)
+        return {
+            p.relative_to(out).as_posix(): p.read_text(encoding="utf-8")
+            for p in sorted(out.rglob("*"))
+            if p.is_file()
+        }
+
+
 def render(
     bp: Blueprint,
     dest: Path,
@@ -61,39 +113,20 @@ def render(
     """Render ``bp`` into the (new or empty) folder ``dest``; returns ``dest``.
 
     ``project_dir`` is where the project lives (default ``dest``): the tokenizer's input paths are
-    relative to it, and a tokenizer already there, made from the same inputs, is reused.
+    relative to it, and a tokenizer already there, made from the same inputs, is reused. The
+    rendering is also kept under ``.scaffold/``: the base of later three-way merges.
     """
-    import copier
+    from .update import write_rendering
 
     preset = preset or bp.default_preset
     m = new_manifest(bp, name, preset, overrides)
     tokenizer = make_for_new(m, overrides or {}, Path(project_dir or dest))
-    data = {
-        "project_name": name,
-        "preset": preset,
-        "overrides": dict(overrides or {}),
-        # not questions: computed here, so not saved in the answers file
-        "manifest": m,
-        "manifest_toml": manifest.dumps(m).rstrip(),
-        "parts": part_sources(),
-        "scaffold_version": __version__,
-        "blueprint_name": bp.name,
-        "blueprint_version": bp.version,
-    }
-    try:
-        copier.run_copy(
-            str(bp.path),
-            dest,
-            data=data,
-            defaults=True,
-            overwrite=True,
-            unsafe=False,
-            quiet=True,
-            cleanup_on_error=False,
-        )
-    except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
-        raise template_error(err, bp) from err
-    _normalise_answers(dest / ANSWERS_FILE, bp)
+    files = render_files(bp, m, overrides)
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text(text, encoding="utf-8")
+    write_rendering(dest, bp, files)
     write_tokenizer(tokenizer, dest)
     return dest
 
@@ -125,9 +158,12 @@ def _one_line(err: BaseException) -> str:
 
 
 def _normalise_answers(path: Path, bp: Blueprint) -> None:
-    """Record the blueprint by its stable reference, not this machine's absolute path."""
+    """Record the blueprint by its stable reference, not this machine's absolute path, and its version."""
     if path.is_file():
         text = re.sub(r"(?m)^_src_path: .*$", f"_src_path: {bp.ref}", path.read_text(encoding="utf-8"))
+        # Copier's own field for the template version a project was made from (a git tag for Copier)
+        text = re.sub(r"(?m)^_commit: .*\n", "", text)
+        text = re.sub(r"(?m)^(_src_path: .*)$", lambda mt: f"_commit: {bp.version}\n{mt.group(1)}", text, count=1)
         path.write_text(text, encoding="utf-8")
 
 
@@ -149,8 +185,15 @@ def create_project(
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
+    discard_edits: bool = False,
+    backup: bool = False,
 ) -> Path:
-    """Create ``projects_dir/name`` from a blueprint. Refuses to replace a project unless ``force``."""
+    """Create ``projects_dir/name`` from a blueprint. Refuses to replace a project unless ``force``,
+    and to replace one holding edits (generated files or manifest changed since scaffold wrote them)
+    unless git holds them, ``backup`` (the old project is kept as ``NAME.backup-<time>``) or
+    ``discard_edits``."""
+    from .update import backup_path, committed, edited_files
+
     check_name(name)
     bp = load_blueprint(blueprint)
     projects_dir = Path(projects_dir)
@@ -162,15 +205,27 @@ def create_project(
             raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
+        keep = None
+        if target.exists():
+            edited = edited_files(target)
+            if edited and not (discard_edits or backup or committed(target, edited)):
+                raise ProjectError(
+                    f"holds edits that --force would lose ({', '.join(edited)}): commit them, pass --backup to "
+                    "keep the project as it is beside the new one, or --discard-edits",
+                    path=target,
+                )
+            keep = backup_path(target) if backup else None
         staging = atomic.make_staging(target, "new")
         try:
             render(bp, staging, name, preset, overrides, project_dir=target)
             atomic.apply_umask(staging)
             atomic.fault_point("new-staged")
             atomic.fsync_tree(staging)
-            atomic.swap_in(staging, target)
+            atomic.swap_in(staging, target, keep_old=keep)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if keep is not None:
+        print(f"kept the previous project as {keep}", file=sys.stderr)
     return target
 
 
