@@ -28,7 +28,7 @@ from . import __version__, atomic, manifest
 from .atomic import sha256_file
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
-from .errors import IntegrityError, ProjectError
+from .errors import IntegrityError, ManifestError, ProjectError
 from .render import TOKENIZER_FILE
 
 STAMP_FILE = "scaffold-build.json"
@@ -67,7 +67,18 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
         raise ProjectError("missing; which blueprint made this project?", path=mpath, key="project.blueprint")
     bp = load_blueprint(spec if (Path(spec).is_absolute() or "/" not in spec) else path / spec)
     resolved = manifest.merge(*bp.base_layers(), data, overrides)
-    manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
+    try:
+        manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
+    except ManifestError as err:
+        version = data.get("project", {}).get("blueprint_version")
+        if version is None or version == bp.version:
+            raise
+        hint = (
+            "project.blueprint_version",
+            f"{version}, but blueprint {bp.name} {bp.version} is installed: `scaffold update {path}` migrates "
+            "the manifest to it",
+        )
+        raise ManifestError([*err.problems, hint], path=mpath) from None
     project = Project(path=path, blueprint=bp, manifest=resolved, overrides=dict(overrides or {}))
     for key in ("modeling_file", "configuration_file"):
         if not project.file(key).is_file():

@@ -98,7 +98,11 @@ def unified_diff(old: str | None, new: str | None, name: str, *, old_label: str,
     a = _lines(old or "")
     b = _lines(new or "")
     lines = difflib.unified_diff(
-        a, b, fromfile=f"{name} ({old_label})" if old is not None else "/dev/null",
+        a,
+        b,
+        fromfile=f"{name} ({old_label})" if old is not None else "/dev/null",
         tofile=f"{name} ({new_label})" if new is not None else "/dev/null",
     )
-    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+    return "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )

@@ -131,7 +131,9 @@ def read_rendering(project_dir: Path) -> Rendering | None:
         return None
     root = store / RENDERED_DIR
     files = {
-        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*")) if p.is_file()
+        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
     return Rendering(files=files, state=state)
 
@@ -166,9 +168,9 @@ def edited_files(project_dir: Path) -> list[str]:
     rendering = read_rendering(project_dir)
     mpath = project_dir / manifest.MANIFEST_NAME
     if rendering is None:
-        from .render import rerender
-
         import tempfile
+
+        from .render import rerender
 
         with tempfile.TemporaryDirectory(prefix="scaffold-edits-") as tmp:
             try:
@@ -192,12 +194,19 @@ def committed(project_dir: Path, names: list[str]) -> bool:
         return False
     try:
         listed = subprocess.run(
-            [git, "ls-files", "--error-unmatch", "--", *names], cwd=project_dir, capture_output=True, timeout=30
+            [git, "ls-files", "--error-unmatch", "--", *names],
+            cwd=project_dir,
+            capture_output=True,
+            timeout=30,
         )
         if listed.returncode != 0:
             return False
         status = subprocess.run(
-            [git, "status", "--porcelain", "--", *names], cwd=project_dir, capture_output=True, text=True, timeout=30
+            [git, "status", "--porcelain", "--", *names],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.SubprocessError):
         return False
@@ -229,7 +238,9 @@ class Change:
         return f"{self.name}: {what}"
 
 
-def plan_merge(project_dir: Path, base: Mapping[str, str], new: Mapping[str, str], *, label: str) -> list[Change]:
+def plan_merge(
+    project_dir: Path, base: Mapping[str, str], new: Mapping[str, str], *, label: str
+) -> list[Change]:
     """How each generated file changes when the rendering goes from ``base`` to ``new``, keeping the
     user's edits: the files that change only (an unchanged rendering leaves a file alone)."""
     changes: list[Change] = []
@@ -379,7 +390,10 @@ def rerender_if_changed(project: Any) -> list[str]:
 
         new = tracked(render_files(bp, resolved, read_answers(path).get("overrides") or {}))
         changes = plan_merge(path, rendering.files, new, label="manifest changed")
-        state = {**rendering.state, **_state(bp, data, manifest_sha256=rendering.state.get("manifest_sha256"))}
+        state = {
+            **rendering.state,
+            **_state(bp, data, manifest_sha256=rendering.state.get("manifest_sha256")),
+        }
         if not changes and new == rendering.files:
             _write_state(path, state)
             return []
@@ -410,9 +424,11 @@ def _get(data: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     return False, None
 
 
-def migrate(data: Mapping[str, Any], bp: Blueprint, old_version: str) -> tuple[manifest.Manifest, list[str]]:
+def migrate(
+    data: Mapping[str, Any], bp: Blueprint, old_version: str
+) -> tuple[manifest.Manifest, list[str], dict[str, str]]:
     """The manifest ``data`` moved from blueprint version ``old_version`` to ``bp.version`` by the
-    blueprint's migration table, and one line per key it changed."""
+    blueprint's migration table, one line per key it changed, and the keys it renamed (old -> new)."""
     import copy
 
     where = bp.path / "blueprint.toml"
@@ -420,10 +436,13 @@ def migrate(data: Mapping[str, Any], bp: Blueprint, old_version: str) -> tuple[m
     new = _version(bp.version, where=where, key="blueprint.version")
     out: manifest.Manifest = copy.deepcopy(dict(data))
     notes: list[str] = []
+    renamed: dict[str, str] = {}
     steps = []
     for i, step in enumerate(bp.migrations):
         if not isinstance(step, Mapping) or "version" not in step:
-            raise BlueprintError("each [[migrations]] entry needs a version", path=where, key=f"migrations[{i}]")
+            raise BlueprintError(
+                "each [[migrations]] entry needs a version", path=where, key=f"migrations[{i}]"
+            )
         v = _version(step["version"], where=where, key=f"migrations[{i}].version")
         if old < v <= new:
             steps.append((v, i, step))
@@ -440,6 +459,7 @@ def migrate(data: Mapping[str, Any], bp: Blueprint, old_version: str) -> tuple[m
             new_section, _, new_name = new_key.partition(".")
             out.setdefault(new_section, {})[new_name] = value
             notes.append(f"{old_key} renamed to {new_key} (blueprint {v})")
+            renamed[next((k for k, n in renamed.items() if n == old_key), old_key)] = new_key
         for dotted, value in (step.get("add") or {}).items():
             if not _get(out, dotted)[0]:
                 section, _, key = dotted.partition(".")
@@ -458,7 +478,7 @@ def migrate(data: Mapping[str, Any], bp: Blueprint, old_version: str) -> tuple[m
                 key=f"migrations[{i}]",
             )
     out.setdefault("project", {})["blueprint_version"] = bp.version
-    return out, notes
+    return out, notes, renamed
 
 
 def _toml_value(value: Any) -> str:
@@ -467,9 +487,12 @@ def _toml_value(value: Any) -> str:
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
-def edit_manifest_text(text: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+def edit_manifest_text(
+    text: str, old: Mapping[str, Any], new: Mapping[str, Any], renames: Mapping[str, str] | None = None
+) -> str:
     """``text`` (a manifest file) changed from ``old`` to ``new`` line by line, keeping its comments and
-    layout; rewritten whole (comments at its top kept) only where a line edit cannot express it."""
+    layout (a key renamed within its section, ``renames``, stays on its line); rewritten whole (the
+    comments at its top kept) only where a line edit cannot express it."""
     import re
 
     lines = text.splitlines(keepends=True)
@@ -492,6 +515,13 @@ def edit_manifest_text(text: str, old: Mapping[str, Any], new: Mapping[str, Any]
         pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
         return next((i for i in range(*span) if pattern.match(lines[i])), None)
 
+    old = {s: dict(v) if isinstance(v, Mapping) else v for s, v in old.items()}
+    for old_key, new_key in (renames or {}).items():
+        (section, key), (new_section, new_name) = old_key.split(".", 1), new_key.split(".", 1)
+        i = key_line(section, key) if section == new_section else None
+        if i is not None and key in old.get(section, {}) and new_name not in old[section]:
+            lines[i] = re.sub(rf"^(\s*){re.escape(key)}(\s*=)", rf"\g<1>{new_name}\g<2>", lines[i])
+            old[section][new_name] = old[section].pop(key)
     old_keys = {(s, k) for s, vals in old.items() if isinstance(vals, Mapping) for k in vals}
     new_keys = {(s, k) for s, vals in new.items() if isinstance(vals, Mapping) for k in vals}
     for section, key in sorted(old_keys - new_keys):
@@ -554,13 +584,21 @@ class UpdatePlan:
     def report(self) -> list[str]:
         lines = [c.line(self.label) for c in self.changes]
         if self.manifest_after != self.manifest_before:
-            lines.append(f"{manifest.MANIFEST_NAME}: " + ("; ".join(self.notes) or f"blueprint_version {self.new_version}"))
+            lines.append(
+                f"{manifest.MANIFEST_NAME}: "
+                + ("; ".join(self.notes) or f"blueprint_version {self.new_version}")
+            )
         return lines
 
     def diff(self) -> str:
         parts = [
-            unified_diff(self.manifest_before, self.manifest_after, manifest.MANIFEST_NAME, old_label="yours",
-                         new_label="updated")
+            unified_diff(
+                self.manifest_before,
+                self.manifest_after,
+                manifest.MANIFEST_NAME,
+                old_label="yours",
+                new_label="updated",
+            )
         ]
         for c in self.changes:
             parts.append(unified_diff(c.before, c.after, c.name, old_label="yours", new_label="updated"))
@@ -570,7 +608,8 @@ class UpdatePlan:
 def plan_update(project_dir: str | Path) -> UpdatePlan:
     """Work out what ``scaffold update`` would do, writing nothing."""
     from .blueprints import load as load_blueprint
-    from .render import ANSWERS_FILE as ANSWERS, read_answers, render_files
+    from .render import ANSWERS_FILE as ANSWERS
+    from .render import read_answers, render_files
 
     project_dir = Path(project_dir)
     if not project_dir.is_dir():
@@ -590,7 +629,9 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
             "--backup` and carry your edits over",
             path=project_dir,
         )
-    old_version = str((data.get("project") or {}).get("blueprint_version", rendering.state.get("blueprint_version")))
+    old_version = str(
+        (data.get("project") or {}).get("blueprint_version", rendering.state.get("blueprint_version"))
+    )
     if _version(old_version, where=mpath, key="project.blueprint_version") > _version(
         bp.version, where=bp.path / "blueprint.toml", key="blueprint.version"
     ):
@@ -599,7 +640,7 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
             path=mpath,
             key="project.blueprint_version",
         )
-    migrated, notes = migrate(data, bp, old_version)
+    migrated, notes, renamed = migrate(data, bp, old_version)
     resolved = manifest.merge(*bp.base_layers(), migrated)
     manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
     answers = read_answers(project_dir)
@@ -613,7 +654,9 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
         notes=notes,
         changes=[],
         manifest_before=manifest_text,
-        manifest_after=edit_manifest_text(manifest_text, data, migrated) if migrated != data else manifest_text,
+        manifest_after=edit_manifest_text(manifest_text, data, migrated, renamed)
+        if migrated != data
+        else manifest_text,
         new_rendering=new,
     )
     plan.changes = plan_merge(project_dir, rendering.files, new, label=f"blueprint {bp.name} {bp.version}")
@@ -661,7 +704,9 @@ def _describe(plan: UpdatePlan, *, dry_run: bool) -> str:
         lines.append("  (no file changes; the record of the last rendering is refreshed)")
     conflicts = [c for c in plan.changes if c.action == "conflict"]
     if conflicts and not dry_run:
-        lines.append(f"resolve the conflicts in {', '.join(c.name for c in conflicts)}, then `scaffold build {where}`")
+        lines.append(
+            f"resolve the conflicts in {', '.join(c.name for c in conflicts)}, then `scaffold build {where}`"
+        )
     if dry_run:
         lines.append("nothing written (--dry-run); the changes:")
         lines.append(plan.diff().rstrip("\n"))
@@ -698,10 +743,21 @@ def status(project_dir: str | Path) -> str:
     out: list[str] = []
     edited = [n for n in edited_files(project_dir) if n != manifest.MANIFEST_NAME]
     for name in edited:
-        out.append(unified_diff(rendering.files.get(name), _read(project_dir / name), name,
-                                old_label="last rendered", new_label="yours"))
+        out.append(
+            unified_diff(
+                rendering.files.get(name),
+                _read(project_dir / name),
+                name,
+                old_label="last rendered",
+                new_label="yours",
+            )
+        )
     summary = [f"{project_dir}: blueprint {bp.name} {version}"]
-    summary.append(f"edited since the last rendering: {', '.join(edited)}" if edited else "no edits to the generated files")
+    summary.append(
+        f"edited since the last rendering: {', '.join(edited)}"
+        if edited
+        else "no edits to the generated files"
+    )
     manifest_changed = render_fingerprint(data) != rendering.state.get("manifest")
     if manifest_changed:
         summary.append("the manifest changed since the last rendering: the next `scaffold build` re-renders")
