@@ -394,3 +394,20 @@ def test_new_force_over_committed_edits(projects: Path):
         ["git", "show", f"HEAD:tiny/{MODELING}"], cwd=projects, capture_output=True, text=True
     )
     assert NOTE in shown.stdout  # git still holds the edits
+
+
+def test_build_killed_while_re_rendering_leaves_the_project_whole(projects: Path):
+    """The re-render a build does is written like an update: killed before its swap, nothing changed."""
+    project = new_project(projects)
+    user_edits(project)
+    edit(project / "scaffold.toml", "hidden_size = 32", "hidden_size = 64")
+    before = snapshot(project)
+    killed = _scaffold("build", project, fault="update-staged:kill")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert snapshot(project) == before
+    assert leftovers(projects)
+    r = invoke("build", project)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == "README.md: updated (manifest changed)"
+    assert leftovers(projects) == []
+    assert_edits_kept(project)
