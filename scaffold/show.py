@@ -62,12 +62,16 @@ def _mib(n: int) -> str:
 
 
 def describe(project: Project, opts: ShowOptions) -> str:
-    """The text ``scaffold show`` prints."""
+    """The text ``scaffold show`` prints. A manifest changed since the code was last rendered
+    re-renders it first, as ``scaffold build`` does, so what is shown is what a build gives."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
+    from .build import prepare_code
     from .construct import alias_groups, construct
     from .smoke import resolve_device, resolve_dtype
+
+    prepare_code(project)
 
     device = resolve_device(opts.device) if opts.device else torch.device("meta")
     if opts.no_init and device.type == "meta":
