@@ -130,6 +130,8 @@ def read_rendering(project_dir: Path) -> Rendering | None:
     except (OSError, ValueError):
         return None
     root = store / RENDERED_DIR
+    if not root.is_dir():  # a record without its files is no base for a merge
+        return None
     files = {
         p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
         for p in sorted(root.rglob("*"))
