@@ -81,11 +81,12 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def write_rendering(dest: Path, bp: Blueprint, files: Mapping[str, str]) -> None:
-    """Keep ``files`` (a fresh rendering, manifest included) as the last rendering of ``dest``."""
-    manifest_text = files[manifest.MANIFEST_NAME]
+def write_rendering(dest: Path, bp: Blueprint, names: list[str]) -> None:
+    """Keep the files ``names`` of ``dest``, a fresh rendering, as its last rendering."""
+    manifest_text = (dest / manifest.MANIFEST_NAME).read_text(encoding="utf-8")
     state = _state(bp, tomllib.loads(manifest_text), manifest_sha256=_sha(manifest_text))
-    _write_store(dest / STORE_DIR, tracked(files), state)
+    files = {name: (dest / name).read_text(encoding="utf-8") for name in names if (dest / name).is_file()}
+    _write_store(dest / STORE_DIR, files, state)
 
 
 def _state(bp: Blueprint, data: Mapping[str, Any], *, manifest_sha256: str | None) -> dict[str, Any]:
@@ -386,11 +387,11 @@ def rerender_if_changed(project: Any) -> list[str]:
                 f"{bp.version} (it re-renders for this manifest too)",
                 path=mpath,
             )
-        resolved = manifest.merge(*bp.base_layers(), data)
+        resolved = bp.resolve(data)
         manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
-        from .render import read_answers, render_files
+        from .render import render_files
 
-        new = tracked(render_files(bp, resolved, read_answers(path).get("overrides") or {}))
+        new = tracked(render_files(bp, resolved))
         changes = plan_merge(path, rendering.files, new, label="manifest changed")
         state = {
             **rendering.state,
@@ -611,7 +612,7 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
     """Work out what ``scaffold update`` would do, writing nothing."""
     from .blueprints import load as load_blueprint
     from .render import ANSWERS_FILE as ANSWERS
-    from .render import read_answers, render_files
+    from .render import answers_text, render_files
 
     project_dir = Path(project_dir)
     if not project_dir.is_dir():
@@ -643,11 +644,9 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
             key="project.blueprint_version",
         )
     migrated, notes, renamed = migrate(data, bp, old_version)
-    resolved = manifest.merge(*bp.base_layers(), migrated)
+    resolved = bp.resolve(migrated)
     manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
-    answers = read_answers(project_dir)
-    files = render_files(bp, resolved, answers.get("overrides") or {})
-    new = tracked(files)
+    new = tracked(render_files(bp, resolved))
     plan = UpdatePlan(
         project_dir=project_dir,
         old_version=old_version,
@@ -664,9 +663,9 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
     plan.changes = plan_merge(project_dir, rendering.files, new, label=f"blueprint {bp.name} {bp.version}")
     if plan.manifest_after != manifest_text:
         plan.extra[manifest.MANIFEST_NAME] = plan.manifest_after
-    answers_path = project_dir / ANSWERS
-    if ANSWERS in files and _read(answers_path) != files[ANSWERS]:
-        plan.extra[ANSWERS] = files[ANSWERS]
+    answers = _read(project_dir / ANSWERS)
+    if answers is not None and answers_text(answers, bp) != answers:
+        plan.extra[ANSWERS] = answers_text(answers, bp)
     unedited = _sha(manifest_text) == rendering.state.get("manifest_sha256")
     sha = _sha(plan.manifest_after) if unedited else rendering.state.get("manifest_sha256")
     plan.state = _state(bp, migrated, manifest_sha256=sha)
@@ -722,7 +721,7 @@ def status(project_dir: str | Path) -> str:
     """``scaffold diff``: what the user changed against the last rendering, and whether the project is
     behind the installed blueprint."""
     from .blueprints import load as load_blueprint
-    from .render import read_answers, render_files
+    from .render import render_files
 
     project_dir = Path(project_dir)
     recover(project_dir)
@@ -769,8 +768,7 @@ def status(project_dir: str | Path) -> str:
             "shows what moving to it changes"
         )
     elif not manifest_changed:
-        resolved = manifest.merge(*bp.base_layers(), data)
-        fresh = tracked(render_files(bp, resolved, read_answers(project_dir).get("overrides") or {}))
+        fresh = tracked(render_files(bp, bp.resolve(data)))
         if fresh != rendering.files:
             summary.append(
                 f"the installed blueprint {bp.name} {bp.version} now renders differently: `scaffold update "

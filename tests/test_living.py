@@ -89,15 +89,9 @@ def assert_edits_kept(project: Path) -> None:
 
 
 def fixture_blueprint(root: Path, version: str = "0.1.0") -> Path:
-    """A private copy of the llama blueprint, whose modeling file takes one structural choice from the
-    manifest (the activation of the MLP, keyed here on tie_word_embeddings, a llama key)."""
+    """A private copy of the llama family (rendered from the built-in shared template) at ``version``."""
     bp = root / "llama"
     shutil.copytree(REPO / "blueprints" / "llama", bp)
-    edit(
-        bp / "template" / "modeling_llama.py.jinja",
-        "act_fn=F.silu",
-        'act_fn={{ "F.gelu" if manifest.model.tie_word_embeddings else "F.silu" }}',
-    )
     set_version(bp, version)
     return bp
 
@@ -108,21 +102,19 @@ def set_version(bp: Path, version: str) -> None:
 
 
 def upgrade_to_0_2(bp: Path) -> None:
-    """Version 0.2.0 of the fixture: the norm epsilon is called layer_norm_eps (a rename the migration
-    table carries), generation.repetition_penalty is written out, and the model docstring changed."""
-    for path in [bp / "blueprint.toml", *(bp / "template").glob("*.jinja")]:
-        path.write_text(path.read_text().replace("rms_norm_eps", "layer_norm_eps"))
-    edit(
-        bp / "template" / "modeling_llama.py.jinja",
-        '"""A Llama-family decoder-only language model in one file.',
-        '"""A Llama-family decoder-only language model in one file (blueprint 0.2.0).',
-    )
+    """Version 0.2.0 of the fixture family: LayerNorm instead of RMSNorm. Its migration table renames
+    the epsilon key to the one LayerNorm uses, drops a project's explicit norm_type (so the project
+    takes the family's), and writes generation.repetition_penalty out."""
+    toml = bp / "blueprint.toml"
+    text = toml.read_text().replace("rms_norm_eps", "layer_norm_eps")
+    text = text.replace('norm_type = "rmsnorm"', 'norm_type = "layernorm"')
+    toml.write_text(text)
     set_version(bp, "0.2.0")
-    with open(bp / "blueprint.toml", "a") as f:
+    with open(toml, "a") as f:
         f.write(
-            "\n# 0.2.0: the norm epsilon takes the name transformers uses for it in this fixture.\n"
+            "\n# 0.2.0: LayerNorm; the epsilon takes LayerNorm's key and projects take the family's norm.\n"
             '[[migrations]]\nversion = "0.2.0"\nrename = { "model.rms_norm_eps" = "model.layer_norm_eps" }\n'
-            'add = { "generation.repetition_penalty" = 1.0 }\n'
+            'remove = ["model.norm_type"]\nadd = { "generation.repetition_penalty" = 1.0 }\n'
         )
 
 
@@ -140,18 +132,17 @@ def new_project(projects: Path, blueprint: str | Path = "llama", name: str = "ti
 # -- manifest changes re-render ------------------------------------------------------------------
 
 
-def test_edit_survives_a_structural_change(projects: Path, tmp_path: Path):
-    bp = fixture_blueprint(tmp_path / "bps")
-    project = new_project(projects, bp)
-    assert "act_fn=F.silu" in (project / MODELING).read_text()
+def test_edit_survives_a_structural_change(projects: Path):
+    project = new_project(projects)
+    assert "self.act_fn = F.silu" in (project / MODELING).read_text()
     user_edits(project)
-    edit(project / "scaffold.toml", "tie_word_embeddings = false", "tie_word_embeddings = true")
+    edit(project / "scaffold.toml", 'hidden_act = "silu"', 'hidden_act = "gelu"')
     r = invoke("build", project)
     assert r.exit_code == 0, r.output
     assert f"{MODELING}: merged with your edits (manifest changed)" in r.stderr
     text = (project / MODELING).read_text()
     assert_edits_kept(project)
-    assert "act_fn=F.gelu" in text and "act_fn=F.silu" not in text  # the new structure
+    assert "self.act_fn = F.gelu" in text and "F.silu" not in text  # the new structure
     assert (project / "model" / MODELING).read_text() == text  # the edited, merged code is what was built
     record = json.loads((project / "model" / "scaffold-build.json").read_text())
     assert record["inputs"]["edited"] == [MODELING]
@@ -172,18 +163,17 @@ def test_size_change_renders_only_what_changed(projects: Path):
     assert_edits_kept(project)
 
 
-def test_conflicting_edit_marks_the_file_and_refuses_until_resolved(projects: Path, tmp_path: Path):
-    bp = fixture_blueprint(tmp_path / "bps")
-    project = new_project(projects, bp)
+def test_conflicting_edit_marks_the_file_and_refuses_until_resolved(projects: Path):
+    project = new_project(projects)
     modeling = project / MODELING
-    edit(modeling, "act_fn=F.silu", "act_fn=F.relu")  # the user's choice on the line the structure changes
-    edit(project / "scaffold.toml", "tie_word_embeddings = false", "tie_word_embeddings = true")
+    edit(modeling, "self.act_fn = F.silu", "self.act_fn = F.relu")  # the user's choice, on the line the structure changes
+    edit(project / "scaffold.toml", 'hidden_act = "silu"', 'hidden_act = "gelu"')
     r = invoke("build", project)
     assert r.exit_code == 2
     assert f"{MODELING}: CONFLICT: 1 conflict(s) marked inline" in r.stderr
     text = modeling.read_text()
     line = text.splitlines().index("<<<<<<< yours") + 1
-    assert "act_fn=F.relu" in text and "act_fn=F.gelu" in text  # both sides kept, nothing dropped
+    assert "self.act_fn = F.relu" in text and "self.act_fn = F.gelu" in text  # both sides kept, nothing dropped
     (error,) = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
     assert error.startswith(f"error: {modeling}:{line}: unresolved merge conflict")
     assert not (project / "model").exists()
@@ -193,7 +183,7 @@ def test_conflicting_edit_marks_the_file_and_refuses_until_resolved(projects: Pa
     modeling.write_text(re.sub(r"<<<<<<< yours\n(.*?)=======\n.*?>>>>>>> [^\n]*\n", r"\1", text, flags=re.S))
     r = invoke("build", project)
     assert r.exit_code == 0, r.output
-    assert "act_fn=F.relu" in (project / "model" / MODELING).read_text()
+    assert "self.act_fn = F.relu" in (project / "model" / MODELING).read_text()
 
 
 def test_test_runs_the_edited_code(projects: Path):
@@ -244,7 +234,7 @@ def test_update_dry_run_changes_nothing(old_project):
     assert f"{MODELING}: merged with your edits" in r.stdout
     assert "model.rms_norm_eps renamed to model.layer_norm_eps (blueprint 0.2.0)" in r.stdout
     assert "-rms_norm_eps = 1e-05\n+layer_norm_eps = 1e-05" in r.stdout
-    assert '+"""A Llama-family decoder-only language model in one file (blueprint 0.2.0).' in r.stdout
+    assert "-norm_type = \"rmsnorm\"\n" in r.stdout and "+        self.norm = nn.LayerNorm(" in r.stdout
     assert snapshot(project) == before
     assert leftovers(project.parent) == []
 
@@ -257,7 +247,7 @@ def test_update_keeps_edits_and_migrates_the_manifest(old_project):
     assert f"updated {project}: blueprint llama 0.1.0 -> 0.2.0" in r.stdout
     assert_edits_kept(project)
     text = (project / MODELING).read_text()
-    assert "in one file (blueprint 0.2.0)." in text and "eps=config.layer_norm_eps" in text
+    assert "nn.LayerNorm(" in text and "config.layer_norm_eps" in text and "RMSNorm" not in text
     new_manifest = (project / "scaffold.toml").read_text()
     assert "layer_norm_eps = 1e-05" in new_manifest and "rms_norm_eps" not in new_manifest
     assert "repetition_penalty = 1.0" in new_manifest and 'blueprint_version = "0.2.0"' in new_manifest
@@ -276,30 +266,33 @@ def test_update_keeps_edits_and_migrates_the_manifest(old_project):
     assert config["layer_norm_eps"] == 1e-5
 
 
-def test_build_of_a_project_behind_its_blueprint_asks_for_update(old_project, tmp_path: Path):
-    project, bp = old_project
+def test_build_of_a_project_behind_its_blueprint_asks_for_update(old_project):
+    project, _ = old_project
     manifest = project / "scaffold.toml"
-    r = invoke("build", project)  # 0.2.0 renamed a key this manifest still uses
+    built = invoke("build", project)  # behind, unchanged: built from its own code as it is
+    assert built.exit_code == 0, built.output
+    assert "rendered" not in built.stderr and "RMSNorm(" in (project / "model" / MODELING).read_text()
+    edit(manifest, "hidden_size = 32", "hidden_size = 64")
+    r = invoke("build", project, "--force")
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (
+        f"error: {manifest}: changed since the project was last rendered, but the project is at blueprint llama "
+        f"0.1.0 and 0.2.0 is installed: run `scaffold update {project}` to move it to 0.2.0 (it re-renders for "
+        "this manifest too)"
+    )
+    edit(manifest, 'norm_type = "rmsnorm"\n', "")  # now the family's LayerNorm, which has no rms_norm_eps
+    r = invoke("build", project, "--force")
     assert r.exit_code == 2
     assert r.stderr.splitlines() == [
         f"error: {manifest}: model.rms_norm_eps: unknown key for this blueprint",
         f"error: {manifest}: project.blueprint_version: 0.1.0, but blueprint llama 0.2.0 is installed: "
         f"`scaffold update {project}` migrates the manifest to it",
     ]
-    set_version(bp, "0.1.1")  # a version that renames nothing, with the same change of code
-    for path in [bp / "blueprint.toml", *(bp / "template").glob("*.jinja")]:
-        path.write_text(path.read_text().replace("layer_norm_eps", "rms_norm_eps"))
-    edit(manifest, "hidden_size = 32", "hidden_size = 64")
-    r = invoke("build", project)
-    assert r.exit_code == 2
-    assert r.stderr.strip() == (
-        f"error: {manifest}: changed since the project was last rendered, but the project is at blueprint llama "
-        f"0.1.0 and 0.1.1 is installed: run `scaffold update {project}` to move it to 0.1.1 (it re-renders for "
-        "this manifest too)"
-    )
     assert invoke("update", project).exit_code == 0
     assert_edits_kept(project)
-    assert invoke("build", project).exit_code == 0
+    b = invoke("build", project, "--force")
+    assert b.exit_code == 0, b.output
+    assert "width\n64" in (project / "README.md").read_text()
 
 
 def _scaffold(*args: str, fault: str | None = None, no_exchange: bool = False) -> subprocess.CompletedProcess:
