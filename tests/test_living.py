@@ -166,14 +166,15 @@ def test_size_change_renders_only_what_changed(projects: Path):
 def test_conflicting_edit_marks_the_file_and_refuses_until_resolved(projects: Path):
     project = new_project(projects)
     modeling = project / MODELING
-    edit(modeling, "self.act_fn = F.silu", "self.act_fn = F.relu")  # the user's choice, on the line the structure changes
+    # the user's choice, on the very line the structure changes
+    edit(modeling, "self.act_fn = F.silu", "self.act_fn = F.relu")
     edit(project / "scaffold.toml", 'hidden_act = "silu"', 'hidden_act = "gelu"')
     r = invoke("build", project)
     assert r.exit_code == 2
     assert f"{MODELING}: CONFLICT: 1 conflict(s) marked inline" in r.stderr
     text = modeling.read_text()
     line = text.splitlines().index("<<<<<<< yours") + 1
-    assert "self.act_fn = F.relu" in text and "self.act_fn = F.gelu" in text  # both sides kept, nothing dropped
+    assert "self.act_fn = F.relu" in text and "self.act_fn = F.gelu" in text  # both sides kept
     (error,) = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
     assert error.startswith(f"error: {modeling}:{line}: unresolved merge conflict")
     assert not (project / "model").exists()
@@ -234,7 +235,7 @@ def test_update_dry_run_changes_nothing(old_project):
     assert f"{MODELING}: merged with your edits" in r.stdout
     assert "model.rms_norm_eps renamed to model.layer_norm_eps (blueprint 0.2.0)" in r.stdout
     assert "-rms_norm_eps = 1e-05\n+layer_norm_eps = 1e-05" in r.stdout
-    assert "-norm_type = \"rmsnorm\"\n" in r.stdout and "+        self.norm = nn.LayerNorm(" in r.stdout
+    assert '-norm_type = "rmsnorm"\n' in r.stdout and "+        self.norm = nn.LayerNorm(" in r.stdout
     assert snapshot(project) == before
     assert leftovers(project.parent) == []
 
