@@ -3,6 +3,17 @@
 Each command's docstring is its help text. Errors a user can cause are printed as one line per
 problem, with the exit codes listed in :mod:`scaffold.errors`; ``--debug`` shows the traceback.
 torch and transformers are imported inside the commands that need them, never at start-up.
+
+Where each command lives (the pipeline, top to bottom):
+  new         render.py     blueprint + manifest -> project folder (code, tokenizer, .scaffold/ last rendering)
+  build       build.py      Project (project.py) -> model directory + record; re-render first (update.py)
+  test        smoke.py      the build, loaded through the Auto classes, trained for a few steps
+  update      update.py     the project moved to the installed blueprint, merged with edits (merge.py)
+  diff/status update.py     the user's edits, and whether the project is behind its blueprint
+  show        show.py       what constructing the project gives, on the meta device
+  verify      verify.py     a model directory checked against its build record
+  schema      schema.py     every manifest key
+  blueprints  blueprints.py the built-in families and their presets
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
-from .errors import BlueprintError, ProjectError, UsageError
+from .errors import BlueprintError, ProjectError, UsageError, one_line
 from .parts import part_sources
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
 from .tokenizer import make_for_new
@@ -404,13 +404,10 @@ def template_error(err: BaseException, bp: Blueprint) -> BlueprintError:
         found = re.search(r"'([^']+)' is undefined|has no attribute '([^']+)'", str(err))
         variable = next((g for g in found.groups() if g), None) if found else None
         return BlueprintError(
-            f"undefined template variable ({_one_line(err)}); is it misspelt?", path=where, key=variable
+            f"undefined template variable ({one_line(err)}); is it misspelt?", path=where, key=variable
         )
-    return BlueprintError(f"rendering failed: {type(err).__name__}: {_one_line(err)}", path=where)
+    return BlueprintError(f"rendering failed: {type(err).__name__}: {one_line(err)}", path=where)
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 def _normalise_answers(path: Path, bp: Blueprint) -> None:

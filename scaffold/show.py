@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest
-from .build import Project, default_output_dir, inputs_record, read_stamp, write_model_dir
+from .build import default_output_dir, inputs_record, read_stamp, write_model_dir
 from .errors import UsageError
+from .project import Project
 
 
 @dataclass

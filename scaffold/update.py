@@ -610,7 +610,7 @@ class UpdatePlan:
 
 def plan_update(project_dir: str | Path) -> UpdatePlan:
     """Work out what ``scaffold update`` would do, writing nothing."""
-    from .blueprints import load as load_blueprint
+    from .project import blueprint_of
     from .render import ANSWERS_FILE as ANSWERS
     from .render import answers_text, render_files
 
@@ -620,10 +620,7 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
     mpath = project_dir / manifest.MANIFEST_NAME
     manifest_text = mpath.read_text(encoding="utf-8") if mpath.is_file() else ""
     data = manifest.load(mpath)
-    spec = (data.get("project") or {}).get("blueprint")
-    if not isinstance(spec, str):
-        raise ProjectError("missing; which blueprint made this project?", path=mpath, key="project.blueprint")
-    bp = load_blueprint(spec if (Path(spec).is_absolute() or "/" not in spec) else project_dir / spec)
+    bp = blueprint_of(project_dir, data)
     rendering = read_rendering(project_dir)
     if rendering is None:
         raise ProjectError(
@@ -720,7 +717,7 @@ def _describe(plan: UpdatePlan, *, dry_run: bool) -> str:
 def status(project_dir: str | Path) -> str:
     """``scaffold diff``: what the user changed against the last rendering, and whether the project is
     behind the installed blueprint."""
-    from .blueprints import load as load_blueprint
+    from .project import blueprint_of
     from .render import render_files
 
     project_dir = Path(project_dir)
@@ -728,11 +725,7 @@ def status(project_dir: str | Path) -> str:
     if not project_dir.is_dir():
         raise ProjectError("no such project folder", path=project_dir)
     data = manifest.load(project_dir)
-    spec = (data.get("project") or {}).get("blueprint")
-    mpath = project_dir / manifest.MANIFEST_NAME
-    if not isinstance(spec, str):
-        raise ProjectError("missing; which blueprint made this project?", path=mpath, key="project.blueprint")
-    bp = load_blueprint(spec if (Path(spec).is_absolute() or "/" not in spec) else project_dir / spec)
+    bp = blueprint_of(project_dir, data)
     rendering = read_rendering(project_dir)
     if rendering is None:
         raise ProjectError(

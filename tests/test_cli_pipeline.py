@@ -152,7 +152,8 @@ def test_build_keeps_up_to_date_and_refuses_stale(runner, tmp_path):
 
     (project / "modeling_llama.py").write_text((project / "modeling_llama.py").read_text() + "\n# edited\n")
     result = invoke(runner, "build", project)
-    assert "changed sources: modeling_llama.py" in result.output
+    # the card (README.md) was re-rendered for the new manifest; the modeling file is the user's edit
+    assert "changed sources: README.md, modeling_llama.py" in result.output
 
     result = invoke(runner, "build", project, "--force")
     assert result.exit_code == 0 and "built" in result.output
