@@ -100,6 +100,8 @@ class Blueprint:
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     structure: dict[str, Any] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    # tensor-parallel overrides for scaffold/plans.py (styles, layout), where the structure's are not right
+    parallel: dict[str, Any] = field(default_factory=dict)
     # [[migrations]]: manifest keys renamed, added or removed at a version (data, applied by update)
     migrations: list[dict[str, Any]] = field(default_factory=list)
 
@@ -226,6 +228,11 @@ def load(spec: str | Path) -> Blueprint:
             raise BlueprintError(
                 "missing key (or give blueprint.class_prefix)", path=where, key=f"blueprint.{key}"
             )
+    for key, value in meta.items():
+        if key.endswith("_file"):
+            problem = unsafe_name(value)
+            if problem:
+                raise BlueprintError(problem, path=where, key=f"blueprint.{key}")
     structure = data.get("structure", {})
     names = data.get("names", {})
     problems = [
@@ -252,12 +259,23 @@ def load(spec: str | Path) -> Blueprint:
         presets=data.get("presets", {}),
         structure=structure,
         names={**DEFAULT_NAMES, **names},
+        parallel=data.get("parallel", {}),
         migrations=migrations,
     )
     check_safe(bp.template_path)
     if bp.template_path != path:
         check_symlinks(path)
     return bp
+
+
+def unsafe_name(value: Any) -> str | None:
+    """Why ``value`` is not a file name inside the project (absolute, ``..``, not a string), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a file name inside the project, got {value!r}"
+    p = Path(value)
+    if p.is_absolute() or ".." in p.parts or "\\" in value or value.startswith("~"):
+        return f"must be a file name inside the project, not a path that leaves it: {value!r}"
+    return None
 
 
 def check_safe(path: Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import __version__, atomic, manifest
 from .atomic import sha256_file
-from .errors import IntegrityError, ProjectError
+from .errors import IntegrityError, ProjectError, writing
 from .project import Project as Project  # re-exported: the Python API has imported it from here
 from .project import load_project as load_project
 from .render import TOKENIZER_FILE
@@ -64,10 +64,14 @@ def inputs_record(
 
 
 def read_stamp(output_dir: Path) -> dict[str, Any] | None:
+    """The build record of ``output_dir``, or None when it is missing or not a record."""
     try:
-        return json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
+        stamp = json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("inputs"), dict):
+        return None
+    return stamp
 
 
 def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -137,13 +141,17 @@ def build(
     from .tokenizer import ensure_project_tokenizer
 
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    option = "--output-dir" if output_dir is not None else ""
+    atomic.check_replaceable(out, protect=(project.path,), option=option, contents=False)
     prepare_code(project)
     # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
     note = ensure_project_tokenizer(project.path, project.manifest)
     record = inputs_record(project, save_weights, weights)
     with atomic.locked(out):  # a second build of the same folder waits here
         atomic.sweep(out)  # what an interrupted build left beside the folder
-        result = _build_locked(project, out, record, force=force, save_weights=save_weights, weights=weights)
+        result = _build_locked(
+            project, out, record, force=force, save_weights=save_weights, weights=weights, option=option
+        )
     if note:
         result.message = f"{note}\n{result.message}"
     return result
@@ -157,23 +165,21 @@ def _build_locked(
     force: bool,
     save_weights: bool,
     weights: WeightOptions | None,
+    option: str = "",
 ) -> BuildResult:
     if out.exists():
         stamp = read_stamp(out)
-        if stamp is None:
-            if any(out.iterdir()) and not force:
-                raise ProjectError(
-                    f"exists and was not written by scaffold build ({STAMP_FILE} missing); "
-                    "pass --force to replace it",
-                    path=out,
-                )
-        elif stamp.get("inputs") == record:
+        if stamp is not None and stamp.get("inputs") == record:
             damage = _damage(out, stamp)
             if damage is None:
                 return BuildResult(out, False, f"up to date, kept: {out}")
             if not force:
                 raise damage
-        elif not force:
+        # only a folder scaffold wrote (or an empty one) is ever replaced, with or without --force
+        atomic.check_replaceable(out, protect=(project.path,), option=option)
+        if stamp is None and any(out.iterdir()) and not force:
+            raise ProjectError(f"its {STAMP_FILE} has no inputs record; pass --force to rebuild", path=out)
+        if stamp is not None and stamp.get("inputs") != record and not force:
             raise ProjectError(
                 f"stale build ({describe_changes(stamp.get('inputs', {}), record)}); "
                 "pass --force to rebuild, or delete the folder",
@@ -181,12 +187,13 @@ def _build_locked(
             )
     staging = atomic.make_staging(out, "build")
     try:
-        write_model_dir(project, staging, save_weights=save_weights, weights=weights)
-        atomic.fault_point("build-written")
-        stamp = {"inputs": record, "files": record_files(staging)}
-        (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-        atomic.apply_umask(staging)
-        atomic.fsync_tree(staging)
+        with writing(staging):
+            write_model_dir(project, staging, save_weights=save_weights, weights=weights)
+            atomic.fault_point("build-written")
+            stamp = {"inputs": record, "files": record_files(staging)}
+            (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+            atomic.apply_umask(staging)
+            atomic.fsync_tree(staging)
         atomic.fault_point("build-staged")
         atomic.swap_in(staging, out)
     finally:
@@ -205,11 +212,16 @@ def prepare_code(project: Project) -> None:
     check_no_conflicts(code_files(project.path))
 
 
-def build_for_test(project: Project, output_dir: str | Path | None = None, *, force: bool = False) -> BuildResult:
+def build_for_test(
+    project: Project, output_dir: str | Path | None = None, *, force: bool = False
+) -> BuildResult:
     """The build ``scaffold test`` runs on: an existing build that differs only in how its weights were
-    made is kept as it is (its weights are what gets tested); anything else builds as usual (a stale
-    one is replaced only with ``force``)."""
+    made is kept as it is (its weights are what gets tested); anything else builds as usual (``force``:
+    a stale or damaged build is rebuilt, as ``scaffold build --force`` does)."""
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    atomic.check_replaceable(
+        out, protect=(project.path,), option="--output-dir" if output_dir else "", contents=False
+    )
     prepare_code(project)
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
@@ -220,14 +232,15 @@ def build_for_test(project: Project, output_dir: str | Path | None = None, *, fo
         if old == new:
             with atomic.locked(out):
                 damage = _damage(out, stamp)
-            if damage is not None:
+            if damage is None:
+                return BuildResult(out, False, f"up to date, kept: {out}")
+            if not force:
                 raise damage
-            return BuildResult(out, False, f"up to date, kept: {out}")
-    return build(project, out, force=force)
+    return build(project, output_dir, force=force)
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
-    """The quick integrity check of an up-to-date build (no checksums): its first problem, as an error."""
+    """The quick integrity check of an up-to-date build (checksums of small files only): its first problem, as an error."""
     from .verify import check_model_dir
 
     damage = check_model_dir(out, stamp, deep=False)

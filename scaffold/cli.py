@@ -18,6 +18,7 @@ Where each command lives (the pipeline, top to bottom):
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_INTERNAL, ScaffoldError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
 from .overrides import Overrides, override_options
 
 DEBUG_ENV = "SCAFFOLD_DEBUG"
@@ -44,6 +45,13 @@ class ScaffoldGroup(click.Group):
             for line in str(err).splitlines() or [type(err).__name__]:
                 click.echo(f"error: {line}", err=True)
             ctx.exit(err.exit_code)
+        except OSError as err:  # permissions, a full disk: name the path and what failed
+            if _debug(ctx) or (err.filename is None and err.errno not in _SYSTEM_ERRNOS):
+                raise
+            from .errors import file_access_error
+
+            click.echo(f"error: {file_access_error(err)}", err=True)
+            ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -54,6 +62,10 @@ class ScaffoldGroup(click.Group):
                 raise
             click.echo(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+
+# errors of the machine, not of scaffold: reported as one line even when the system names no file
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -219,7 +231,6 @@ def _doc(path: str) -> str:
 
 @cli.command(name="test")
 @click.argument("project", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Replace a stale or foreign build in the output folder (as build does).")
 @click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
 @click.option("--batch-size", type=click.IntRange(min=1), help=_doc("test.batch_size"))
 @click.option("--sequence-length", type=click.IntRange(min=1), help=_doc("test.sequence_length"))
@@ -231,7 +242,10 @@ def _doc(path: str) -> str:
     default=None,
     help=_doc("test.fuse_optim_with_backward"),
 )
-@click.option("--seed", type=click.IntRange(min=0), help=_doc("test.seed"))
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), help=_doc("test.seed"))
+@click.option(
+    "--force", is_flag=True, help="Rebuild a stale or damaged build of PROJECT (as `scaffold build --force`)."
+)
 @click.option(
     "--dataset",
     type=click.Path(path_type=Path),
@@ -248,6 +262,27 @@ def _doc(path: str) -> str:
     "--packed/--no-packed",
     default=None,
     help=_doc("test.packed"),
+)
+@click.option(
+    "--nproc",
+    type=int,
+    help="Run in N processes through torch.distributed.run (gloo on the CPU, NCCL with one GPU each).",
+)
+@click.option(
+    "--parallel",
+    type=click.Choice(["ddp", "fsdp2", "tp"]),
+    help="With --nproc: DistributedDataParallel, FSDP2 (fully_shard per decoder layer) or tensor "
+    'parallelism (from_pretrained(tp_plan="auto")). Default ddp.',
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --nproc: stop every process when the run takes longer than this many seconds (default 900).",
+)
+@click.option(
+    "--compare/--no-compare",
+    default=True,
+    help="With --nproc: also run one process and print the largest loss difference (default on).",
 )
 @override_options
 def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> None:
@@ -267,16 +302,19 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> 
     import tempfile
 
     from .build import build_for_test
-    from .smoke import TestOptions, resolve_device, resolve_dtype, run
+    from .smoke import TestOptions, precision, resolve_device, resolve_dtype, run
 
+    nproc, parallel, timeout, compare = (flags.pop(k) for k in ("nproc", "parallel", "timeout", "compare"))
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
     proj = overrides.load_project(project, {"test": test_flags})
     options = TestOptions(**proj.manifest["test"])
     if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
         options.dataset = str(proj.path / options.dataset)
     _check_dataset_options(options)
+    _check_sequence_length(options, proj, "sequence_length" in test_flags)
     device = resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
+    dist = _distributed_options(nproc, parallel, timeout, options, device)
     if overrides.checkpoint is not None:
         from .checkpoint import find_checkpoint
 
@@ -290,9 +328,39 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> 
             click.echo(result.message)
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
-        click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
-        report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
+        if dist is not None:
+            from .distributed import launch
+
+            click.echo(
+                f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} processes "
+                f"on {device.type}, {options.dtype}"
+            )
+            report = launch(
+                result.output_dir,
+                options,
+                dist,
+                checkpoint=overrides.checkpoint,
+                no_init=overrides.no_init_weights,
+                compare=compare,
+            )
+        else:
+            click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {precision(options)}")
+            report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
     click.echo(report.summary())
+
+
+def _distributed_options(nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any):
+    """--nproc and its companions as DistributedOptions (None: one process); bad values are usage errors."""
+    from .distributed import DEFAULT_TIMEOUT, DistributedOptions, check
+
+    if nproc is None:
+        for flag, value in (("--parallel", parallel), ("--timeout", timeout)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --nproc")
+        return None
+    dist = DistributedOptions(nproc=nproc, parallel=parallel or "ddp", timeout=timeout or DEFAULT_TIMEOUT)
+    check(dist, options, device)
+    return dist
 
 
 def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +376,20 @@ def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
     if dataset is not None:
         flags["dataset"] = str(dataset.absolute())
     return flags
+
+
+def _check_sequence_length(options: Any, proj: Any, from_flag: bool) -> None:
+    """A sequence must hold a next token to predict, and fit the model's positions."""
+    from .errors import UsageError
+    from .manifest import MANIFEST_NAME
+
+    where = {"key": "--sequence-length"} if from_flag else {"path": proj.path / MANIFEST_NAME, "key": "test.sequence_length"}
+    length = options.sequence_length
+    if length < 2:
+        raise UsageError(f"{length} token(s) leave no next token to predict; use 2 or more", **where)
+    longest = proj.manifest["model"].get("max_position_embeddings")
+    if isinstance(longest, int) and length > longest:
+        raise UsageError(f"{length} is longer than model.max_position_embeddings = {longest}", **where)
 
 
 def _check_dataset_options(options: Any) -> None:
@@ -378,8 +460,9 @@ def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrid
         os.close(fd)
         output_file = Path(name)
     if output_file is not None:
-        output_file.parent.mkdir(parents=True, exist_ok=True)
-        output_file.write_text(text, encoding="utf-8")
+        from .atomic import write_text
+
+        write_text(output_file, text)  # whole or not at all: never a 0-byte file on a full disk
         click.echo(f"wrote {output_file}", err=True)
     else:
         click.echo(text, nl=False)

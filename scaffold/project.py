@@ -80,6 +80,11 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
         raise ProjectError("no such project folder", path=path)
     mpath = path / manifest.MANIFEST_NAME
     data = manifest.load(mpath)
+    for section, values in data.items():
+        if section in manifest.schema.SECTIONS and not isinstance(values, Mapping):
+            raise ManifestError(
+                [(section, f"must be a table ([{section}]), got {type(values).__name__} {values!r}")], path=mpath
+            )
     bp = blueprint_of(path, data)
     resolved = bp.resolve(data, overrides)
     try:

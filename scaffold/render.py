@@ -23,6 +23,7 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError, one_line
 from .parts import part_sources
+from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
 from .tokenizer import make_for_new
 from .tokenizer import write as write_tokenizer
@@ -33,7 +34,7 @@ ANSWERS_FILE = ".copier-answers.yml"
 
 def check_name(name: str) -> None:
     """Refuse project names that are empty, hidden, or would escape the projects folder."""
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid project name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or "
             "digit (no paths)"
@@ -74,6 +75,7 @@ CONFIG_ORDER = (
     "rms_norm_eps",
     "layer_norm_eps",
     "sliding_window",
+    "layer_types",
     "attention_dropout",
     "hidden_dropout",
     "initializer_range",
@@ -124,6 +126,8 @@ def _annotation(key: str, default: Any) -> str:
 
     if key == "rope_parameters":
         return "dict | None"
+    if key == "layer_types":
+        return "list[str] | None"
     f = schema.BY_PATH.get(f"model.{key}")
     names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
     types = [t for t in (f.types if f else (type(default),)) if t in names]
@@ -198,6 +202,7 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         "post": f"Post-norm blocks, ``x = {norm}(x + attn(x)); x = {norm}(x + mlp(x))``",
         "deepnorm": f"DeepNorm blocks (Wang et al., 2022), ``x = {norm}(alpha * x + attn(x)); "
         f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
+        "post_sublayer": f"Post-sublayer-norm blocks, ``x = x + {norm}(attn(x)); x = x + {norm}(mlp(x))``",
     }[arch["norm_position"]]
     position = {
         "rope": "rotary position embeddings",
@@ -208,7 +213,14 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     if arch["attention"] == "single_head":
         attention = "one attention head with a fused query-key matrix and no output projection"
     else:
-        attention = "grouped-query attention" + (" with biases" if arch["attention_bias"] else "")
+        attention = "grouped-query attention"
+        if arch["attention_bias"]:
+            attention += " with biases"
+        elif arch["qkv_bias"]:
+            attention += " with query, key and value biases"
+        if arch["qk_norm"] != "none":
+            width = "each head" if arch["qk_norm"] == "head" else "all heads at once"
+            attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
     parts = [f"{blocks}, with {position}, {attention} and a {_mlp_doc(arch)}"]
     if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
         parts[0] += " (layer norms without bias)"
@@ -302,10 +314,12 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": "sliding_window" in keys and multi and arch["position_embedding"] != "alibi",
+        # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
+        "layer_types": "layer_types" in keys and multi and arch["position_embedding"] != "alibi",
         "hidden_dropout": "hidden_dropout" in keys,
         "final_norm": arch["norm_position"] != "post",
         "positions": arch["position_embedding"] in ("rope", "sinusoidal"),
-        "padding_idx": arch["init"] == "scaled_normal",
+        "padding_idx": arch["init"] in ("scaled_normal", "normal"),
         "residual_writers": writers,
         "linear_bias": arch["attention_bias"] or arch["mlp_bias"],
         "config_fields": config_fields(bp, arch),
@@ -339,6 +353,7 @@ def template_data(
         "arch": schema.structure_of(m.get("model", {})),
         "names": bp.names,
         "plan": plan(bp, m.get("model", {})),
+        "plans": plans_for(bp, m.get("model", {})),  # tensor- and pipeline-parallel plans
     }
 
 
@@ -479,12 +494,11 @@ def create_project(
     keep = None
     with atomic.locked(target):
         atomic.sweep(target)
-        if target.exists() and not force:
-            raise ProjectError(
-                "already exists; pass --force to replace it (its files will be lost)", path=target
-            )
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
+        if target.exists() and not force:
+            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+        atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project
         if target.exists():
             edited = edited_files(target)
             if edited and not (discard_edits or backup or committed(target, edited)):

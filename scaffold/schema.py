@@ -10,6 +10,7 @@ model key is an error for that family.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +26,20 @@ def non_negative(v: Any) -> str | None:
     return None if v >= 0 else f"must be zero or more, got {v}"
 
 
+def seed_range(v: Any) -> str | None:
+    return None if 0 <= v < 2**32 else f"must be in [0, 2^32 - 1], got {v}"
+
+
 def probability(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
+
+
+def each_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        bad = [x for x in v if x not in choices]
+        return f"entries must be one of {', '.join(choices)}; got {bad[0]!r}" if bad else None
+
+    return check
 
 
 def one_of(*choices: str) -> Check:
@@ -74,6 +87,8 @@ class Field:
         if not ok:
             article = "an" if self.type_name[0] in "aeiou" else "a"
             return f"must be {article} {self.type_name}, got {type(value).__name__} {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
         for check in self.checks:
             msg = check(value)
             if msg:
@@ -88,14 +103,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 # The structural keys' values. Each value names the code a template renders for it
 # (docs/architecture.md, section 3).
 NORM_TYPES = ("rmsnorm", "layernorm")
-NORM_POSITIONS = ("pre", "post", "deepnorm")
+NORM_POSITIONS = ("pre", "post", "deepnorm", "post_sublayer")
 POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "none")
 ATTENTIONS = ("multi_head", "single_head")
 MLPS = ("gated", "plain")
 # transformers' ACT2FN names the generated code can use (read without importing transformers)
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_pytorch_tanh", "gelu_new", "tanh", "sigmoid")
+QK_NORMS = ("none", "head", "full")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 EMBEDDING_SCALES = ("none", "sqrt_hidden")
-INITS = ("scaled_normal", "xavier", "deepnet")
+INITS = ("scaled_normal", "xavier", "deepnet", "normal")
 
 # Every structural key and its value when neither the family nor the manifest sets it (Llama's).
 STRUCTURE: dict[str, Any] = {
@@ -109,6 +126,8 @@ STRUCTURE: dict[str, Any] = {
     "hidden_act": "silu",
     "mlp_bias": False,
     "embedding_scale": "none",
+    "qk_norm": "none",
+    "qkv_bias": False,
     "init": "scaled_normal",
 }
 
@@ -121,6 +140,7 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("position_embedding", "alibi"): {"alibi_trainable": False},
     ("attention", "single_head"): {"alibi_slope_init": 0.5},
     ("init", "scaled_normal"): {"initializer_range": 0.02},
+    ("init", "normal"): {"initializer_range": 0.02},
 }
 # Model keys every family understands besides the structural ones.
 UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
@@ -201,6 +221,15 @@ FIELDS: tuple[Field, ...] = (
         (positive,),
         nullable=True,
     ),
+    Field(
+        "model",
+        "layer_types",
+        (list,),
+        "Attention per layer, as transformers' layer_types: full_attention or sliding_attention (within "
+        "sliding_window), one per layer; absent: every layer slides when sliding_window is set.",
+        (each_of(*LAYER_TYPES),),
+        nullable=True,
+    ),
     Field("model", "tie_word_embeddings", BOOL, "Share the input embedding with the output head."),
     Field("model", "attention_dropout", NUM, "Dropout on attention probabilities.", (probability,)),
     Field("model", "hidden_dropout", NUM, "Dropout on the embeddings and residual branches.", (probability,)),
@@ -222,8 +251,9 @@ FIELDS: tuple[Field, ...] = (
         "model",
         "norm_position",
         STR,
-        "Where the norms sit: pre (before each sublayer), post (after each residual sum) or deepnorm "
-        "(post, the residual scaled by (2L)^(1/4)).",
+        "Where the norms sit: pre (before each sublayer), post (after each residual sum), deepnorm "
+        "(post, the residual scaled by (2L)^(1/4)) or post_sublayer (each sublayer's output normed before "
+        "the residual add: OLMo 2).",
         (one_of(*NORM_POSITIONS),),
     ),
     Field(
@@ -242,6 +272,20 @@ FIELDS: tuple[Field, ...] = (
         (one_of(*ATTENTIONS),),
     ),
     Field("model", "attention_bias", BOOL, "Biases on the query, key, value and output projections."),
+    Field(
+        "model",
+        "qkv_bias",
+        BOOL,
+        "Biases on the query, key and value projections only, not the output one (Qwen2).",
+    ),
+    Field(
+        "model",
+        "qk_norm",
+        STR,
+        "Normalise queries and keys before RoPE: none, head (each head over head_dim: Qwen3) or full (over "
+        "all heads' width at once: OLMo 2), with the model's norm_type.",
+        (one_of(*QK_NORMS),),
+    ),
     Field(
         "model",
         "mlp",
@@ -269,7 +313,8 @@ FIELDS: tuple[Field, ...] = (
         "init",
         STR,
         "Weight init: scaled_normal (truncated normal, residual writers / sqrt(2L), head d^-0.5), xavier "
-        "(xavier-uniform, zero biases, embeddings d^-0.5) or deepnet (xavier with DeepNet's beta gain).",
+        "(xavier-uniform, zero biases, embeddings d^-0.5), deepnet (xavier with DeepNet's beta gain) or normal "
+        "(transformers' own: normal(0, initializer_range), zero biases).",
         (one_of(*INITS),),
     ),
     # [tokenizer]
@@ -349,7 +394,13 @@ FIELDS: tuple[Field, ...] = (
         BOOL,
         "Step each parameter as soon as its gradient is ready, freeing gradients early.",
     ),
-    Field("test", "seed", INT, "Random seed for the weights and the random tokens.", (non_negative,)),
+    Field(
+        "test",
+        "seed",
+        INT,
+        "Random seed for the weights and the random tokens (0 to 2^32 - 1).",
+        (seed_range,),
+    ),
     Field(
         "test",
         "dataset",

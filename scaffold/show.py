@@ -18,7 +18,7 @@ from typing import Any
 
 from . import manifest
 from .build import default_output_dir, inputs_record, read_stamp, write_model_dir
-from .errors import UsageError
+from .errors import UsageError, writing
 from .project import Project
 
 
@@ -87,7 +87,8 @@ def describe(project: Project, opts: ShowOptions) -> str:
     try:
         model_dir = tmp / "model"
         model_dir.mkdir()
-        write_model_dir(project, model_dir)
+        with writing(model_dir):
+            write_model_dir(project, model_dir)
         config_text = (model_dir / "config.json").read_text(encoding="utf-8")
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)

@@ -365,11 +365,17 @@ def make_for_new(manifest: dict[str, Any], overrides: Mapping[str, Any], project
 
 
 def _training_texts(spec: Mapping[str, Any], base_dir: Path) -> Iterator[str]:
-    from .data import DatasetSource, iter_texts
+    from .data import DatasetSource, _check_suffix, iter_texts
     from .data import resolve as resolve_dataset
 
     manifest = Path(base_dir) / MANIFEST_FILE
-    files = [resolve_path(base_dir, f) for f in spec.get("files") or []]
+    names = spec.get("files") or []
+    for name in names:
+        if not isinstance(name, str):
+            raise DataError(f"must list file names (strings), got {type(name).__name__} {name!r}", path=manifest, key="tokenizer.files")
+    files = [resolve_path(base_dir, f) for f in names]
+    for f in files:
+        _check_suffix(f, path=manifest, key="tokenizer.files")
     if files:
         yield from iter_texts(DatasetSource(origin=manifest, files=files))
     if spec.get("dataset"):
@@ -495,8 +501,18 @@ def chat_template(spec: Mapping[str, Any], project_dir: Path, inherited: str | N
 
 def to_hf(tokenizer_json: Path, spec: Mapping[str, Any], project_dir: Path):
     """A transformers fast tokenizer over ``tokenizer_json`` with its recorded special tokens."""
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    from .errors import IntegrityError
+
+    try:
+        Tokenizer.from_file(str(tokenizer_json))
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed or truncated file
+        raise IntegrityError(
+            f"corrupt or truncated tokenizer ({one_line(err)}); delete it and `scaffold build` makes it again",
+            path=tokenizer_json,
+        ) from None
     source = read_source(Path(tokenizer_json).parent) or {}
     specials = source.get("special_tokens") or PRESET_SPECIALS
     tok = PreTrainedTokenizerFast(

@@ -296,7 +296,7 @@ def test_build_with_a_checkpoint_that_does_not_fit_keeps_the_old_build(projects,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "staging left behind"
     result = invoke("build", projects["plain"], "--output-dir", tmp_path / "new",
                     "--load-from-checkpoint", tmp_path / "nowhere")
-    assert result.exit_code == 3 and "nowhere: no such checkpoint" in result.output
+    assert result.exit_code == 2 and "nowhere: no such checkpoint" in result.output
     assert not (tmp_path / "new").exists()
 
 
