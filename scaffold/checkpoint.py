@@ -42,6 +42,7 @@ from torch import nn
 from . import atomic
 from .construct import alias_groups, get_tensor, initialize_weights, to_dtype, to_empty
 from .errors import CheckpointError, UsageError, one_line
+from .progress import track
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -191,7 +192,7 @@ def save_checkpoint(
             _link_others(target, staging)
         weight_map: dict[str, str] = {}
         files = []
-        for i, names in enumerate(shards, start=1):
+        for i, names in track(enumerate(shards, start=1), total=n, desc="saving shards", unit="shard"):
             fname = shard_name(i, n)
             tensors = _unshare({k: state[k] for k in names})
             out = staging / fname

@@ -263,6 +263,7 @@ def _doc(path: str) -> str:
     default=None,
     help=_doc("test.packed"),
 )
+@click.option("--no-record", is_flag=True, help="Do not write a run record under PROJECT/runs/.")
 @click.option(
     "--nproc",
     type=int,
@@ -285,7 +286,7 @@ def _doc(path: str) -> str:
     help="With --nproc: also run one process and print the largest loss difference (default on).",
 )
 @override_options
-def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> None:
+def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
     tokens or on a dataset tokenized with the model's own tokenizer.
 
@@ -298,10 +299,15 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> 
     --output-dir is given, so PROJECT/model is left alone. --load-from-checkpoint loads those weights
     (strictly, converted to --dtype); --no-init-weights constructs without init and loads the weights
     from the checkpoint or the model directory.
+
+    Each run is recorded in PROJECT/runs/<time>-<id>/ (options, model config, per-step loss, learning
+    rate, tokens/s and memory, the summary and a loss-curve PNG) unless --no-record; `scaffold runs`
+    lists and plots them. A progress bar shows when stderr is a terminal.
     """
     import tempfile
 
     from .build import build_for_test
+    from .runs import record_options, recording
     from .smoke import TestOptions, precision, resolve_device, resolve_dtype, run
 
     nproc, parallel, timeout, compare = (flags.pop(k) for k in ("nproc", "parallel", "timeout", "compare"))
@@ -328,25 +334,38 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, **flags: Any) -> 
             click.echo(result.message)
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
-        if dist is not None:
-            from .distributed import launch
+        record = record_options(proj, options, device, overrides, result.output_dir)
+        with recording(
+            None if no_record else proj.path, record, result.output_dir, device, options.steps, click.echo
+        ) as rec:
+            if dist is not None:
+                from .distributed import launch
 
-            click.echo(
-                f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} processes "
-                f"on {device.type}, {options.dtype}"
-            )
-            report = launch(
-                result.output_dir,
-                options,
-                dist,
-                checkpoint=overrides.checkpoint,
-                no_init=overrides.no_init_weights,
-                compare=compare,
-            )
-        else:
-            click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {precision(options)}")
-            report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
-    click.echo(report.summary())
+                click.echo(
+                    f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} "
+                    f"processes on {device.type}, {options.dtype}"
+                )
+                report = launch(
+                    result.output_dir,
+                    options,
+                    dist,
+                    checkpoint=overrides.checkpoint,
+                    no_init=overrides.no_init_weights,
+                    compare=compare,
+                )
+            else:
+                click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {precision(options)}")
+                report = run(
+                    result.output_dir,
+                    options,
+                    checkpoint=overrides.checkpoint,
+                    no_init=overrides.no_init_weights,
+                    on_step=rec.step if rec else None,
+                )
+            said = rec.finish("completed", report) if rec else []
+    for line in said:
+        click.echo(line)
+    click.echo(report.summary())  # the last line, as before records
 
 
 def _distributed_options(nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any):
@@ -499,6 +518,44 @@ def diff_cmd(project: Path) -> None:
 
 
 cli.add_command(diff_cmd, name="status")
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True, metavar="PROJECT | RUN...")
+@click.option("--plot", is_flag=True, help="Draw the loss curves of the RUNs on one figure (needs -o).")
+@click.option(
+    "-o",
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PNG file --plot writes.",
+)
+def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None:
+    """List the runs `scaffold test` recorded for PROJECT, or with --plot draw several runs' loss
+    curves on one figure: runs of different projects too, to compare two architectures.
+
+    \b
+      scaffold runs projects/my_llama
+      scaffold runs --plot projects/a:latest projects/b:20260101T120000Z-1a2b3c -o compare.png
+      scaffold runs --plot projects/a/runs/20260101T120000Z-1a2b3c projects/b:latest -o compare.png
+
+    A RUN is a run folder or PROJECT:RUN, where RUN is a run id, a unique prefix of one, or latest.
+    Plotting needs matplotlib (pip install 'scaffold[plot]').
+    """
+    from .runs import load_run, plot_runs, resolve_run, runs_table
+
+    if not plot:
+        if output_file is not None:
+            raise UsageError("-o/--output-file goes with --plot")
+        for i, target in enumerate(targets):
+            if len(targets) > 1:
+                click.echo(("\n" if i else "") + f"{target}:")
+            click.echo(runs_table(Path(target)), nl=False)
+        return
+    if output_file is None:
+        raise UsageError("--plot needs -o FILE (the PNG to write)")
+    chosen = [load_run(resolve_run(t)) for t in targets]
+    labels = plot_runs(chosen, output_file)
+    click.echo(f"wrote {output_file}: {len(labels)} loss curves ({', '.join(labels)})")
 
 
 @cli.command()

@@ -21,6 +21,7 @@ from typing import Any
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
+from .diagram import mermaid_block, project_structure
 from .errors import BlueprintError, ProjectError, UsageError, one_line
 from .parts import part_sources
 from .plans import plans_for
@@ -343,6 +344,7 @@ def template_data(
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
         "parts": part_sources(),
+        "architecture_mermaid": mermaid_block(project_structure(m, bp.structure)).rstrip(),
         "scaffold_version": __version__,
         "blueprint_name": bp.name,
         "blueprint_version": bp.version,

@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import DeviceError, ProjectError, TestFailure
 
+OnStep = Callable[[int, float, int, float, float], None]  # (step, loss, tokens, lr, seconds so far)
 DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -440,10 +441,12 @@ def run(
     log: Callable[[str], None] = print,
     checkpoint: str | Path | None = None,
     no_init: bool = False,
+    on_step: OnStep | None = None,
 ) -> TestReport:
     """Load the model in ``model_dir`` and train it for ``opts.steps`` steps; raises TestFailure.
 
-    ``checkpoint`` / ``no_init``: where the weights come from, as in :func:`load_model`.
+    ``checkpoint`` / ``no_init``: where the weights come from, as in :func:`load_model`; ``on_step``
+    as in :func:`train`.
     """
     from transformers import AutoConfig
 
@@ -468,7 +471,7 @@ def run(
         data = dataset_batches(tokenizer, opts)  # bad data fails here, before the model is loaded
     model = load_model(model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=no_init)
     data = data if data is not None else batches(len(tokenizer), opts, device)
-    return train(model, opts, data, device=device, log=log)
+    return train(model, opts, data, device=device, log=log, on_step=on_step)
 
 
 def fused_optimizers(model, lr: float, bad: list[str]) -> tuple[dict, list]:
@@ -500,13 +503,18 @@ def train(
     device=None,
     log: Callable[[str], None] = print,
     loss_value: Callable[[Any], float] | None = None,
+    on_step: OnStep | None = None,
 ) -> TestReport:
     """Run ``opts.steps`` steps of forward, backward and AdamW on ``model`` with batches from ``data``.
 
     ``loss_value`` turns the step's loss tensor into the number reported (default ``loss.item()``;
     several processes report the loss of the whole batch: :mod:`scaffold.distributed`).
+    ``on_step(step, loss, tokens, lr, seconds)`` is called after each step (the run record's hook).
+    A progress bar shows on stderr when it is a terminal (:mod:`scaffold.progress`).
     """
     import torch
+
+    from .progress import Bar
 
     device = device if device is not None else next(model.parameters()).device
     model.train()
@@ -532,6 +540,8 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     tokens, start = 0, time.perf_counter()
     every, since, since_tokens, since_time = log_interval(opts.steps), [], 0, start
+    bar = Bar(total=opts.steps, desc="train", unit="step")
+    log = bar.around(log)
     try:
         for step in range(1, opts.steps + 1):
             batch = next(data)
@@ -565,6 +575,10 @@ def train(
             counted = int(mask.sum()) if mask is not None else labels.numel()
             tokens += counted
             report.losses.append(value)
+            bar.update(loss=f"{value:.4f}")
+            if on_step is not None:
+                lr = optimizer.param_groups[0]["lr"] if optimizer is not None else opts.lr
+                on_step(step, value, counted, lr, time.perf_counter() - start)
             if every == 1:
                 log(f"step {step}/{opts.steps}  loss {value:.4f}")
                 continue
@@ -581,6 +595,7 @@ def train(
                 )
                 since, since_tokens, since_time = [], 0, now
     finally:
+        bar.close()
         for h in hooks:
             h.remove()
     if device.type == "cuda":

@@ -112,6 +112,8 @@ def train_bpe_json(texts: Iterator[str], vocab_size: int, min_frequency: int = D
     """A byte-level BPE trained on ``texts`` (deterministic: the same texts give the same file)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+    from . import progress
+
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -121,7 +123,7 @@ def train_bpe_json(texts: Iterator[str], vocab_size: int, min_frequency: int = D
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress.enabled(),  # tokenizers' own bars, on a terminal only
     )
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = _bos_processor()
