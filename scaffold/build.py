@@ -294,6 +294,11 @@ def make_config(project: Project, tokenizer) -> Any:
             "rope_theta": float(model.pop("rope_theta")),
             **scaling,
         }
+        # as transformers keeps it: in the RoPE table, and only there (transformers would copy a
+        # top-level partial_rotary_factor into the table of some RoPE types and not of others)
+        factor = model.pop("partial_rotary_factor", 1.0)
+        if factor < 1:
+            model["rope_parameters"]["partial_rotary_factor"] = float(factor)
     config = config_cls(
         **model,
         bos_token_id=tokenizer.bos_token_id,

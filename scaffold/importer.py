@@ -28,10 +28,16 @@ def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
     """The ``[model]`` table that reproduces a transformers config of ``bp``'s family: its sizes and
     every structural key it sets; the family's structure fills the rest."""
     config = dict(config)
+    # keys the family's transformers config spells its own way (GPT-NeoX: use_parallel_residual, rotary_pct)
+    for theirs, ours in bp.meta.get("import_renames", {}).items():
+        if theirs in config:
+            config.setdefault(ours, config.pop(theirs))
     rope = dict(config.get("rope_parameters") or {})
     if rope or "rope_theta" in config:
         config["rope_theta"] = float(rope.pop("rope_theta", config.get("rope_theta", 10000.0)))
         scaling = dict(config.get("rope_scaling") or rope)
+        # transformers keeps the rotated fraction of each head in the RoPE table; the manifest has a key
+        config.setdefault("partial_rotary_factor", scaling.pop("partial_rotary_factor", 1.0))
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         config["rope_scaling"] = {"rope_type": kind, **scaling} if kind != "default" else None
     structure = schema.structure_of(

@@ -30,6 +30,11 @@ Manifest = dict[str, dict[str, Any]]
 ROPE_SCALING_KEYS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "linear": ("factor",),
+    "yarn": ("factor", "original_max_position_embeddings"),
+}
+# Keys a scaling type may add (positive numbers, or a boolean for yarn's truncate), as transformers has them.
+ROPE_SCALING_OPTIONAL = {
+    "yarn": ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"),
 }
 
 
@@ -45,11 +50,16 @@ def load(path: str | Path) -> Manifest:
     except OSError as err:
         raise ManifestError([("", f"cannot read: {err.strerror or err}")], path=path) from None
     if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
-        raise ManifestError([("", "starts with a byte order mark; TOML is UTF-8 without one: save it without the BOM")], path=path)
+        raise ManifestError(
+            [("", "starts with a byte order mark; TOML is UTF-8 without one: save it without the BOM")],
+            path=path,
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ManifestError([("", f"not UTF-8 text (byte {err.start}); TOML files are UTF-8")], path=path) from None
+        raise ManifestError(
+            [("", f"not UTF-8 text (byte {err.start}); TOML files are UTF-8")], path=path
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -192,21 +202,46 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
             for k in ROPE_SCALING_KEYS[kind]:
                 v = scaling.get(k)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
+                    problems.append(
+                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
+                    )
                     bad.add(k)
             for k in sorted(set(scaling) - set(ROPE_SCALING_KEYS[kind]) - {"rope_type", "type"}):
                 problems.append(
-                    (f"model.rope_scaling.{k}", f"unknown key for {kind}; expected {', '.join(ROPE_SCALING_KEYS[kind])}")
+                    (
+                        f"model.rope_scaling.{k}",
+                        f"unknown key for {kind}; expected {', '.join(ROPE_SCALING_KEYS[kind])}",
+                    )
                 )
             if kind == "llama3" and not bad & {"low_freq_factor", "high_freq_factor"}:
                 low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
                 if low >= high:
                     problems.append(
-                        ("model.rope_scaling.low_freq_factor", f"{low} must be below high_freq_factor = {high}")
+                        (
+                            "model.rope_scaling.low_freq_factor",
+                            f"{low} must be below high_freq_factor = {high}",
+                        )
                     )
+            for k in ROPE_SCALING_OPTIONAL.get(kind, ()):
+                v = scaling.get(k)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+                    problems.append(
+                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
+                    )
+            if kind == "yarn" and not isinstance(scaling.get("truncate", True), bool):
+                problems.append(
+                    ("model.rope_scaling.truncate", f"must be true or false, got {scaling['truncate']!r}")
+                )
+            known = {"rope_type", "type", *ROPE_SCALING_KEYS[kind], *ROPE_SCALING_OPTIONAL.get(kind, ())}
+            known |= {"truncate"} if kind == "yarn" else set()
+            for k in sorted(set(scaling) - known):
+                problems.append((f"model.rope_scaling.{k}", f"unknown key for rope_type {kind}"))
             original = scaling.get("original_max_position_embeddings")
             longest = model.get("max_position_embeddings")
-            if "original_max_position_embeddings" in ROPE_SCALING_KEYS[kind] and "original_max_position_embeddings" not in bad:
+            if (
+                "original_max_position_embeddings" in ROPE_SCALING_KEYS[kind]
+                and "original_max_position_embeddings" not in bad
+            ):
                 if isinstance(longest, int) and original > longest:
                     problems.append(
                         (
@@ -218,18 +253,30 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
     head_dim = model.get("head_dim") or (hidden // heads if heads and hidden and not hidden % heads else None)
     if "rope_theta" in model and isinstance(head_dim, int) and head_dim % 2:
         key = "model.head_dim" if "head_dim" in model else "model.hidden_size"
-        problems.append((key, f"the head width {head_dim} is odd; rotary embeddings rotate pairs of channels"))
+        problems.append(
+            (key, f"the head width {head_dim} is odd; rotary embeddings rotate pairs of channels")
+        )
     partial = model.get("partial_rotary_factor")
-    if "rope_theta" in model and isinstance(head_dim, int) and isinstance(partial, (int, float)) and not isinstance(partial, bool):
+    if (
+        "rope_theta" in model
+        and isinstance(head_dim, int)
+        and isinstance(partial, (int, float))
+        and not isinstance(partial, bool)
+    ):
         width = int(head_dim * partial)
         if width % 2 or width <= 0:
             problems.append(
-                ("model.partial_rotary_factor", f"gives a rotary width of {width} (of head width {head_dim}); it must be even and positive")
+                (
+                    "model.partial_rotary_factor",
+                    f"gives a rotary width of {width} (of head width {head_dim}); it must be even and positive",
+                )
             )
     generation = section("generation")
     # max_new_tokens and do_sample alone (the defaults) cannot conflict; any other key is judged by
     # transformers, which is imported only then (`scaffold new` of a plain project stays light)
-    if set(generation) - {"max_new_tokens", "do_sample"} and not any(k.startswith("generation.") for k in skip):
+    if set(generation) - {"max_new_tokens", "do_sample"} and not any(
+        k.startswith("generation.") for k in skip
+    ):
         problems.extend(generation_problems(generation))
     problems.extend(_structure_checks(m, model))
     tok = section("tokenizer")
@@ -237,7 +284,12 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
     files = tok.get("files")
     if isinstance(files, list) and not all(isinstance(f, str) and f for f in files):
         wrong = next(f for f in files if not (isinstance(f, str) and f))
-        problems.append(("tokenizer.files", f"must list file names (non-empty strings), got {type(wrong).__name__} {wrong!r}"))
+        problems.append(
+            (
+                "tokenizer.files",
+                f"must list file names (non-empty strings), got {type(wrong).__name__} {wrong!r}",
+            )
+        )
     if kind == "bpe" and not tok.get("files") and not tok.get("dataset"):
         problems.append(
             ("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on")
@@ -261,6 +313,48 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
                 f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}",
             )
         )
+    if structure["parallel_residual"] and structure["norm_position"] != "pre":
+        problems.append(
+            (
+                "model.parallel_residual",
+                f"needs norm_position = pre; norm_position is {structure['norm_position']!r}",
+            )
+        )
+    factor = structure["partial_rotary_factor"]
+    if isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor < 1:
+        if position != "rope":
+            problems.append(
+                (
+                    "model.partial_rotary_factor",
+                    f"partial rotary needs position_embedding = rope, not {position!r}",
+                )
+            )
+    layout = structure["qkv_layout"]
+    if layout != "separate" and structure["attention"] != "multi_head":
+        problems.append(("model.qkv_layout", f"{layout} needs attention = multi_head"))
+    if layout != "separate" and structure["qk_norm"] != "none":
+        problems.append(
+            ("model.qk_norm", f"a q/k norm needs qkv_layout = separate; qkv_layout is {layout!r}")
+        )
+    if layout == "fused_per_head":
+        heads, kv = model.get("num_attention_heads"), model.get("num_key_value_heads")
+        if kv is not None and kv != heads:
+            problems.append(
+                (
+                    "model.qkv_layout",
+                    f"fused_per_head interleaves one k and one v per query head; num_key_value_heads = {kv} "
+                    f"differs from num_attention_heads = {heads}",
+                )
+            )
+    if structure["mlp_layout"] == "fused" and structure["mlp"] != "gated":
+        problems.append(
+            ("model.mlp_layout", "fused stores a gated MLP's gate and up projections; mlp is 'plain'")
+        )
+    for key in ("qkv_layout", "mlp_layout"):
+        if structure["init"] == "deepnet" and structure[key] != "separate":
+            problems.append(
+                (f"model.{key}", f"init = deepnet sets a gain per projection; it needs {key} = separate")
+            )
     problems.extend(_attention_layout_checks(model, structure))
     test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
     backend = test.get("attn_implementation")

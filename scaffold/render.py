@@ -85,12 +85,18 @@ CONFIG_ORDER = (
     "tie_word_embeddings",
 )
 CONFIG_COMMENTS = {
-    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "llama3" | "linear", '
-    '"rope_theta": ...,\n# and the scaling keys of that type}; the manifest\'s rope_theta and rope_scaling fill it',
+    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "llama3" | "yarn",\n'
+    '# "rope_theta": ..., the scaling keys of that type, and partial_rotary_factor when below 1}; the\n'
+    "# manifest's rope_theta, rope_scaling and partial_rotary_factor fill it",
     "hidden_dropout": "dropout on the embeddings and on each sublayer's output",
     "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
 }
+
+
+def partial_rotary(arch: Mapping[str, Any]) -> bool:
+    """Whether RoPE turns only the first features of each head (partial_rotary_factor below 1)."""
+    return arch["position_embedding"] == "rope" and arch["partial_rotary_factor"] < 1
 
 
 def plan_parts(arch: Mapping[str, Any]) -> list[str]:
@@ -98,7 +104,9 @@ def plan_parts(arch: Mapping[str, Any]) -> list[str]:
     parts = [NORM_CLASSES[arch["norm_type"]]] if arch["norm_type"] != "layernorm" else []
     position = arch["position_embedding"]
     if position == "rope":
-        parts += ["rope_inv_freq", "RotaryEmbedding", "rotate_half", "apply_rotary_pos_emb"]
+        parts += ["rope_inv_freq", "yarn_inv_freq", "rope_attention_factor", "RotaryEmbedding"]
+        parts += ["rotate_half", "apply_rotary_pos_emb"]
+        parts += ["apply_partial_rotary_pos_emb"] if partial_rotary(arch) else []
     elif position == "sinusoidal":
         parts += ["SinusoidalPositionEmbedding"]
     elif position == "alibi":
@@ -107,6 +115,7 @@ def plan_parts(arch: Mapping[str, Any]) -> list[str]:
     parts += ["repeat_kv", "mha_eager_attention_forward", "eager_attention_forward"]
     if position == "alibi":
         parts += ["flex_alibi_attention_forward", "alibi_attention_forward"]
+    parts += {"fused": ["split_qkv"], "fused_per_head": ["split_qkv_per_head"]}.get(arch["qkv_layout"], [])
     if arch["norm_position"] == "deepnorm":
         parts += ["deepnet_alpha"]
     if arch["init"] == "deepnet":
@@ -187,6 +196,7 @@ def _mlp_doc(arch: Mapping[str, Any]) -> str:
     if arch["mlp"] == "gated":
         named = {"silu": "SwiGLU", "relu": "GLU-ReLU", "gelu": "GeGLU", "gelu_pytorch_tanh": "GeGLU (tanh)"}
         kind = named.get(act, f"gated {act}") + " feed-forward"
+        kind += " (gate and up fused in one projection)" if arch["mlp_layout"] == "fused" else ""
     else:
         kind = f"{act} MLP"
     return kind + (" with biases" if arch["mlp_bias"] else "")
@@ -205,16 +215,25 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
         "post_sublayer": f"Post-sublayer-norm blocks, ``x = x + {norm}(attn(x)); x = x + {norm}(mlp(x))``",
     }[arch["norm_position"]]
+    if arch["parallel_residual"]:
+        blocks = (
+            f"Parallel-residual blocks, ``x = x + attn({norm}(x)) + mlp({norm}(x))`` (a norm for each): "
+            "attention and the feed-forward read the same input"
+        )
     position = {
         "rope": "rotary position embeddings",
         "alibi": "ALiBi attention biases instead of position embeddings",
         "sinusoidal": "fixed sinusoidal position encodings added to the embeddings (computed, never stored)",
+        "learned": "learned absolute position embeddings added to the token embeddings",
         "none": "no position information besides the causal mask",
     }[arch["position_embedding"]]
+    if partial_rotary(arch):
+        position = f"rotary position embeddings on the first {arch['partial_rotary_factor']:g} of each head's features"
     if arch["attention"] == "single_head":
         attention = "one attention head with a fused query-key matrix and no output projection"
     else:
-        attention = "grouped-query attention"
+        kind = "multi-head" if arch["qkv_layout"] == "fused_per_head" else "grouped-query"
+        attention = f"{kind} attention"
         if arch["attention_bias"]:
             attention += " with biases"
         elif arch["qkv_bias"]:
@@ -222,6 +241,10 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         if arch["qk_norm"] != "none":
             width = "each head" if arch["qk_norm"] == "head" else "all heads at once"
             attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
+        attention += {
+            "fused": " (q, k and v from one projection stored [q; k; v])",
+            "fused_per_head": " (q, k and v from one projection, interleaved per head)",
+        }.get(arch["qkv_layout"], "")
     parts = [f"{blocks}, with {position}, {attention} and a {_mlp_doc(arch)}"]
     if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
         parts[0] += " (layer norms without bias)"
@@ -230,6 +253,8 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     parts[0] += "."
     if arch["embedding_scale"] == "sqrt_hidden":
         parts.append("Token embeddings are scaled by sqrt(d).")
+    if arch["lm_head_bias"]:
+        parts.append("The output head has a bias.")
     if arch["init"] == "deepnet":
         parts.append("Projections are initialised with DeepNet's gain beta = (8L)^(-1/4).")
     hf = bp.meta.get("transformers_class")
@@ -296,7 +321,8 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "doc": doc,
         "heads_text": heads_text,
         "attention_doc": (
-            "Grouped-query self-attention"
+            ("Multi-head" if arch["qkv_layout"] == "fused_per_head" else "Grouped-query")
+            + " self-attention"
             + (" with RoPE" if arch["position_embedding"] == "rope" else "")
             + (" with ALiBi biases" if arch["position_embedding"] == "alibi" else "")
         ),
@@ -319,10 +345,11 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "layer_types": "layer_types" in keys and multi and arch["position_embedding"] != "alibi",
         "hidden_dropout": "hidden_dropout" in keys,
         "final_norm": arch["norm_position"] != "post",
-        "positions": arch["position_embedding"] in ("rope", "sinusoidal"),
+        "positions": arch["position_embedding"] in ("rope", "sinusoidal", "learned"),
+        "partial_rotary": partial_rotary(arch),
         "padding_idx": arch["init"] in ("scaled_normal", "normal"),
         "residual_writers": writers,
-        "linear_bias": arch["attention_bias"] or arch["mlp_bias"],
+        "linear_bias": arch["attention_bias"] or arch["mlp_bias"] or arch["lm_head_bias"],
         "config_fields": config_fields(bp, arch),
         "lora_targets": lora_targets(arch, bp.names),
     }
@@ -499,7 +526,9 @@ def create_project(
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
         if target.exists() and not force:
-            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+            raise ProjectError(
+                "already exists; pass --force to replace it (its files will be lost)", path=target
+            )
         atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project
         if target.exists():
             edited = edited_files(target)

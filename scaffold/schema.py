@@ -34,6 +34,10 @@ def probability(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
 
 
+def fraction(v: Any) -> str | None:
+    return None if 0.0 < v <= 1.0 else f"must be in (0, 1], got {v}"
+
+
 def each_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
         bad = [x for x in v if x not in choices]
@@ -104,9 +108,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 # (docs/architecture.md, section 3).
 NORM_TYPES = ("rmsnorm", "layernorm")
 NORM_POSITIONS = ("pre", "post", "deepnorm", "post_sublayer")
-POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "none")
+POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "learned", "none")
 ATTENTIONS = ("multi_head", "single_head")
 MLPS = ("gated", "plain")
+# how q, k and v (and a gated MLP's gate and up) are stored: separate matrices, or one fused matrix
+QKV_LAYOUTS = ("separate", "fused", "fused_per_head")
+MLP_LAYOUTS = ("separate", "fused")
 # transformers' ACT2FN names the generated code can use (read without importing transformers)
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_pytorch_tanh", "gelu_new", "tanh", "sigmoid")
 QK_NORMS = ("none", "head", "full")
@@ -125,6 +132,11 @@ STRUCTURE: dict[str, Any] = {
     "mlp": "gated",
     "hidden_act": "silu",
     "mlp_bias": False,
+    "parallel_residual": False,
+    "partial_rotary_factor": 1.0,
+    "qkv_layout": "separate",
+    "mlp_layout": "separate",
+    "lm_head_bias": False,
     "embedding_scale": "none",
     "qk_norm": "none",
     "qkv_bias": False,
@@ -138,6 +150,7 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("norm_type", "layernorm"): {"layer_norm_eps": 1e-5},
     ("position_embedding", "rope"): {"rope_theta": 10000.0},
     ("position_embedding", "alibi"): {"alibi_trainable": False},
+    ("position_embedding", "learned"): {"max_position_embeddings": 2048},
     ("attention", "single_head"): {"alibi_slope_init": 0.5},
     ("init", "scaled_normal"): {"initializer_range": 0.02},
     ("init", "normal"): {"initializer_range": 0.02},
@@ -260,7 +273,8 @@ FIELDS: tuple[Field, ...] = (
         "model",
         "position_embedding",
         STR,
-        "Positions: rope (rotary), alibi (linear attention biases), sinusoidal (added to the embeddings) or none.",
+        "Positions: rope (rotary), alibi (linear attention biases), sinusoidal (added to the embeddings), "
+        "learned (a trained table added to the embeddings) or none.",
         (one_of(*POSITION_EMBEDDINGS),),
     ),
     Field(
@@ -301,6 +315,36 @@ FIELDS: tuple[Field, ...] = (
         (one_of(*ACTIVATIONS),),
     ),
     Field("model", "mlp_bias", BOOL, "Biases on the feed-forward projections."),
+    Field(
+        "model",
+        "parallel_residual",
+        BOOL,
+        "Attention and feed-forward read the same input and are added together: x = x + attn(norm1(x)) + "
+        "mlp(norm2(x)) (GPT-NeoX, GPT-J; needs norm_position = pre).",
+    ),
+    Field(
+        "model",
+        "partial_rotary_factor",
+        NUM,
+        "Fraction of each head's features RoPE rotates (GPT-NeoX: 0.25); the rest pass through unrotated.",
+        (fraction,),
+    ),
+    Field(
+        "model",
+        "qkv_layout",
+        STR,
+        "How q, k and v are stored: separate (q_proj, k_proj, v_proj), fused (one qkv_proj stacked [q; k; v], "
+        "Phi-3) or fused_per_head (one matrix, each head's [q; k; v] side by side, GPT-NeoX).",
+        (one_of(*QKV_LAYOUTS),),
+    ),
+    Field(
+        "model",
+        "mlp_layout",
+        STR,
+        "How a gated feed-forward stores gate and up: separate, or fused (one gate_up_proj stacked [gate; up], Phi-3).",
+        (one_of(*MLP_LAYOUTS),),
+    ),
+    Field("model", "lm_head_bias", BOOL, "A bias on the output head."),
     Field(
         "model",
         "embedding_scale",

@@ -91,12 +91,24 @@ def assert_parity(
     packed: bool = True,
     atol: float = 1e-5,
     backends: tuple[str, ...] = ("eager", "sdpa"),
+    checkpoint: bool = False,
 ):
-    """Every parity check of a family; returns the scaffold model for family-specific extra checks."""
+    """Every parity check of a family; returns the scaffold model for family-specific extra checks.
+
+    With ``checkpoint``, the weights come from the folder transformers' ``save_pretrained`` writes,
+    through scaffold's strict loader: the names a checkpoint has on disk, which for some families
+    differ from those in memory (GPT-NeoX's output head is ``embed_out`` on disk, ``lm_head`` in memory).
+    """
     table = model if model is not None else model_table(hf_model.config, blueprint)
     ours = scaffold_model(tmp_path, blueprint, table)
-    result = ours.load_state_dict(hf_model.state_dict(), strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    if checkpoint:
+        from scaffold.checkpoint import load_checkpoint
+
+        hf_model.save_pretrained(tmp_path / "transformers")
+        load_checkpoint(tmp_path / "transformers", ours)
+    else:
+        result = ours.load_state_dict(hf_model.state_dict(), strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
     vocab = ours.config.vocab_size
     ids = _ids(vocab, (2, 24))
     with torch.no_grad():

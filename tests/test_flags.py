@@ -166,7 +166,7 @@ BAD_FLAGS = [
     (["--attention-dropout", "1.5"], "model.attention_dropout must be in [0, 1), got 1.5"),
     (["--sliding-window", "-4"], "model.sliding_window must be positive"),
     (["--rope-scaling", "[1, 2]"], "model.rope_scaling must be a table"),
-    (["--rope-scaling", '{"rope_type": "bogus"}'], "model.rope_scaling.rope_type: must be one of llama3, linear"),
+    (["--rope-scaling", '{"rope_type": "bogus"}'], "model.rope_scaling.rope_type: must be one of llama3, linear, yarn"),
     (["--rope-scaling", '{"rope_type": "llama3", "factor": 8}'],
      "model.rope_scaling.low_freq_factor: must be a positive number for llama3, got None (from --rope-scaling)"),
     (["--num-kv-heads", "3"], "model.num_key_value_heads: 3 does not divide num_attention_heads = 4 (from --num-kv-heads)"),

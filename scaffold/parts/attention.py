@@ -47,3 +47,19 @@ def eager_attention_forward(
     key = repeat_kv(key, groups)
     value = repeat_kv(value, groups)
     return mha_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
+
+
+def split_qkv_per_head(qkv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPT-NeoX's fused projection, interleaved per head: (B, T, heads * [q; k; v]) -> q, k, v (B, heads, T, D)."""
+    qkv = qkv.view(*qkv.shape[:-1], -1, 3 * head_dim).transpose(1, 2)  # (B, heads, T, 3 * D)
+    q, k, v = qkv.chunk(3, dim=-1)
+    return q, k, v
+
+
+def split_qkv(
+    qkv: torch.Tensor, num_heads: int, num_key_value_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Phi-3's fused projection, stacked: (B, T, [q; k; v]) -> q (B, heads, T, D), k and v (B, kv_heads, T, D)."""
+    sizes = (num_heads * head_dim, num_key_value_heads * head_dim, num_key_value_heads * head_dim)
+    q, k, v = (x.view(*qkv.shape[:-1], -1, head_dim).transpose(1, 2) for x in qkv.split(sizes, dim=-1))
+    return q, k, v

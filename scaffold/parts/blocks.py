@@ -34,6 +34,36 @@ class PreNormBlock(GradientCheckpointingLayer):
         return x
 
 
+class ParallelBlock(GradientCheckpointingLayer):
+    """Parallel residual: ``x = x + drop(attn(norm1(x))) + drop(mlp(norm2(x)))``, both sublayers reading
+    the same input (GPT-J, GPT-NeoX, PaLM)."""
+
+    def __init__(
+        self,
+        self_attn: nn.Module,
+        mlp: nn.Module,
+        input_layernorm: nn.Module,
+        post_attention_layernorm: nn.Module,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.self_attn = self_attn
+        self.mlp = mlp
+        self.input_layernorm = input_layernorm
+        self.post_attention_layernorm = post_attention_layernorm
+        self.dropout = dropout  # on each sublayer's output, before the residual sum
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+        x = hidden_states
+        attn = self.self_attn(self.input_layernorm(x), attention_mask, **kwargs)
+        mlp = self.mlp(self.post_attention_layernorm(x))
+        return (
+            x
+            + F.dropout(attn, p=self.dropout, training=self.training)
+            + F.dropout(mlp, p=self.dropout, training=self.training)
+        )
+
+
 class PostNormBlock(GradientCheckpointingLayer):
     """Post-norm: ``x = norm(x + drop(attn(x))); x = norm(x + drop(mlp(x)))`` (the original Transformer)."""
 
