@@ -51,6 +51,11 @@ class ScaffoldCausalLMConfig(PreTrainedConfig):
     mlp: str = "plain"
     hidden_act: str = "relu"
     mlp_bias: bool = True
+    parallel_residual: bool = False
+    partial_rotary_factor: float = 1.0
+    qkv_layout: str = "separate"
+    mlp_layout: str = "separate"
+    lm_head_bias: bool = False
     embedding_scale: str = "sqrt_hidden"
     qk_norm: str = "none"
     qkv_bias: bool = False

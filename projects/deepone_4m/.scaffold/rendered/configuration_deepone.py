@@ -52,6 +52,11 @@ class ScaffoldDeeponeConfig(PreTrainedConfig):
     mlp: str = "gated"
     hidden_act: str = "relu"
     mlp_bias: bool = False
+    parallel_residual: bool = False
+    partial_rotary_factor: float = 1.0
+    qkv_layout: str = "separate"
+    mlp_layout: str = "separate"
+    lm_head_bias: bool = False
     embedding_scale: str = "none"
     qk_norm: str = "none"
     qkv_bias: bool = False

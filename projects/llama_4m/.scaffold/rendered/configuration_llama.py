@@ -34,8 +34,9 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     max_position_embeddings: int = 2048
-    # RoPE as transformers 5.x spells it: {"rope_type": "default" | "llama3" | "linear", "rope_theta": ...,
-    # and the scaling keys of that type}; the manifest's rope_theta and rope_scaling fill it
+    # RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "llama3" | "yarn",
+    # "rope_theta": ..., the scaling keys of that type, and partial_rotary_factor when below 1}; the
+    # manifest's rope_theta, rope_scaling and partial_rotary_factor fill it
     rope_parameters: dict | None = None
     rms_norm_eps: float = 1e-5
     sliding_window: int | None = None
@@ -56,6 +57,11 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     mlp: str = "gated"
     hidden_act: str = "silu"
     mlp_bias: bool = False
+    parallel_residual: bool = False
+    # partial_rotary_factor = 1.0 (rope_parameters holds it when below 1, as transformers does)
+    qkv_layout: str = "separate"
+    mlp_layout: str = "separate"
+    lm_head_bias: bool = False
     embedding_scale: str = "none"
     qk_norm: str = "none"
     qkv_bias: bool = False

@@ -60,7 +60,10 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float, rope_scaling: dict | None = None) -> torch.Tensor:
-    """Inverse frequencies of RoPE in float32, scaled as ``rope_scaling`` asks (llama3 or linear)."""
+    """Inverse frequencies of RoPE in float32, scaled as ``rope_scaling`` asks (linear, llama3 or yarn).
+
+    ``head_dim`` is the rotated width: the whole head, or its first features under partial rotary.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
     if kind == "linear":
@@ -77,7 +80,47 @@ def rope_inv_freq(head_dim: int, theta: float, rope_scaling: dict | None = None)
         blended = (1 - smooth) * scaled / factor + smooth * scaled
         is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
         return torch.where(is_medium, blended, scaled)
+    if kind == "yarn":
+        return yarn_inv_freq(inv_freq, head_dim, theta, rope_scaling)
     return inv_freq
+
+
+def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, theta: float, rope_scaling: dict) -> torch.Tensor:
+    """YaRN (Peng et al., 2023): high frequencies kept, low ones divided by ``factor``, a linear ramp between.
+
+    The ramp runs over the dimensions whose wavelength fits between ``beta_fast`` (default 32) and
+    ``beta_slow`` (default 1) rotations in the original context, rounded outwards unless ``truncate`` is false.
+    """
+    factor, old_context = rope_scaling["factor"], rope_scaling["original_max_position_embeddings"]
+    beta_fast, beta_slow = rope_scaling.get("beta_fast") or 32, rope_scaling.get("beta_slow") or 1
+
+    def dim_of(rotations: float) -> float:  # the dimension that turns `rotations` times over old_context
+        return head_dim * math.log(old_context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if rope_scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # a ramp of zero width would divide by zero
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp  # 1: keep the frequency, 0: interpolate it
+    return inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
+
+
+def rope_attention_factor(rope_scaling: dict | None = None) -> float:
+    """Factor on the cos and sin tables: YaRN's ``attention_factor`` (by default ``0.1 ln(factor) + 1``), else 1."""
+    scaling = rope_scaling or {}
+    if scaling.get("rope_type", scaling.get("type")) != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    factor, m, m_all = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
+    return float(mscale(factor, m) / mscale(factor, m_all)) if m and m_all else mscale(factor)
 
 
 class RotaryEmbedding(nn.Module):
@@ -85,12 +128,14 @@ class RotaryEmbedding(nn.Module):
 
     ``inv_freq`` is a non-persistent buffer: never stored in checkpoints, and recomputed in float32
     whenever the module moves or changes dtype (``_apply``), so ``.to(bfloat16)``, ``to_empty`` and
-    loading from the meta device all leave it exact.
+    loading from the meta device all leave it exact. ``attention_scaling`` multiplies the tables (YaRN's
+    attention factor; 1 for the other scalings).
     """
 
     def __init__(self, head_dim: int, theta: float, rope_scaling: dict | None = None):
         super().__init__()
         self.head_dim, self.theta, self.rope_scaling = head_dim, theta, rope_scaling
+        self.attention_scaling = rope_attention_factor(rope_scaling)
         self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
 
     def compute_inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
@@ -105,7 +150,9 @@ class RotaryEmbedding(nn.Module):
         # position_ids: (B, T) -> freqs: (B, T, head_dim / 2), computed in float32
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(
+            x.dtype
+        )
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
