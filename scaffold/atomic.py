@@ -49,7 +49,7 @@ DEFAULT_LOCK_TIMEOUT = 600.0
 # Test hook: SCAFFOLD_FAULT=<point>:kill|stop makes the process SIGKILL or SIGSTOP itself when it
 # reaches <point> (see fault_point calls), so tests can interrupt a real run at a known moment.
 FAULT_ENV = "SCAFFOLD_FAULT"
-LEFTOVER_KINDS = ("build", "new", "old", "trash")
+LEFTOVER_KINDS = ("build", "new", "update", "old", "trash")
 
 
 def fault_point(name: str) -> None:
@@ -165,7 +165,7 @@ def sweep(target: str | Path) -> list[str]:
     if olds and not target.exists():
         olds.pop().rename(target)
         done.append(f"restored {target} from an interrupted swap")
-    for p in olds + found["build"] + found["new"] + found["trash"]:
+    for p in olds + found["build"] + found["new"] + found["update"] + found["trash"]:
         _remove(p)
         done.append(f"removed leftover {p.name}")
     return done
@@ -282,12 +282,12 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def swap_in(staging: Path, target: Path) -> None:
+def swap_in(staging: Path, target: Path, *, keep_old: Path | None = None) -> None:
     """Move a complete ``staging`` folder to ``target``, replacing what was there only at the end.
 
     On Linux the two folders are exchanged in one step, so ``target`` is never missing; elsewhere the
     old folder is renamed aside first, and :func:`sweep` puts it back if the process dies before the
-    new one is in place.
+    new one is in place. The old folder is deleted, or renamed to ``keep_old`` when given (a backup).
     """
     old = target.with_name(f".{target.name}.old-{staging.name[-8:]}")
     if target.exists() and exchange(staging, target):
@@ -307,6 +307,9 @@ def swap_in(staging: Path, target: Path) -> None:
     _fsync_dir(target.parent)
     if old is not None:
         fault_point("swapped")
+        if keep_old is not None:
+            old.rename(keep_old)
+            return
         trash = target.with_name(f".{target.name}.trash-{staging.name[-8:]}")
         old.rename(trash)  # an .old-* folder is always whole; only .trash-* is ever half deleted
         shutil.rmtree(trash, ignore_errors=True)

@@ -102,6 +102,8 @@ class Blueprint:
     names: dict[str, str] = field(default_factory=dict)
     # tensor-parallel overrides for scaffold/plans.py (styles, layout), where the structure's are not right
     parallel: dict[str, Any] = field(default_factory=dict)
+    # [[migrations]]: manifest keys renamed, added or removed at a version (data, applied by update)
+    migrations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -247,6 +249,9 @@ def load(spec: str | Path) -> Blueprint:
     if problems:
         key, msg = problems[0]
         raise BlueprintError(msg, path=where, key=key)
+    migrations = data.get("migrations", [])
+    if not isinstance(migrations, list):
+        raise BlueprintError("must be an array of tables ([[migrations]])", path=where, key="migrations")
     bp = Blueprint(
         path=path,
         meta=meta,
@@ -255,6 +260,7 @@ def load(spec: str | Path) -> Blueprint:
         structure=structure,
         names={**DEFAULT_NAMES, **names},
         parallel=data.get("parallel", {}),
+        migrations=migrations,
     )
     check_safe(bp.template_path)
     if bp.template_path != path:

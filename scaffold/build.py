@@ -19,91 +19,19 @@ import json
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic, manifest, schema
+from . import __version__, atomic, manifest
 from .atomic import sha256_file
-from .blueprints import Blueprint
-from .blueprints import load as load_blueprint
-from .errors import IntegrityError, ManifestError, ProjectError, writing
+from .errors import IntegrityError, ProjectError, writing
+from .project import Project as Project  # re-exported: the Python API has imported it from here
+from .project import load_project as load_project
 from .render import TOKENIZER_FILE
 
 STAMP_FILE = "scaffold-build.json"
 DEFAULT_OUTPUT = "model"  # inside the project folder
-
-
-@dataclass
-class Project:
-    """A project folder, its blueprint and its manifest resolved against the blueprint's defaults."""
-
-    path: Path
-    blueprint: Blueprint
-    manifest: manifest.Manifest  # resolved: defaults < file < overrides
-    overrides: manifest.Manifest = field(default_factory=dict)
-    file_manifest: manifest.Manifest = field(default_factory=dict)  # resolved: defaults < file
-
-    @property
-    def name(self) -> str:
-        return self.manifest["project"]["name"]
-
-    def file(self, key: str) -> Path:
-        return self.path / self.blueprint.meta[key]
-
-    @property
-    def restructured(self) -> bool:
-        """Whether the command line changes a structural key: the project's code files then no longer
-        describe this model, and the build renders them afresh from the blueprint."""
-        return schema.structure_of(self.manifest.get("model", {})) != schema.structure_of(
-            self.file_manifest.get("model", {})
-        )
-
-    @cached_property
-    def code(self) -> dict[str, str]:
-        """The configuration and modeling files a build writes, by file name: the project's own, or
-        rendered from the blueprint when the command line changes the structure (never a stale one)."""
-        names = [self.blueprint.meta["configuration_file"], self.blueprint.meta["modeling_file"]]
-        if self.restructured:
-            from .render import render_files
-
-            rendered = render_files(self.blueprint, self.manifest)
-            return {name: rendered[name] for name in names}
-        return {name: (self.path / name).read_text(encoding="utf-8") for name in names}
-
-
-def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Project:
-    """Read and validate a project; ``overrides`` (from the command line) win over the manifest."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ProjectError("no such project folder", path=path)
-    mpath = path / manifest.MANIFEST_NAME
-    data = manifest.load(mpath)
-    for section, values in data.items():
-        if section in manifest.schema.SECTIONS and not isinstance(values, Mapping):
-            raise ManifestError(
-                [(section, f"must be a table ([{section}]), got {type(values).__name__} {values!r}")], path=mpath
-            )
-    spec = data.get("project", {}).get("blueprint")
-    if not isinstance(spec, str):
-        raise ProjectError("missing; which blueprint made this project?", path=mpath, key="project.blueprint")
-    bp = load_blueprint(spec if (Path(spec).is_absolute() or "/" not in spec) else path / spec)
-    resolved = bp.resolve(data, overrides)
-    manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
-    project = Project(
-        path=path,
-        blueprint=bp,
-        manifest=resolved,
-        overrides=dict(overrides or {}),
-        file_manifest=bp.resolve(data),
-    )
-    for key in ("modeling_file", "configuration_file"):
-        if not project.file(key).is_file():
-            raise ProjectError(
-                "missing; re-create the project with `scaffold new --force`", path=project.file(key)
-            )
-    return project
 
 
 def inputs_record(
@@ -111,6 +39,7 @@ def inputs_record(
 ) -> dict[str, Any]:
     """What a build depends on; a build whose record differs is stale."""
     from .tokenizer import project_sources
+    from .update import edited_files, read_rendering
 
     sources = [
         project.file("modeling_file"),
@@ -127,6 +56,10 @@ def inputs_record(
         "manifest": manifest.fingerprint({k: v for k, v in project.manifest.items() if k != "test"}),
         "sources": {p.name: sha256_file(p) for p in sources if p.is_file()},
         "weights": weights.record() if weights is not None else save_weights,
+        # generated files the user edited (their code is what is built), against the last rendering
+        "edited": [n for n in edited_files(project.path) if n != manifest.MANIFEST_NAME]
+        if read_rendering(project.path) is not None
+        else None,
     }
 
 
@@ -200,13 +133,17 @@ def build(
 ) -> BuildResult:
     """Write the model directory of ``project``; see the module docstring for the rules.
 
-    ``weights`` (implies saving weights) says how they are made: see :class:`WeightOptions`.
+    ``weights`` (implies saving weights) says how they are made: see :class:`WeightOptions`. A
+    manifest changed since the project's code was last rendered re-renders it first, merged with the
+    user's edits (:func:`scaffold.update.rerender_if_changed`); conflict markers left in the code stop
+    the build (exit 2) naming file and line.
     """
     from .tokenizer import ensure_project_tokenizer
 
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
     option = "--output-dir" if output_dir is not None else ""
     atomic.check_replaceable(out, protect=(project.path,), option=option, contents=False)
+    prepare_code(project)
     # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
     note = ensure_project_tokenizer(project.path, project.manifest)
     record = inputs_record(project, save_weights, weights)
@@ -264,6 +201,17 @@ def _build_locked(
     return BuildResult(out, True, f"built {out}")
 
 
+def prepare_code(project: Project) -> None:
+    """The project's code as the build uses it: re-rendered and merged if the manifest changed since
+    its last rendering, and free of conflict markers (else a usage error naming file and line)."""
+    from .merge import check_no_conflicts
+    from .update import code_files, rerender_if_changed
+
+    if rerender_if_changed(project):
+        project.__dict__.pop("code", None)  # read again: the files changed
+    check_no_conflicts(code_files(project.path))
+
+
 def build_for_test(
     project: Project, output_dir: str | Path | None = None, *, force: bool = False
 ) -> BuildResult:
@@ -274,6 +222,7 @@ def build_for_test(
     atomic.check_replaceable(
         out, protect=(project.path,), option="--output-dir" if output_dir else "", contents=False
     )
+    prepare_code(project)
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
         old = dict(stamp.get("inputs") or {})

@@ -41,7 +41,7 @@ from torch import nn
 
 from . import atomic
 from .construct import alias_groups, get_tensor, initialize_weights, to_dtype, to_empty
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, UsageError, one_line
 from .progress import track
 
 WEIGHTS_NAME = "model.safetensors"
@@ -434,7 +434,7 @@ def open_checkpoint(files: CheckpointFiles) -> Iterator[tuple[dict[str, TensorIn
                     name = s.get_dtype()
                     infos.setdefault(key, TensorInfo(key, shard, tuple(s.get_shape()), SAFETENSORS_DTYPES.get(name), name))
             except Exception as err:  # safetensors raises its own error type for every corruption
-                raise CheckpointError(f"corrupt or truncated safetensors file: {_one_line(err)}", path=shard) from None
+                raise CheckpointError(f"corrupt or truncated safetensors file: {one_line(err)}", path=shard) from None
             handles[shard] = f
         if files.index is not None:
             wrong = sorted(k for k, p in files.weight_map.items() if k not in infos or infos[k].shard != p)
@@ -448,9 +448,6 @@ def open_checkpoint(files: CheckpointFiles) -> Iterator[tuple[dict[str, TensorIn
             infos = {k: v for k, v in infos.items() if k in files.weight_map}
         yield infos, handles
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 @dataclass

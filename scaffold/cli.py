@@ -3,6 +3,20 @@
 Each command's docstring is its help text. Errors a user can cause are printed as one line per
 problem, with the exit codes listed in :mod:`scaffold.errors`; ``--debug`` shows the traceback.
 torch and transformers are imported inside the commands that need them, never at start-up.
+
+Where each command lives (the pipeline, top to bottom):
+  new         render.py     blueprint + manifest -> project folder (code, tokenizer, .scaffold/ last rendering)
+  build       build.py      Project (project.py) -> model directory + record; re-render first (update.py)
+  import      importer.py   a local transformers model's config.json -> the manifest of a project reproducing it
+  test        smoke.py      the build, loaded through the Auto classes, trained for a few steps
+              distributed.py  the same steps in N processes (--nproc); runs.py records each run
+  runs        runs.py       the recorded runs as a table, their loss curves on one figure
+  update      update.py     the project moved to the installed blueprint, merged with edits (merge.py)
+  diff/status update.py     the user's edits, and whether the project is behind its blueprint
+  show        show.py       what constructing the project gives, on the meta device
+  verify      verify.py     a model directory checked against its build record
+  schema      schema.py     every manifest key
+  blueprints  blueprints.py the built-in families and their presets
 """
 
 from __future__ import annotations
@@ -125,15 +139,42 @@ def _overrides(sets: tuple[str, ...]) -> dict:
     show_default=True,
     help="Folder the project is created in.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing project of that name (its files are lost).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing project of that name (its files are lost). A project holding edits that git "
+    "does not hold is refused unless --backup or --discard-edits is given too.",
+)
+@click.option("--backup", is_flag=True, help="With --force: keep the previous project as NAME.backup-<time>.")
+@click.option("--discard-edits", is_flag=True, help="With --force: replace a project even if its files hold edits.")
 def new(
-    name: str, blueprint: str, preset: str | None, sets: tuple[str, ...], projects_dir: Path, force: bool
+    name: str,
+    blueprint: str,
+    preset: str | None,
+    sets: tuple[str, ...],
+    projects_dir: Path,
+    force: bool,
+    backup: bool,
+    discard_edits: bool,
 ) -> None:
-    """Create the project NAME from a blueprint: manifest, modeling and configuration files, tokenizer."""
+    """Create the project NAME from a blueprint: manifest, modeling and configuration files, tokenizer.
+
+    The generated files are yours to edit: `scaffold build` re-renders them when the manifest changes
+    and `scaffold update` when the blueprint does, merging with your edits.
+    """
     from .render import create_project
 
+    if (backup or discard_edits) and not force:
+        raise UsageError("--backup and --discard-edits go with --force")
     path = create_project(
-        name, blueprint, projects_dir=projects_dir, preset=preset, overrides=_overrides(sets), force=force
+        name,
+        blueprint,
+        projects_dir=projects_dir,
+        preset=preset,
+        overrides=_overrides(sets),
+        force=force,
+        backup=backup,
+        discard_edits=discard_edits,
     )
     click.echo(f"created {path}")
     click.echo(f"next: scaffold build {path}")
@@ -170,8 +211,12 @@ def import_cmd(path: Path, name: str | None, projects_dir: Path, force: bool) ->
 def build(project: Path, force: bool, save_weights: bool, overrides: Overrides) -> None:
     """Build PROJECT into a Hugging Face model directory that loads with trust_remote_code=True.
 
-    An up-to-date build is kept; a stale one (manifest, blueprint or scaffold changed) is replaced only
-    with --force. Deleting the output folder always gives a fresh build.
+    An up-to-date build is kept; a stale one (manifest, code, blueprint or scaffold changed) is replaced
+    only with --force. Deleting the output folder always gives a fresh build.
+
+    The project's code is built as it is, edits included. When the manifest changed since the code was
+    last rendered, it is re-rendered first and merged with your edits (one line per file changed);
+    conflicts are marked inline and the build refuses until they are resolved.
 
     Model flags override the manifest for this build. --load-from-checkpoint saves that checkpoint's
     weights into the directory (loaded strictly into the model); --device, --dtype and
@@ -476,6 +521,37 @@ def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrid
         click.echo(text, nl=False)
     if edit:
         click.edit(filename=str(output_file))
+
+
+@cli.command()
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print what would change (one line per file, then a diff); write nothing.")
+def update(project: Path, dry_run: bool) -> None:
+    """Move PROJECT to the installed version of its blueprint, keeping your edits.
+
+    Manifest keys the blueprint renamed, added or removed since are migrated (its migration table is
+    data; no template code runs), the code is re-rendered and merged three ways with your edits (the
+    code as last rendered, yours, the new rendering), and the new version is recorded in the manifest
+    and the answers file. Conflicts are written inline with markers; build and test refuse until they
+    are resolved. Written whole or not at all.
+    """
+    from .update import update_project
+
+    click.echo(update_project(project, dry_run=dry_run))
+
+
+@cli.command(name="diff")
+@click.argument("project", type=click.Path(path_type=Path))
+def diff_cmd(project: Path) -> None:
+    """Show what you changed in PROJECT's generated files since scaffold last rendered them (a unified
+    diff), whether the manifest changed since, and whether the project is behind the installed blueprint.
+    `scaffold status` is the same command."""
+    from .update import status
+
+    click.echo(status(project))
+
+
+cli.add_command(diff_cmd, name="status")
 
 
 @cli.command()

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import sha256_file
-from .errors import DataError
+from .errors import DataError, one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -368,7 +368,7 @@ def _file_texts(path: Path, source: DatasetSource) -> Iterator[str]:
         raise
     except Exception as err:  # pandas, pyarrow and datasets raise many kinds; all mean unreadable data
         raise _locate(path, kind, column) or DataError(
-            f"cannot be read as {KIND_NAMES[kind]}: {_one_line(err)}", path=path
+            f"cannot be read as {KIND_NAMES[kind]}: {one_line(err)}", path=path
         ) from None
     if count == 0:
         what = "no text" if kind == "text" else f"no text in column {column!r}"
@@ -411,7 +411,7 @@ def _saved_texts(source: DatasetSource) -> Iterator[str]:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as err:
-        raise DataError(f"cannot be loaded with load_from_disk: {_one_line(err)}", path=path) from None
+        raise DataError(f"cannot be loaded with load_from_disk: {one_line(err)}", path=path) from None
     if isinstance(ds, datasets.DatasetDict):
         if source.split in ds:
             ds = ds[source.split]
@@ -435,9 +435,6 @@ def _saved_texts(source: DatasetSource) -> Iterator[str]:
     if count == 0:
         raise DataError(f"no text in column {column!r}: the dataset has no documents", path=path)
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 # ---------------------------------------------------------------------------------------------

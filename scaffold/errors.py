@@ -24,6 +24,11 @@ EXIT_INTEGRITY = 3
 EXIT_TEST_FAILURE = 4
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """A library's error message as one line (whitespace collapsed, at most ``limit`` characters)."""
+    return " ".join(str(err).split())[:limit]
+
+
 class ScaffoldError(Exception):
     """Base of all errors a user can cause; ``str(err)`` is the message shown."""
 

@@ -172,7 +172,7 @@ class Overrides:
     def load_project(self, path: str | Path, extra: manifest.Manifest | None = None):
         """The project with these overrides applied (and ``extra`` after them), validated; problems
         that come from a flag name the flag."""
-        from .build import load_project
+        from .project import load_project
 
         # not manifest.merge: a None here must reach load_project, where it removes the key
         layer = {section: dict(values) for section, values in self.layer.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .diagram import mermaid_block, project_structure
-from .errors import BlueprintError, ProjectError, UsageError
+from .errors import BlueprintError, ProjectError, UsageError, one_line
 from .parts import part_sources
 from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
@@ -435,13 +436,17 @@ def render(
     """Render ``bp`` into the (new or empty) folder ``dest``; returns ``dest``.
 
     ``project_dir`` is where the project lives (default ``dest``): the tokenizer's input paths are
-    relative to it, and a tokenizer already there, made from the same inputs, is reused.
+    relative to it, and a tokenizer already there, made from the same inputs, is reused. The code as
+    rendered is also kept under ``.scaffold/``: the base of later three-way merges with a user's edits.
     """
+    from .update import write_rendering
+
     preset = preset or bp.default_preset
     m = new_manifest(bp, name, preset, overrides)
     tokenizer = make_for_new(m, overrides or {}, Path(project_dir or dest))
     _copier_render(bp, Path(dest), template_data(bp, m, overrides))
     _normalise_answers(dest / ANSWERS_FILE, bp)
+    write_rendering(Path(dest), bp, code_files(bp))
     write_tokenizer(tokenizer, dest)
     return dest
 
@@ -463,20 +468,24 @@ def template_error(err: BaseException, bp: Blueprint) -> BlueprintError:
         found = re.search(r"'([^']+)' is undefined|has no attribute '([^']+)'", str(err))
         variable = next((g for g in found.groups() if g), None) if found else None
         return BlueprintError(
-            f"undefined template variable ({_one_line(err)}); is it misspelt?", path=where, key=variable
+            f"undefined template variable ({one_line(err)}); is it misspelt?", path=where, key=variable
         )
-    return BlueprintError(f"rendering failed: {type(err).__name__}: {_one_line(err)}", path=where)
+    return BlueprintError(f"rendering failed: {type(err).__name__}: {one_line(err)}", path=where)
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 def _normalise_answers(path: Path, bp: Blueprint) -> None:
-    """Record the blueprint by its stable reference, not this machine's absolute path."""
+    """Record the blueprint by its stable reference, not this machine's absolute path, and its version."""
     if path.is_file():
-        text = re.sub(r"(?m)^_src_path: .*$", f"_src_path: {bp.ref}", path.read_text(encoding="utf-8"))
-        path.write_text(text, encoding="utf-8")
+        path.write_text(answers_text(path.read_text(encoding="utf-8"), bp), encoding="utf-8")
+
+
+def answers_text(text: str, bp: Blueprint) -> str:
+    """An answers file's text naming ``bp`` by its reference and version (``_commit``: Copier's own field
+    for the template version a project was made from, a git tag for Copier)."""
+    text = re.sub(r"(?m)^_src_path: .*$", f"_src_path: {bp.ref}", text)
+    text = re.sub(r"(?m)^_commit: .*\n", "", text)
+    return re.sub(r"(?m)^(_src_path: .*)$", lambda m: f"_commit: {bp.version}\n{m.group(1)}", text, count=1)
 
 
 def read_answers(project_dir: Path) -> dict[str, Any]:
@@ -497,13 +506,21 @@ def create_project(
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
+    discard_edits: bool = False,
+    backup: bool = False,
 ) -> Path:
-    """Create ``projects_dir/name`` from a blueprint. Refuses to replace a project unless ``force``."""
+    """Create ``projects_dir/name`` from a blueprint. Refuses to replace a project unless ``force``,
+    and to replace one holding edits (generated files or manifest changed since scaffold wrote them)
+    unless git holds them, ``backup`` (the old project is kept as ``NAME.backup-<time>``) or
+    ``discard_edits``."""
+    from .update import backup_path, committed, edited_files
+
     check_name(name)
     bp = load_blueprint(blueprint)
     projects_dir = Path(projects_dir)
     target = projects_dir / name
     new_manifest(bp, name, preset, overrides)  # validate before anything is written
+    keep = None
     with atomic.locked(target):
         atomic.sweep(target)
         if target.exists() and not target.is_dir():
@@ -513,15 +530,26 @@ def create_project(
                 "already exists; pass --force to replace it (its files will be lost)", path=target
             )
         atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project
+        if target.exists():
+            edited = edited_files(target)
+            if edited and not (discard_edits or backup or committed(target, edited)):
+                raise ProjectError(
+                    f"holds edits that --force would lose ({', '.join(edited)}): commit them, pass --backup to "
+                    "keep the project as it is beside the new one, or --discard-edits",
+                    path=target,
+                )
+            keep = backup_path(target) if backup else None
         staging = atomic.make_staging(target, "new")
         try:
             render(bp, staging, name, preset, overrides, project_dir=target)
             atomic.apply_umask(staging)
             atomic.fault_point("new-staged")
             atomic.fsync_tree(staging)
-            atomic.swap_in(staging, target)
+            atomic.swap_in(staging, target, keep_old=keep)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if keep is not None:
+        print(f"kept the previous project as {keep}", file=sys.stderr)
     return target
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest
-from .build import Project, default_output_dir, inputs_record, read_stamp, write_model_dir
+from .build import default_output_dir, inputs_record, read_stamp, write_model_dir
 from .diagram import breakdown_lines, parameter_breakdown, project_structure, text_diagram
 from .errors import UsageError, writing
+from .project import Project
 
 
 @dataclass
@@ -63,12 +64,16 @@ def _mib(n: int) -> str:
 
 
 def describe(project: Project, opts: ShowOptions) -> str:
-    """The text ``scaffold show`` prints."""
+    """The text ``scaffold show`` prints. A manifest changed since the code was last rendered
+    re-renders it first, as ``scaffold build`` does, so what is shown is what a build gives."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
+    from .build import prepare_code
     from .construct import alias_groups, construct
     from .smoke import resolve_device, resolve_dtype
+
+    prepare_code(project)
 
     device = resolve_device(opts.device, allow_meta=True) if opts.device else torch.device("meta")
     if opts.no_init and device.type == "meta":

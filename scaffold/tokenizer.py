@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import sha256_file
-from .errors import DataError
+from .errors import DataError, one_line
 
 # The special tokens of the original presets, in id order.
 SPECIAL_TOKENS = ("<|BOS|>", "<|PAD|>", "<|EOS|>", "<|UNK|>", "<|im_start|>", "<|im_end|>")
@@ -210,11 +210,8 @@ def _vocab_of(text: str, path: Path) -> dict[str, int]:
     try:
         return Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
     except Exception as err:  # tokenizers raises a bare Exception for a malformed file
-        raise DataError(f"not a tokenizers tokenizer.json: {_one_line(err)}", path=path) from None
+        raise DataError(f"not a tokenizers tokenizer.json: {one_line(err)}", path=path) from None
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +512,7 @@ def to_hf(tokenizer_json: Path, spec: Mapping[str, Any], project_dir: Path):
         Tokenizer.from_file(str(tokenizer_json))
     except Exception as err:  # tokenizers raises a bare Exception for a malformed or truncated file
         raise IntegrityError(
-            f"corrupt or truncated tokenizer ({_one_line(err)}); delete it and `scaffold build` makes it again",
+            f"corrupt or truncated tokenizer ({one_line(err)}); delete it and `scaffold build` makes it again",
             path=tokenizer_json,
         ) from None
     source = read_source(Path(tokenizer_json).parent) or {}
