@@ -73,6 +73,8 @@ def make_pair(family: str, model_type: str, work: Path, dtype, device, attn: str
 
     torch.manual_seed(0)
     config = AutoConfig.for_model(model_type, **shape)
+    if getattr(config, "pad_token_id", None) is not None and config.pad_token_id >= shape["vocab_size"]:
+        config.pad_token_id = None  # a default pad id (Phi-3's 32000) past the small vocabulary
     hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
     source = work / f"hf-{family}"
     hf.save_pretrained(source)
@@ -80,7 +82,11 @@ def make_pair(family: str, model_type: str, work: Path, dtype, device, attn: str
     out = build(load_project(project), work / "models" / family, force=True).output_dir
     gen_config = AutoConfig.from_pretrained(out, trust_remote_code=True, attn_implementation=attn)
     gen = AutoModelForCausalLM.from_config(gen_config, trust_remote_code=True, dtype=torch.float32)
-    gen.load_state_dict(hf.state_dict(), strict=True)
+    # from the checkpoint transformers wrote: its names on disk can differ from those in memory (GPT-NeoX's
+    # head is embed_out on disk, lm_head in transformers' module)
+    from scaffold.checkpoint import load_checkpoint
+
+    load_checkpoint(source, gen)
     gen, hf = gen.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)
     ids = torch.randint(0, shape["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(1)).to(
         device

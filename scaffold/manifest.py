@@ -206,13 +206,6 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                         (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
                     )
                     bad.add(k)
-            for k in sorted(set(scaling) - set(ROPE_SCALING_KEYS[kind]) - {"rope_type", "type"}):
-                problems.append(
-                    (
-                        f"model.rope_scaling.{k}",
-                        f"unknown key for {kind}; expected {', '.join(ROPE_SCALING_KEYS[kind])}",
-                    )
-                )
             if kind == "llama3" and not bad & {"low_freq_factor", "high_freq_factor"}:
                 low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
                 if low >= high:
@@ -234,8 +227,11 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                 )
             known = {"rope_type", "type", *ROPE_SCALING_KEYS[kind], *ROPE_SCALING_OPTIONAL.get(kind, ())}
             known |= {"truncate"} if kind == "yarn" else set()
+            expected = ", ".join([*ROPE_SCALING_KEYS[kind], *ROPE_SCALING_OPTIONAL.get(kind, ())])
             for k in sorted(set(scaling) - known):
-                problems.append((f"model.rope_scaling.{k}", f"unknown key for rope_type {kind}"))
+                problems.append(
+                    (f"model.rope_scaling.{k}", f"unknown key for rope_type {kind}; expected {expected}")
+                )
             original = scaling.get("original_max_position_embeddings")
             longest = model.get("max_position_embeddings")
             if (

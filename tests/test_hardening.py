@@ -294,7 +294,7 @@ def test_generation_settings_transformers_rejects(proj: Path):
         (
             {"model.rope_scaling": {"rope_type": "linear", "factor": 2.0, "low_freq_factor": 1.0}},
             "model.rope_scaling.low_freq_factor",
-            "unknown key for linear; expected factor",
+            "unknown key for rope_type linear; expected factor",
         ),
         (
             {
