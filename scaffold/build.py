@@ -15,16 +15,16 @@ directory against that record.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic, manifest
+from . import __version__, atomic, manifest, schema
 from .atomic import sha256_file
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
@@ -43,6 +43,7 @@ class Project:
     blueprint: Blueprint
     manifest: manifest.Manifest  # resolved: defaults < file < overrides
     overrides: manifest.Manifest = field(default_factory=dict)
+    file_manifest: manifest.Manifest = field(default_factory=dict)  # resolved: defaults < file
 
     @property
     def name(self) -> str:
@@ -50,6 +51,26 @@ class Project:
 
     def file(self, key: str) -> Path:
         return self.path / self.blueprint.meta[key]
+
+    @property
+    def restructured(self) -> bool:
+        """Whether the command line changes a structural key: the project's code files then no longer
+        describe this model, and the build renders them afresh from the blueprint."""
+        return schema.structure_of(self.manifest.get("model", {})) != schema.structure_of(
+            self.file_manifest.get("model", {})
+        )
+
+    @cached_property
+    def code(self) -> dict[str, str]:
+        """The configuration and modeling files a build writes, by file name: the project's own, or
+        rendered from the blueprint when the command line changes the structure (never a stale one)."""
+        names = [self.blueprint.meta["configuration_file"], self.blueprint.meta["modeling_file"]]
+        if self.restructured:
+            from .render import render_files
+
+            rendered = render_files(self.blueprint, self.manifest)
+            return {name: rendered[name] for name in names}
+        return {name: (self.path / name).read_text(encoding="utf-8") for name in names}
 
 
 def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Project:
@@ -63,20 +84,34 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
     if not isinstance(spec, str):
         raise ProjectError("missing; which blueprint made this project?", path=mpath, key="project.blueprint")
     bp = load_blueprint(spec if (Path(spec).is_absolute() or "/" not in spec) else path / spec)
-    resolved = manifest.merge(*bp.base_layers(), data, overrides)
+    resolved = bp.resolve(data, overrides)
     manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
-    project = Project(path=path, blueprint=bp, manifest=resolved, overrides=dict(overrides or {}))
+    project = Project(
+        path=path,
+        blueprint=bp,
+        manifest=resolved,
+        overrides=dict(overrides or {}),
+        file_manifest=bp.resolve(data),
+    )
     for key in ("modeling_file", "configuration_file"):
         if not project.file(key).is_file():
-            raise ProjectError("missing; re-create the project with `scaffold new --force`", path=project.file(key))
+            raise ProjectError(
+                "missing; re-create the project with `scaffold new --force`", path=project.file(key)
+            )
     return project
 
 
-def inputs_record(project: Project, save_weights: bool, weights: WeightOptions | None = None) -> dict[str, Any]:
+def inputs_record(
+    project: Project, save_weights: bool, weights: WeightOptions | None = None
+) -> dict[str, Any]:
     """What a build depends on; a build whose record differs is stale."""
     from .tokenizer import project_sources
 
-    sources = [project.file("modeling_file"), project.file("configuration_file"), project.path / TOKENIZER_FILE]
+    sources = [
+        project.file("modeling_file"),
+        project.file("configuration_file"),
+        project.path / TOKENIZER_FILE,
+    ]
     sources += [p for p in (project.path / "README.md",) if p.is_file()]
     sources += project_sources(project.path, project.manifest.get("tokenizer", {}))
     return {
@@ -262,14 +297,17 @@ def record_files(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def import_config_class(project: Project):
-    """The project's configuration class, imported from its file (it imports only transformers)."""
+    """The project's configuration class, imported from its text (it imports only transformers)."""
+    import types
+
     path = project.file("configuration_file")
-    name = f"_scaffold_config_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+    text = project.code[path.name]
+    name = f"_scaffold_config_{hashlib.sha256((str(path.resolve()) + text).encode()).hexdigest()[:12]}"
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(text, str(path), "exec"), module.__dict__)
     finally:
         sys.modules.pop(name, None)
     return getattr(module, project.blueprint.meta["config_class"])
@@ -283,7 +321,11 @@ def make_config(project: Project, tokenizer) -> Any:
     if "rope_theta" in model:  # transformers 5.x keeps RoPE settings in one rope_parameters table
         scaling = dict(model.pop("rope_scaling", None) or {})
         kind = scaling.pop("rope_type", scaling.pop("type", "default"))
-        model["rope_parameters"] = {"rope_type": kind, "rope_theta": float(model.pop("rope_theta")), **scaling}
+        model["rope_parameters"] = {
+            "rope_type": kind,
+            "rope_theta": float(model.pop("rope_theta")),
+            **scaling,
+        }
     config = config_cls(
         **model,
         bos_token_id=tokenizer.bos_token_id,
@@ -314,8 +356,8 @@ def write_model_dir(
     check_vocab(project, tokenizer)
     config = make_config(project, tokenizer)
     config.save_pretrained(out)
-    for key in ("configuration_file", "modeling_file"):
-        shutil.copy2(project.file(key), out / project.file(key).name)
+    for name, text in project.code.items():
+        (out / name).write_text(text, encoding="utf-8")
     tokenizer.save_pretrained(out)
     special = {k: v for k, v in tokenizer.special_tokens_map.items()}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
@@ -390,30 +432,6 @@ def model_card(project: Project) -> str | None:
     overrides (so that it describes what was built, under --model-name's name); None otherwise."""
     if not any(section != "test" and values for section, values in (project.overrides or {}).items()):
         return None
-    import jinja2
-    import yaml
+    from .render import render_files
 
-    from .parts import part_sources
-
-    copier_yml = yaml.safe_load((project.blueprint.path / "copier.yml").read_text(encoding="utf-8")) or {}
-    folder = project.blueprint.path / str(copier_yml.get("_subdirectory", ""))
-    template = folder / f"README.md{copier_yml.get('_templates_suffix', '.jinja')}"
-    if not template.is_file():
-        return None
-    m = project.manifest
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    data = {
-        "project_name": m["project"]["name"],
-        "preset": m["project"].get("preset", ""),
-        "overrides": project.overrides,
-        "manifest": m,
-        "manifest_toml": manifest.dumps(m).rstrip(),
-        "parts": part_sources(),
-        "scaffold_version": __version__,
-        "blueprint_name": project.blueprint.name,
-        "blueprint_version": project.blueprint.version,
-    }
-    try:
-        return env.from_string(template.read_text(encoding="utf-8")).render(**data)
-    except jinja2.TemplateError as err:
-        raise ProjectError(f"cannot render the model card: {err}", path=template) from None
+    return render_files(project.blueprint, project.manifest).get("README.md")

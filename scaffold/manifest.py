@@ -54,7 +54,9 @@ def dumps(manifest: Mapping[str, Mapping[str, Any]], header: str = "") -> str:
     out: dict[str, dict[str, Any]] = {}
     for section in schema.SECTIONS:
         values = manifest.get(section) or {}
-        keys = sorted((k for k, v in values.items() if v is not None), key=lambda k: order.get(f"{section}.{k}", 1e9))
+        keys = sorted(
+            (k for k, v in values.items() if v is not None), key=lambda k: order.get(f"{section}.{k}", 1e9)
+        )
         if keys:
             out[section] = {k: values[k] for k in keys}
     body = tomli_w.dumps(out)
@@ -110,10 +112,17 @@ def parse_sets(pairs: Iterable[str]) -> Manifest:
     return layer
 
 
-def validate(manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = None, path: Path | None = None) -> None:
+def validate(
+    manifest: Mapping[str, Any], *, model_keys: Iterable[str] | None = None, path: Path | None = None
+) -> None:
     """Check a resolved manifest against the schema; raise one ManifestError listing every problem."""
     problems: list[tuple[str, str]] = []
     allowed_model = set(model_keys) if model_keys is not None else None
+    model = manifest.get("model")
+    if allowed_model is not None and isinstance(model, Mapping):
+        # every family accepts the structural keys, and the number keys its structure needs
+        allowed_model |= set(schema.STRUCTURE) | set(schema.UNIVERSAL_MODEL_KEYS)
+        allowed_model |= set(schema.companions(schema.structure_of(model)))
     for section, values in manifest.items():
         if section not in schema.SECTIONS:
             problems.append((section, f"unknown section; expected one of {', '.join(schema.SECTIONS)}"))
@@ -151,9 +160,7 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
     kv = model.get("num_key_value_heads")
     hidden = model.get("hidden_size")
     if heads and kv and heads % kv:
-        problems.append(
-            ("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}")
-        )
+        problems.append(("model.num_key_value_heads", f"{kv} does not divide num_attention_heads = {heads}"))
     if heads and hidden and "head_dim" not in (m.get("model") or {}) and hidden % heads:
         problems.append(
             (
@@ -166,17 +173,51 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind not in ROPE_SCALING_KEYS:
             problems.append(
-                ("model.rope_scaling.rope_type", f"must be one of {', '.join(ROPE_SCALING_KEYS)}; got {kind!r}")
+                (
+                    "model.rope_scaling.rope_type",
+                    f"must be one of {', '.join(ROPE_SCALING_KEYS)}; got {kind!r}",
+                )
             )
         else:
             for k in ROPE_SCALING_KEYS[kind]:
                 v = scaling.get(k)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
+                    problems.append(
+                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
+                    )
+    problems.extend(_structure_checks(m, model))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
     if kind == "bpe" and not tok.get("files") and not tok.get("dataset"):
-        problems.append(("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on"))
+        problems.append(
+            ("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on")
+        )
     if kind == "pretrained" and not tok.get("path"):
-        problems.append(("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder"))
+        problems.append(
+            ("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder")
+        )
+    return problems
+
+
+def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Combinations of structural keys the generated code cannot express, each named."""
+    structure = schema.structure_of(model)
+    problems: list[tuple[str, str]] = []
+    position = structure["position_embedding"]
+    if structure["attention"] == "single_head" and position != "alibi":
+        problems.append(
+            (
+                "model.attention",
+                f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}",
+            )
+        )
+    test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
+    backend = test.get("attn_implementation")
+    if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
+        problems.append(
+            (
+                "test.attn_implementation",
+                f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa",
+            )
+        )
     return problems

@@ -1,9 +1,12 @@
-"""``scaffold new``: render a blueprint with Copier into a project folder.
+"""``scaffold new``: render a family with Copier into a project folder; structure -> code.
 
-The resolved manifest (blueprint defaults < preset < ``--set``) is computed and validated here, then
-handed to the blueprint's templates with the parts' sources. Copier runs with ``unsafe=False``, so no
-template code is executed, and with StrictUndefined, so a misspelt variable is an error. A project is
-rendered into a staging folder and moved into place only when complete.
+The resolved manifest (blueprint defaults < preset < ``--set``) is computed and validated here. Its
+structural keys are resolved here, once: :func:`plan` turns them into what the shared templates
+paste (the parts used, the norm class, the activation, the config fields), so a generated file holds
+only the code its manifest chose. Copier runs with ``unsafe=False``, so no template code is executed,
+and with StrictUndefined, so a misspelt variable is an error. A project is rendered into a staging
+folder and moved into place only when complete. :func:`render_files` renders the code files alone
+(for ``build`` with structural overrides, and for re-rendering a project).
 """
 
 from __future__ import annotations
@@ -44,9 +47,316 @@ def new_manifest(
     project = {
         "project": {"name": name, "blueprint": bp.ref, "blueprint_version": bp.version, "preset": preset}
     }
-    m = manifest.merge(*bp.base_layers(), bp.preset(preset), overrides, project)
+    m = bp.resolve(bp.preset(preset), overrides, project)
     manifest.validate(m, model_keys=bp.model_keys, path=f"{name}/{manifest.MANIFEST_NAME}")
     return m
+
+
+# -- structure -> what the templates paste ---------------------------------------------------------
+
+# The activations the generated code calls as torch functions; any other comes from transformers' ACT2FN.
+TORCH_ACTIVATIONS = {"silu": "F.silu", "relu": "F.relu", "gelu": "F.gelu"}
+NORM_CLASSES = {"rmsnorm": "RMSNorm", "layernorm": "nn.LayerNorm"}
+NORM_EPS = {"rmsnorm": "rms_norm_eps", "layernorm": "layer_norm_eps"}
+# The config fields, in the order the configuration file lists them; keys a structure or family adds
+# that are not here follow, sorted.
+CONFIG_ORDER = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "rope_parameters",
+    "rms_norm_eps",
+    "layer_norm_eps",
+    "sliding_window",
+    "attention_dropout",
+    "hidden_dropout",
+    "initializer_range",
+    "alibi_slope_init",
+    "alibi_trainable",
+    "tie_word_embeddings",
+)
+CONFIG_COMMENTS = {
+    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "llama3" | "linear", '
+    '"rope_theta": ...,\n# and the scaling keys of that type}; the manifest\'s rope_theta and rope_scaling fill it',
+    "hidden_dropout": "dropout on the embeddings and on each sublayer's output",
+    "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
+    "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
+}
+
+
+def plan_parts(arch: Mapping[str, Any]) -> list[str]:
+    """The parts a structure uses, in the order the modeling file pastes them (dependencies first)."""
+    parts = [NORM_CLASSES[arch["norm_type"]]] if arch["norm_type"] != "layernorm" else []
+    position = arch["position_embedding"]
+    if position == "rope":
+        parts += ["rope_inv_freq", "RotaryEmbedding", "rotate_half", "apply_rotary_pos_emb"]
+    elif position == "sinusoidal":
+        parts += ["SinusoidalPositionEmbedding"]
+    elif position == "alibi":
+        parts += ["alibi_slopes"] if arch["attention"] == "multi_head" else []
+        parts += ["AlibiSlopes", "alibi_attention_mask"]
+    parts += ["repeat_kv", "mha_eager_attention_forward", "eager_attention_forward"]
+    if position == "alibi":
+        parts += ["flex_alibi_attention_forward", "alibi_attention_forward"]
+    if arch["norm_position"] == "deepnorm":
+        parts += ["deepnet_alpha"]
+    if arch["init"] == "deepnet":
+        parts += ["deepnet_beta"]
+    if arch["init"] == "scaled_normal":
+        parts += ["truncated_normal_"]
+    return parts
+
+
+def _literal(value: Any) -> str:
+    """A Python literal for a config default, written as a person would (1e-5, not 1e-05)."""
+    text = repr(value)
+    return re.sub(r"e([-+])0(\d)", r"e\1\2", text) if isinstance(value, float) else text
+
+
+def _annotation(key: str, default: Any) -> str:
+    from . import schema
+
+    if key == "rope_parameters":
+        return "dict | None"
+    f = schema.BY_PATH.get(f"model.{key}")
+    names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
+    types = [t for t in (f.types if f else (type(default),)) if t in names]
+    if float in types and int in types:
+        types = [float]
+    text = " | ".join(names[t] for t in types) or "object"
+    return f"{text} | None" if default is None else text
+
+
+def config_fields(bp: Blueprint, arch: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The number fields of the configuration class: what the family and its structure understand, with
+    the family's defaults. Depends on the family and the structure only, never on a project's numbers
+    (so a build with other numbers needs no new code)."""
+    from . import schema
+
+    defaults = {**schema.companions(arch), **bp.defaults.get("model", {})}
+    keys = (set(bp.model_keys) | set(schema.companions(arch)) | set(schema.UNIVERSAL_MODEL_KEYS)) - set(arch)
+    if arch["attention"] == "multi_head":
+        keys |= {"num_attention_heads", "num_key_value_heads", "head_dim"}
+    if arch["position_embedding"] == "rope":
+        keys = (keys - {"rope_theta", "rope_scaling"}) | {"rope_parameters"}
+    else:
+        keys -= {"rope_theta", "rope_scaling"}
+    if arch["position_embedding"] != "alibi":
+        keys -= {"alibi_trainable"}
+    if arch["attention"] != "single_head":
+        keys -= {"alibi_slope_init"}
+    if arch["init"] != "scaled_normal":
+        keys -= {"initializer_range"} - set(bp.defaults.get("model", {}))
+    ordered = [k for k in CONFIG_ORDER if k in keys] + sorted(keys - set(CONFIG_ORDER))
+    fields = []
+    for key in ordered:
+        # absent, these follow from others (__post_init__), so a default would be wrong for other sizes
+        default = None if key in ("rope_parameters", "num_key_value_heads", "head_dim") else defaults.get(key)
+        if key == "tie_word_embeddings" and default is None:
+            default = False
+        fields.append(
+            {
+                "name": key,
+                "annotation": _annotation(key, default),
+                "default": _literal(default),
+                "comment": CONFIG_COMMENTS.get(key, ""),
+            }
+        )
+    return fields
+
+
+def _wrap(text: str, width: int = 100) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width, break_long_words=False, break_on_hyphens=False))
+
+
+def _mlp_doc(arch: Mapping[str, Any]) -> str:
+    act = arch["hidden_act"]
+    if arch["mlp"] == "gated":
+        named = {"silu": "SwiGLU", "relu": "GLU-ReLU", "gelu": "GeGLU", "gelu_pytorch_tanh": "GeGLU (tanh)"}
+        kind = named.get(act, f"gated {act}") + " feed-forward"
+    else:
+        kind = f"{act} MLP"
+    return kind + (" with biases" if arch["mlp_bias"] else "")
+
+
+def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
+    """A title line and a paragraph saying what the structure is, for the modeling file and the card."""
+    norm = {"rmsnorm": "rmsnorm", "layernorm": "layernorm"}[arch["norm_type"]]
+    norm_name = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}[arch["norm_type"]]
+    if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
+        norm_name += " without bias"
+    blocks = {
+        "pre": f"Pre-norm blocks, ``x = x + attn({norm}(x)); x = x + mlp({norm}(x))``",
+        "post": f"Post-norm blocks, ``x = {norm}(x + attn(x)); x = {norm}(x + mlp(x))``",
+        "deepnorm": f"DeepNorm blocks (Wang et al., 2022), ``x = {norm}(alpha * x + attn(x)); "
+        f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
+    }[arch["norm_position"]]
+    position = {
+        "rope": "rotary position embeddings",
+        "alibi": "ALiBi attention biases instead of position embeddings",
+        "sinusoidal": "fixed sinusoidal position encodings added to the embeddings (computed, never stored)",
+        "none": "no position information besides the causal mask",
+    }[arch["position_embedding"]]
+    if arch["attention"] == "single_head":
+        attention = "one attention head with a fused query-key matrix and no output projection"
+    else:
+        attention = "grouped-query attention" + (" with biases" if arch["attention_bias"] else "")
+    parts = [f"{blocks}, with {position}, {attention} and a {_mlp_doc(arch)}"]
+    if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
+        parts[0] += " (layer norms without bias)"
+    if arch["norm_position"] != "post":
+        parts[0] += f", and a final {norm_name.split()[0]}"
+    parts[0] += "."
+    if arch["embedding_scale"] == "sqrt_hidden":
+        parts.append("Token embeddings are scaled by sqrt(d).")
+    if arch["init"] == "deepnet":
+        parts.append("Projections are initialised with DeepNet's gain beta = (8L)^(-1/4).")
+    hf = bp.meta.get("transformers_class")
+    if hf:
+        parts.append(
+            f"Parameter names are those of transformers' ``{hf}``, so its checkpoints load here unchanged."
+        )
+    if arch["position_embedding"] == "alibi":
+        parts.append(
+            "Attention runs on eager, sdpa or flex_attention, with ALiBi as a float bias (eager, sdpa) or a score "
+            "modifier (flex); masks (padding, packed sequences) come from transformers' mask builders. "
+            "flash_attention_2 is not offered: transformers' flash path takes no ALiBi slopes."
+        )
+    else:
+        parts.append(
+            "Attention runs through transformers' attention interface (eager, sdpa, flex_attention, "
+            "flash_attention_2), and masks (padding, "
+            + ("sliding window, " if "sliding_window" in bp.model_keys else "")
+            + "packed sequences) come from transformers' mask builders."
+        )
+    return f"A {bp.prefix}-family decoder-only language model in one file.", _wrap(" ".join(parts))
+
+
+def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
+    """What the templates need besides the structure itself, derived from it here, once."""
+    from . import schema
+
+    arch = schema.structure_of(model)
+    act = arch["hidden_act"]
+    keys = set(bp.model_keys) | set(model)
+    parts = plan_parts(arch)
+    sources = part_sources()
+    title, doc = describe(bp, arch)
+    multi = arch["attention"] == "multi_head"
+    if multi:
+        heads = model.get("num_attention_heads")
+        kv = model.get("num_key_value_heads", heads)
+        heads_text = f"{heads} query heads and {kv} key/value heads, "
+    else:
+        heads_text = "one attention head, "
+    writers = (f"{bp.names['o_proj']} and " if multi else f"{bp.names['v_proj']} and ") + bp.names[
+        "down_proj"
+    ]
+    return {
+        "title": title,
+        "doc": doc,
+        "heads_text": heads_text,
+        "attention_doc": (
+            "Grouped-query self-attention"
+            + (" with RoPE" if arch["position_embedding"] == "rope" else "")
+            + (" with ALiBi biases" if arch["position_embedding"] == "alibi" else "")
+        ),
+        "mlp_doc": _mlp_doc(arch)[0].upper() + _mlp_doc(arch)[1:],
+        "model_doc": (
+            "Embeddings, the decoder layers and the final norm"
+            if arch["norm_position"] != "post"
+            else "Embeddings and the decoder layers"
+        ),
+        "parts": parts,
+        "needs_math": arch["init"] == "scaled_normal"
+        or arch["embedding_scale"] == "sqrt_hidden"
+        or any("math." in sources[p] for p in parts),
+        "norm": NORM_CLASSES[arch["norm_type"]],
+        "norm_eps": NORM_EPS[arch["norm_type"]],
+        "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
+        "act2fn": act not in TORCH_ACTIVATIONS,
+        "sliding_window": "sliding_window" in keys and multi and arch["position_embedding"] != "alibi",
+        "hidden_dropout": "hidden_dropout" in keys,
+        "final_norm": arch["norm_position"] != "post",
+        "positions": arch["position_embedding"] in ("rope", "sinusoidal"),
+        "padding_idx": arch["init"] == "scaled_normal",
+        "residual_writers": writers,
+        "linear_bias": arch["attention_bias"] or arch["mlp_bias"],
+        "config_fields": config_fields(bp, arch),
+    }
+
+
+def template_data(
+    bp: Blueprint, m: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The data Copier renders a family's templates with (docs/architecture.md, section 4)."""
+    from . import schema
+
+    project = m.get("project", {})
+    return {
+        "project_name": project.get("name", ""),
+        "preset": project.get("preset") or bp.default_preset,
+        "overrides": dict(overrides or {}),
+        # not questions: computed here, so not saved in the answers file
+        "manifest": m,
+        "manifest_toml": manifest.dumps(m).rstrip(),
+        "parts": part_sources(),
+        "scaffold_version": __version__,
+        "blueprint_name": bp.name,
+        "blueprint_version": bp.version,
+        "blueprint_description": bp.meta.get("description", ""),
+        "family": bp.name,
+        "prefix": bp.prefix,
+        "config_class": bp.meta["config_class"],
+        "arch": schema.structure_of(m.get("model", {})),
+        "names": bp.names,
+        "plan": plan(bp, m.get("model", {})),
+    }
+
+
+def _copier_render(bp: Blueprint, dest: Path, data: Mapping[str, Any]) -> None:
+    import copier
+
+    try:
+        copier.run_copy(
+            str(bp.template_path),
+            dest,
+            data=dict(data),
+            defaults=True,
+            overwrite=True,
+            unsafe=False,
+            quiet=True,
+            cleanup_on_error=False,
+        )
+    except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
+        raise template_error(err, bp) from err
+
+
+def code_files(bp: Blueprint) -> list[str]:
+    """The files of a project that a rendering writes and a user may edit: modeling, configuration, card."""
+    return [bp.meta["modeling_file"], bp.meta["configuration_file"], "README.md"]
+
+
+def render_files(bp: Blueprint, m: Mapping[str, Any]) -> dict[str, str]:
+    """The code files of a project with the resolved manifest ``m``, rendered by Copier into a temporary
+    folder: relative path -> text (the modeling file, the configuration file and the model card)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scaffold-render-") as tmp:
+        dest = Path(tmp) / "project"
+        _copier_render(bp, dest, template_data(bp, m))
+        return {
+            name: (dest / name).read_text(encoding="utf-8")
+            for name in code_files(bp)
+            if (dest / name).is_file()
+        }
 
 
 def render(
@@ -63,36 +373,10 @@ def render(
     ``project_dir`` is where the project lives (default ``dest``): the tokenizer's input paths are
     relative to it, and a tokenizer already there, made from the same inputs, is reused.
     """
-    import copier
-
     preset = preset or bp.default_preset
     m = new_manifest(bp, name, preset, overrides)
     tokenizer = make_for_new(m, overrides or {}, Path(project_dir or dest))
-    data = {
-        "project_name": name,
-        "preset": preset,
-        "overrides": dict(overrides or {}),
-        # not questions: computed here, so not saved in the answers file
-        "manifest": m,
-        "manifest_toml": manifest.dumps(m).rstrip(),
-        "parts": part_sources(),
-        "scaffold_version": __version__,
-        "blueprint_name": bp.name,
-        "blueprint_version": bp.version,
-    }
-    try:
-        copier.run_copy(
-            str(bp.path),
-            dest,
-            data=data,
-            defaults=True,
-            overwrite=True,
-            unsafe=False,
-            quiet=True,
-            cleanup_on_error=False,
-        )
-    except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
-        raise template_error(err, bp) from err
+    _copier_render(bp, Path(dest), template_data(bp, m, overrides))
     _normalise_answers(dest / ANSWERS_FILE, bp)
     write_tokenizer(tokenizer, dest)
     return dest
@@ -102,7 +386,7 @@ def template_error(err: BaseException, bp: Blueprint) -> BlueprintError:
     """A one-line error naming the template file, line and variable where rendering failed."""
     import jinja2
 
-    where: str | Path = bp.path
+    where: str | Path = bp.template_path
     tb = err.__traceback__
     while tb is not None:  # jinja puts the template's file and line into the traceback
         filename = tb.tb_frame.f_code.co_filename
@@ -159,7 +443,9 @@ def create_project(
     with atomic.locked(target):
         atomic.sweep(target)
         if target.exists() and not force:
-            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+            raise ProjectError(
+                "already exists; pass --force to replace it (its files will be lost)", path=target
+            )
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
         staging = atomic.make_staging(target, "new")
@@ -181,6 +467,10 @@ def rerender(project_dir: str | Path, dest: str | Path) -> Path:
     m = manifest.load(project_dir)
     bp = load_blueprint(m.get("project", {}).get("blueprint") or answers.get("_src_path"))
     return render(
-        bp, Path(dest), answers["project_name"], answers.get("preset"), answers.get("overrides") or {},
+        bp,
+        Path(dest),
+        answers["project_name"],
+        answers.get("preset"),
+        answers.get("overrides") or {},
         project_dir=project_dir,
     )

@@ -10,7 +10,7 @@ model key is an error for that family.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,14 @@ class Field:
 
     @property
     def type_name(self) -> str:
-        names = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "table", list: "array"}
+        names = {
+            int: "integer",
+            float: "number",
+            bool: "boolean",
+            str: "string",
+            dict: "table",
+            list: "array",
+        }
         return " or ".join(names[t] for t in self.types)
 
     def problem(self, value: Any) -> str | None:
@@ -77,6 +84,61 @@ class Field:
 INT, FLOAT, NUM, BOOL, STR = (int,), (float,), (int, float), (bool,), (str,)
 ATTN = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16")
+
+# The structural keys' values. Each value names the code a template renders for it
+# (docs/architecture.md, section 3).
+NORM_TYPES = ("rmsnorm", "layernorm")
+NORM_POSITIONS = ("pre", "post", "deepnorm")
+POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "none")
+ATTENTIONS = ("multi_head", "single_head")
+MLPS = ("gated", "plain")
+# transformers' ACT2FN names the generated code can use (read without importing transformers)
+ACTIVATIONS = ("silu", "relu", "gelu", "gelu_pytorch_tanh", "gelu_new", "tanh", "sigmoid")
+EMBEDDING_SCALES = ("none", "sqrt_hidden")
+INITS = ("scaled_normal", "xavier", "deepnet")
+
+# Every structural key and its value when neither the family nor the manifest sets it (Llama's).
+STRUCTURE: dict[str, Any] = {
+    "norm_type": "rmsnorm",
+    "norm_bias": True,
+    "norm_position": "pre",
+    "position_embedding": "rope",
+    "attention": "multi_head",
+    "attention_bias": False,
+    "mlp": "gated",
+    "hidden_act": "silu",
+    "mlp_bias": False,
+    "embedding_scale": "none",
+    "init": "scaled_normal",
+}
+
+# Number keys a structural value needs, with the value used when the manifest has none: a family that
+# never mentions layer_norm_eps accepts it (and gets 1e-5) once norm_type = layernorm.
+COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
+    ("norm_type", "rmsnorm"): {"rms_norm_eps": 1e-6},
+    ("norm_type", "layernorm"): {"layer_norm_eps": 1e-5},
+    ("position_embedding", "rope"): {"rope_theta": 10000.0},
+    ("position_embedding", "alibi"): {"alibi_trainable": False},
+    ("attention", "single_head"): {"alibi_slope_init": 0.5},
+    ("init", "scaled_normal"): {"initializer_range": 0.02},
+}
+# Model keys every family understands besides the structural ones.
+UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
+
+
+def structure_of(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved structure of a ``[model]`` table: every structural key, defaults filled in."""
+    return {key: model.get(key, default) for key, default in STRUCTURE.items()}
+
+
+def companions(structure: Mapping[str, Any]) -> dict[str, Any]:
+    """The number keys ``structure`` needs, with their values for when the manifest has none."""
+    out: dict[str, Any] = {}
+    for (key, value), needed in COMPANIONS.items():
+        if structure.get(key) == value:
+            out.update(needed)
+    return out
+
 
 FIELDS: tuple[Field, ...] = (
     # [project]
@@ -151,6 +213,65 @@ FIELDS: tuple[Field, ...] = (
         "Initial value of single_head's one ALiBi slope (its fixed value when alibi_trainable is false).",
         (positive,),
     ),
+    # [model]: structure. Resolved when the code is generated (the modeling file never reads them);
+    # every family accepts every structural key, with STRUCTURE's value (Llama's) when neither the
+    # family nor the manifest sets it.
+    Field("model", "norm_type", STR, "Normalisation: rmsnorm or layernorm.", (one_of(*NORM_TYPES),)),
+    Field("model", "norm_bias", BOOL, "Give the layer norms a bias (norm_type = layernorm)."),
+    Field(
+        "model",
+        "norm_position",
+        STR,
+        "Where the norms sit: pre (before each sublayer), post (after each residual sum) or deepnorm "
+        "(post, the residual scaled by (2L)^(1/4)).",
+        (one_of(*NORM_POSITIONS),),
+    ),
+    Field(
+        "model",
+        "position_embedding",
+        STR,
+        "Positions: rope (rotary), alibi (linear attention biases), sinusoidal (added to the embeddings) or none.",
+        (one_of(*POSITION_EMBEDDINGS),),
+    ),
+    Field(
+        "model",
+        "attention",
+        STR,
+        "Attention: multi_head (grouped-query when num_key_value_heads < num_attention_heads) or single_head "
+        "(one head of width hidden_size, a fused query-key matrix, no output projection; needs alibi).",
+        (one_of(*ATTENTIONS),),
+    ),
+    Field("model", "attention_bias", BOOL, "Biases on the query, key, value and output projections."),
+    Field(
+        "model",
+        "mlp",
+        STR,
+        "Feed-forward: gated (down(act(gate(x)) * up(x))) or plain (down(act(up(x)))).",
+        (one_of(*MLPS),),
+    ),
+    Field(
+        "model",
+        "hidden_act",
+        STR,
+        "Feed-forward activation, as transformers names it (silu: SwiGLU when gated, relu, gelu, ...).",
+        (one_of(*ACTIVATIONS),),
+    ),
+    Field("model", "mlp_bias", BOOL, "Biases on the feed-forward projections."),
+    Field(
+        "model",
+        "embedding_scale",
+        STR,
+        "Scale the token embeddings: none, or sqrt_hidden (by sqrt(hidden_size)).",
+        (one_of(*EMBEDDING_SCALES),),
+    ),
+    Field(
+        "model",
+        "init",
+        STR,
+        "Weight init: scaled_normal (truncated normal, residual writers / sqrt(2L), head d^-0.5), xavier "
+        "(xavier-uniform, zero biases, embeddings d^-0.5) or deepnet (xavier with DeepNet's beta gain).",
+        (one_of(*INITS),),
+    ),
     # [tokenizer]
     Field(
         "tokenizer",
@@ -178,7 +299,9 @@ FIELDS: tuple[Field, ...] = (
         STR,
         "A dataset a BPE tokenizer is trained on (file, folder or dataset.toml), relative to the project.",
     ),
-    Field("tokenizer", "dataset_config", STR, "The configuration of tokenizer.dataset's dataset.toml to use."),
+    Field(
+        "tokenizer", "dataset_config", STR, "The configuration of tokenizer.dataset's dataset.toml to use."
+    ),
     Field(
         "tokenizer",
         "min_frequency",

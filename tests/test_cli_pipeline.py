@@ -68,7 +68,8 @@ def test_new_build_test(runner, tmp_path):
     assert expected <= {p.name for p in model.iterdir()}
     config = json.loads((model / "config.json").read_text())
     assert config["auto_map"] == {
-        "AutoConfig": "configuration_llama.LlamaConfig",
+        # a config class transformers does not own: its Auto fallback never builds its own Llama from ours
+        "AutoConfig": "configuration_llama.ScaffoldLlamaConfig",
         "AutoModel": "modeling_llama.LlamaModel",
         "AutoModelForCausalLM": "modeling_llama.LlamaForCausalLM",
     }

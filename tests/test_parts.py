@@ -254,7 +254,8 @@ def _attention_reference(q, k, v, slopes, offset, scaling):
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa", "flex_attention"])
 @pytest.mark.parametrize("offset", [0, 6], ids=["prefill", "after-cache"])
-def test_alibi_attention_forward_matches_reference(implementation, offset):
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_alibi_attention_forward_matches_reference(implementation, offset, kv_heads):
     if implementation == "flex_attention" and not flex_available():
         pytest.skip("this torch has no flex_attention")
     from transformers.masking_utils import sdpa_mask
@@ -262,9 +263,10 @@ def test_alibi_attention_forward_matches_reference(implementation, offset):
     torch.manual_seed(1)
     heads, t, d = 4, 5, 8
     s = t + offset
-    q, k, v = torch.randn(2, heads, t, d), torch.randn(2, heads, s, d), torch.randn(2, heads, s, d)
+    q, k, v = torch.randn(2, heads, t, d), torch.randn(2, kv_heads, s, d), torch.randn(2, kv_heads, s, d)
     slopes = alibi_slopes(heads)
     module = _Attn(implementation)
+    module.num_key_value_groups = heads // kv_heads  # grouped-query: each KV head serves this many
     if implementation == "flex_attention":
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -285,6 +287,7 @@ def test_alibi_attention_forward_matches_reference(implementation, offset):
         if mask is not None:  # eager takes the float form
             mask = torch.where(mask, 0.0, torch.finfo(torch.float32).min)
     out, _ = alibi_attention_forward(module, q, k, v, mask, torch.tensor(slopes), offset, d**-0.5)
+    k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
     torch.testing.assert_close(
         out.double(), _attention_reference(q, k, v, slopes, offset, d**-0.5), atol=1e-5, rtol=1e-5
     )

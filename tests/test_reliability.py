@@ -586,9 +586,11 @@ def test_project_names_that_escape_are_refused(tmp_path: Path, name: str):
 
 @pytest.fixture
 def blueprint(tmp_path: Path) -> Path:
-    bp = tmp_path / "bp"
-    shutil.copytree(REPO / "blueprints" / "llama", bp)
-    return bp
+    """A copy of the llama family beside a copy of the shared template; returns the template's folder
+    (copier.yml, template/), which is what a family renders with."""
+    shutil.copytree(REPO / "blueprints" / "llama", tmp_path / "bp" / "llama")
+    shutil.copytree(REPO / "blueprints" / "_shared", tmp_path / "bp" / "_shared")
+    return tmp_path / "bp" / "_shared"
 
 
 @pytest.mark.parametrize(
@@ -606,7 +608,7 @@ def test_blueprint_asking_to_run_code_is_refused(blueprint: Path, tmp_path: Path
     marker = tmp_path / "ran"
     copier_yml = blueprint / "copier.yml"
     copier_yml.write_text(copier_yml.read_text() + text.format(marker=marker))
-    r = invoke("new", "p", "--from", blueprint, "--projects-dir", tmp_path / "projects")
+    r = invoke("new", "p", "--from", blueprint.parent / "llama", "--projects-dir", tmp_path / "projects")
     assert r.exit_code == 2
     assert one_error(r.stderr) == (
         f"error: {copier_yml}: {key}: asks to run code at render time ({key}); scaffold never runs template code"
@@ -623,7 +625,7 @@ def test_blueprint_symlink_leaving_template_is_refused(blueprint: Path, tmp_path
     (outside / "secret.txt").write_text("do not copy")
     link = blueprint / "template" / ("secret.txt" if kind == "file" else "stuff")
     link.symlink_to(outside / "secret.txt" if kind == "file" else outside)
-    r = invoke("new", "p", "--from", blueprint, "--projects-dir", tmp_path / "projects")
+    r = invoke("new", "p", "--from", blueprint.parent / "llama", "--projects-dir", tmp_path / "projects")
     assert r.exit_code == 2
     target = outside / "secret.txt" if kind == "file" else outside
     assert one_error(r.stderr) == f"error: {link}: symlink leaves the blueprint (points to {target})"
@@ -653,7 +655,7 @@ def test_new_over_edited_project_refused_edits_kept(proj: Path):
     [
         ("README.md.jinja", "{{ project_name }}", "{{ project_nme }}", 8, "project_nme"),
         ("README.md.jinja", "manifest.model.hidden_size", "manifest.model.hiden_size", 11, "hiden_size"),
-        ("modeling_llama.py.jinja", "{{ blueprint_version }}", "{{ blueprint_verison }}", 1, "blueprint_verison"),
+        ("modeling_{{ family }}.py.jinja", "{{ blueprint_version }}", "{{ blueprint_verison }}", 3, "blueprint_verison"),
     ],
 )
 def test_misspelt_template_variable_names_file_and_variable(
@@ -663,7 +665,7 @@ def test_misspelt_template_variable_names_file_and_variable(
     template = blueprint / "template" / file
     template.write_text(template.read_text().replace(old, new, 1))
     projects = tmp_path / "projects"
-    r = invoke("new", "p", "--from", blueprint, "--projects-dir", projects)
+    r = invoke("new", "p", "--from", blueprint.parent / "llama", "--projects-dir", projects)
     assert r.exit_code == 2
     msg = one_error(r.stderr)
     assert msg.startswith(f"error: {template}:{line}: {variable}: undefined template variable ("), msg

@@ -5,7 +5,7 @@
 from transformers import PreTrainedConfig
 
 
-class LlamaConfig(PreTrainedConfig):
+class ScaffoldLlamaConfig(PreTrainedConfig):
     """Sizes and rates of a Llama-family model. Key names follow transformers' standard ones."""
 
     model_type = "scaffold_llama"
@@ -31,6 +31,18 @@ class LlamaConfig(PreTrainedConfig):
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    # the structure modeling_llama.py was generated for: informational, the code does not read it
+    norm_type: str = "rmsnorm"
+    norm_bias: bool = True
+    norm_position: str = "pre"
+    position_embedding: str = "rope"
+    attention: str = "multi_head"
+    attention_bias: bool = False
+    mlp: str = "gated"
+    hidden_act: str = "silu"
+    mlp_bias: bool = False
+    embedding_scale: str = "none"
+    init: str = "scaled_normal"
 
     def __post_init__(self, **kwargs):
         if self.rope_parameters is None:
@@ -52,4 +64,4 @@ class LlamaConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
-__all__ = ["LlamaConfig"]
+__all__ = ["ScaffoldLlamaConfig"]

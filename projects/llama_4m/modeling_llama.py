@@ -5,8 +5,8 @@
 Pre-norm blocks, ``x = x + attn(rmsnorm(x)); x = x + mlp(rmsnorm(x))``, with rotary position
 embeddings, grouped-query attention and a SwiGLU feed-forward, and a final RMSNorm. Parameter names
 are those of transformers' ``LlamaForCausalLM``, so its checkpoints load here unchanged. Attention
-runs through transformers' attention interface (eager, sdpa, flex_attention, flash_attention_2),
-and masks (padding, sliding window, packed sequences) come from transformers' mask builders.
+runs through transformers' attention interface (eager, sdpa, flex_attention, flash_attention_2), and
+masks (padding, sliding window, packed sequences) come from transformers' mask builders.
 
 Loads with ``AutoModelForCausalLM`` and ``trust_remote_code=True``; needs only torch and transformers.
 """
@@ -25,7 +25,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_llama import LlamaConfig
+from .configuration_llama import ScaffoldLlamaConfig
 
 # transformers 5.x renamed the outputs' cache field from past_key_values to cache (5.17 has the old name)
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -153,46 +153,10 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grouped-query attention: each KV head expanded to its query heads, then plain multi-head attention."""
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
+    groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+    key = repeat_kv(key, groups)
+    value = repeat_kv(value, groups)
     return mha_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
-
-
-class GatedMLP(nn.Module):
-    """GLU feed-forward: ``down(act(gate(x)) * up(x))``; SwiGLU with silu, GLU-ReLU with relu."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int, act_fn: Callable, bias: bool = False):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
-        self.act_fn = act_fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-
-class PreNormBlock(GradientCheckpointingLayer):
-    """Pre-norm: ``x = x + attn(norm(x)); x = x + mlp(norm(x))`` (GPT-2, Llama)."""
-
-    def __init__(
-        self,
-        self_attn: nn.Module,
-        mlp: nn.Module,
-        input_layernorm: nn.Module,
-        post_attention_layernorm: nn.Module,
-    ):
-        super().__init__()
-        self.self_attn = self_attn
-        self.mlp = mlp
-        self.input_layernorm = input_layernorm
-        self.post_attention_layernorm = post_attention_layernorm
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
-        x = hidden_states
-        x = x + self.self_attn(self.input_layernorm(x), attention_mask, **kwargs)
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x
 
 
 @torch.no_grad()
@@ -217,7 +181,7 @@ def truncated_normal_(tensor: torch.Tensor, std: float, bound: float = 3.0) -> t
 class LlamaAttention(nn.Module):
     """Grouped-query self-attention with RoPE; the backend is chosen by config._attn_implementation."""
 
-    def __init__(self, config: LlamaConfig, layer_idx: int):
+    def __init__(self, config: ScaffoldLlamaConfig, layer_idx: int):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
@@ -268,22 +232,41 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out.reshape(*input_shape, -1).contiguous())
 
 
-class LlamaDecoderLayer(PreNormBlock):
-    """One pre-norm block: attention then SwiGLU, each on the normalised residual stream."""
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: ``down(act(gate(x)) * up(x))``."""
 
-    def __init__(self, config: LlamaConfig, layer_idx: int):
-        super().__init__(
-            self_attn=LlamaAttention(config, layer_idx),
-            mlp=GatedMLP(config.hidden_size, config.intermediate_size, act_fn=F.silu),
-            input_layernorm=RMSNorm(config.hidden_size, eps=config.rms_norm_eps),
-            post_attention_layernorm=RMSNorm(config.hidden_size, eps=config.rms_norm_eps),
-        )
-        self.mlp.down_proj.writes_residual = True  # initialised smaller: it writes into the residual stream
+    def __init__(self, config: ScaffoldLlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.down_proj.writes_residual = True  # initialised smaller: it writes into the residual stream
+        self.act_fn = F.silu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(GradientCheckpointingLayer):
+    """One pre-norm block: ``x = x + attn(norm(x)); x = x + mlp(norm(x))``."""
+
+    def __init__(self, config: ScaffoldLlamaConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+        x = hidden_states
+        x = x + self.self_attn(self.input_layernorm(x), attention_mask, **kwargs)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
 
 
 class LlamaPreTrainedModel(PreTrainedModel):
-    config_class = LlamaConfig
-    config: LlamaConfig
+    config_class = ScaffoldLlamaConfig
+    config: ScaffoldLlamaConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer"]
@@ -322,7 +305,7 @@ class LlamaPreTrainedModel(PreTrainedModel):
 class LlamaModel(LlamaPreTrainedModel):
     """Embeddings, the decoder layers and the final norm; returns the last hidden state."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: ScaffoldLlamaConfig):
         super().__init__(config)
         # as transformers' Llama: the pad token's row starts at zero and gets no gradient
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
@@ -382,7 +365,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: ScaffoldLlamaConfig):
         super().__init__(config)
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

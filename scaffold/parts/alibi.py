@@ -20,7 +20,7 @@ from torch import nn
 from transformers.integrations.flex_attention import compile_friendly_flex_attention
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .attention import mha_eager_attention_forward
+from .attention import eager_attention_forward, repeat_kv
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -142,11 +142,14 @@ def alibi_attention_forward(
     """Attention with ALiBi on the backend ``config._attn_implementation`` names; (B, T, H, D) out."""
     implementation = module.config._attn_implementation
     if implementation == "flex_attention":
+        groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         return flex_alibi_attention_forward(
             module, query, key, value, attention_mask, slopes, query_offset, scaling
         )
     mask = alibi_attention_mask(
         slopes, attention_mask, query_offset, query.shape[2], key.shape[2], query.dtype
     )
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, mha_eager_attention_forward)
+    # grouped-query attention: eager and sdpa expand the KV heads themselves
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     return attention(module, query, key, value, mask, scaling=scaling)

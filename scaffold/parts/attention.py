@@ -43,6 +43,7 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grouped-query attention: each KV head expanded to its query heads, then plain multi-head attention."""
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
+    groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+    key = repeat_kv(key, groups)
+    value = repeat_kv(value, groups)
     return mha_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)

@@ -1,0 +1,146 @@
+"""Parity of the generated families with transformers' own classes (tests/_parity.py), and structural
+keys overriding a family's structure."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ._parity import assert_family_checks, assert_parity, scaffold_model, tiny_hf_model
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_word_embeddings": True, "num_key_value_heads": 1}, {"attention_bias": True, "mlp_bias": True}],
+    ids=["gqa", "mqa-tied", "biases"],
+)
+def test_against_llama(tmp_path, overrides):
+    assert_parity(tiny_hf_model("llama", **overrides), "llama", tmp_path)
+
+
+# -- structural keys: any family, any combination the parts express --------------------------------
+
+TINY = {
+    "vocab_size": 300,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+COMBINATIONS = {
+    "layernorm-plain-gelu-alibi": {
+        "norm_type": "layernorm",
+        "mlp": "plain",
+        "hidden_act": "gelu",
+        "mlp_bias": True,
+        "position_embedding": "alibi",
+    },
+    "post-sinusoidal-biases": {
+        "norm_position": "post",
+        "position_embedding": "sinusoidal",
+        "attention_bias": True,
+    },
+    "deepnorm-nopos-xavier-nobias-ln": {
+        "norm_position": "deepnorm",
+        "position_embedding": "none",
+        "init": "xavier",
+        "norm_type": "layernorm",
+        "norm_bias": False,
+        "embedding_scale": "sqrt_hidden",
+    },
+}
+
+
+@pytest.mark.parametrize("structure", COMBINATIONS.values(), ids=COMBINATIONS.keys())
+def test_llama_with_another_structure_passes_the_family_checks(tmp_path, structure):
+    from scaffold import schema
+
+    model = scaffold_model(tmp_path, "llama", {**TINY, **structure})
+    assert_family_checks(model)
+    modeling = next((tmp_path / "projects" / "parity" / "model").glob("modeling_*.py")).read_text()
+    for key in schema.STRUCTURE:  # resolved when the code was generated, never read at run time
+        assert not re.search(rf"config\.{key}\b", modeling), key
+    assert ("RMSNorm" in modeling) == (structure.get("norm_type", "rmsnorm") == "rmsnorm")
+    assert ("RotaryEmbedding" in modeling) == (structure.get("position_embedding", "rope") == "rope")
+
+
+def test_a_structural_override_on_build_renders_fresh_code(tmp_path):
+    """`build --set model.norm_type=layernorm`: the model directory holds LayerNorm code, never the
+    project's RMSNorm code; the project's own files are untouched."""
+    from click.testing import CliRunner
+
+    from scaffold.cli import cli
+    from scaffold.render import create_project
+
+    project = create_project("p", "llama", projects_dir=tmp_path / "projects", overrides={"model": TINY})
+    before = (project / "modeling_llama.py").read_text()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["build", str(project), "--output-dir", str(out), "--set", "model.norm_type=layernorm"]
+    )
+    assert result.exit_code == 0, result.output
+    built = (out / "modeling_llama.py").read_text()
+    assert "nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)" in built and "RMSNorm" not in built
+    assert "layer_norm_eps: float = 1e-5" in (out / "configuration_llama.py").read_text()
+    assert (project / "modeling_llama.py").read_text() == before
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ._parity import assert_family_checks as checks
+
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    assert config.norm_type == "layernorm" and config.layer_norm_eps == 1e-5
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True).eval()
+    assert type(model.model.norm).__name__ == "LayerNorm"
+    checks(model, packed=False)
+    # the next build without the override is stale (its structure differs), as for any other key
+    result = CliRunner().invoke(cli, ["build", str(project), "--output-dir", str(out)])
+    assert result.exit_code == 2 and "stale build" in result.output
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            {"model": {"norm_type": "batchnorm"}},
+            "model.norm_type: must be one of rmsnorm, layernorm; got 'batchnorm'",
+        ),
+        (
+            {"model": {"attention": "single_head"}},
+            "model.attention: single_head attention takes its positions from ALiBi; position_embedding is 'rope'",
+        ),
+        (
+            {"model": {"position_embedding": "alibi"}, "test": {"attn_implementation": "flash_attention_2"}},
+            "test.attn_implementation: flash_attention_2 takes no ALiBi slopes",
+        ),
+        ({"model": {"layer_norm_eps": 1e-5}}, "model.layer_norm_eps: unknown key for this blueprint"),
+    ],
+    ids=["bad-value", "single-head-needs-alibi", "alibi-flash", "eps-of-a-norm-not-chosen"],
+)
+def test_impossible_structures_are_named(tmp_path, sets, message):
+    from scaffold.errors import ManifestError
+    from scaffold.render import create_project
+
+    with pytest.raises(ManifestError) as err:
+        create_project(
+            "p", "llama", projects_dir=tmp_path, overrides={**sets, "model": {**TINY, **sets["model"]}}
+        )
+    assert message in str(err.value)
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_structure_brings_the_keys_it_needs(tmp_path):
+    """layernorm on a family that never mentions layer_norm_eps: accepted, and written with its default."""
+    from scaffold import manifest
+    from scaffold.render import create_project
+
+    project = create_project(
+        "p",
+        "llama",
+        projects_dir=tmp_path,
+        overrides={"model": {**TINY, "norm_type": "layernorm", "layer_norm_eps": 1e-6}},
+    )
+    model = manifest.load(project / "scaffold.toml")["model"]
+    assert model["norm_type"] == "layernorm" and model["layer_norm_eps"] == 1e-6
