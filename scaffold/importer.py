@@ -41,8 +41,13 @@ def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
     table = {}
     for key in sorted(keys):
         value = config.get(key)
-        if value is None or schema.BY_PATH.get(f"model.{key}") is None:
+        field = schema.BY_PATH.get(f"model.{key}")
+        if field is None:
             continue
-        if schema.BY_PATH[f"model.{key}"].problem(value) is None:
+        if value is None:
+            if key in config and field.nullable:
+                table[key] = None  # off in this config: also off when a family or preset turns it on
+            continue
+        if field.problem(value) is None:
             table[key] = value
     return table
