@@ -15,7 +15,9 @@ class ScaledWordEmbedding(nn.Embedding):
     are used as they are.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None, embed_scale: float):
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, embed_scale: float = 1.0
+    ):
         super().__init__(num_embeddings, embedding_dim, padding_idx)
         self.scalar_embed_scale = float(embed_scale)
         self.register_buffer("embed_scale", self.compute_embed_scale(), persistent=False)
