@@ -105,7 +105,7 @@ def test_a_structural_override_on_build_renders_fresh_code(tmp_path):
     [
         (
             {"model": {"norm_type": "batchnorm"}},
-            "model.norm_type: must be one of rmsnorm, layernorm; got 'batchnorm'",
+            "model.norm_type: must be one of rmsnorm, layernorm, rmsnorm_unit_offset; got 'batchnorm'",
         ),
         (
             {"model": {"attention": "single_head"}},
