@@ -339,6 +339,9 @@ def make_config(project: Project, tokenizer) -> Any:
         "AutoModel": f"{mod}.{meta.get('base_model_class', meta['causal_lm_class'])}",
         "AutoModelForCausalLM": f"{mod}.{meta['causal_lm_class']}",
     }
+    if meta.get("class_prefix"):  # the shared template renders these heads for every family
+        for head in ("SequenceClassification", "TokenClassification"):
+            config.auto_map[f"AutoModelFor{head}"] = f"{mod}.{meta['class_prefix']}For{head}"
     config.architectures = [meta["causal_lm_class"]]
     return config
 

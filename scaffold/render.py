@@ -268,6 +268,24 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     return f"A {bp.prefix}-family decoder-only language model in one file.", _wrap(" ".join(parts))
 
 
+def lora_targets(arch: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+    """The names of the linear layers inside the decoder layers (attention and MLP projections): what
+    PEFT's ``target_modules`` must list for a model type it does not know."""
+    if arch.get("attention") == "single_head":
+        attention = [names["qk_proj"], names["v_proj"]]
+    elif arch.get("qkv_layout", "separate") != "separate":
+        attention = [names["qkv_proj"], names["o_proj"]]
+    else:
+        attention = [names[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if arch.get("mlp") == "plain":
+        mlp = [names["up_proj"], names["down_proj"]]
+    elif arch.get("mlp_layout", "separate") != "separate":
+        mlp = [names["gate_up_proj"], names["down_proj"]]
+    else:
+        mlp = [names[k] for k in ("gate_proj", "up_proj", "down_proj")]
+    return attention + mlp
+
+
 def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
     """What the templates need besides the structure itself, derived from it here, once."""
     from . import schema
@@ -322,6 +340,7 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "residual_writers": writers,
         "linear_bias": arch["attention_bias"] or arch["mlp_bias"],
         "config_fields": config_fields(bp, arch),
+        "lora_targets": lora_targets(arch, bp.names),
     }
 
 
@@ -336,6 +355,7 @@ def template_data(
         "project_name": project.get("name", ""),
         "preset": project.get("preset") or bp.default_preset,
         "overrides": dict(overrides or {}),
+        "vocab_follows_tokenizer": "vocab_size" not in (dict(overrides or {}).get("model") or {}),
         # not questions: computed here, so not saved in the answers file
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),

@@ -69,7 +69,7 @@ def describe(project: Project, opts: ShowOptions) -> str:
     from .construct import alias_groups, construct
     from .smoke import resolve_device, resolve_dtype
 
-    device = resolve_device(opts.device) if opts.device else torch.device("meta")
+    device = resolve_device(opts.device, allow_meta=True) if opts.device else torch.device("meta")
     if opts.no_init and device.type == "meta":
         raise UsageError(
             "--no-init-weights does nothing for `scaffold show` on the meta device (nothing is initialised "
@@ -98,8 +98,10 @@ def describe(project: Project, opts: ShowOptions) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
 
     p = m["project"]
-    lines.append(f"project     {p['name']}: blueprint {project.blueprint.name} {project.blueprint.version}, "
-                 f"preset {p.get('preset', '-')} ({project.path})")
+    lines.append(
+        f"project     {p['name']}: blueprint {project.blueprint.name} {project.blueprint.version}, "
+        f"preset {p.get('preset', '-')} ({project.path})"
+    )
     if opts.flags:
         lines.append(f"overrides   {' '.join(opts.flags)}")
     lines.append(f"model dir   {build_status(project, opts.output_dir)}")
@@ -112,7 +114,11 @@ def describe(project: Project, opts: ShowOptions) -> str:
     embedding = model.get_input_embeddings().weight.numel()
     nbytes = sum(t.numel() * t.element_size() for t in params)
     first = params[0]
-    init = "none (meta device)" if device.type == "meta" else ("none (--no-init-weights)" if opts.no_init else "yes")
+    init = (
+        "none (meta device)"
+        if device.type == "meta"
+        else ("none (--no-init-weights)" if opts.no_init else "yes")
+    )
     lines += [
         "",
         "== model ==",

@@ -22,8 +22,15 @@ from typing import Any
 
 from .errors import DeviceError, ProjectError, TestFailure
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16", "half": "float16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 
 
 def available_devices() -> list[str]:
@@ -37,27 +44,44 @@ def available_devices() -> list[str]:
     return devices
 
 
-def resolve_device(name: str | None):
-    """A torch.device for ``name`` ('auto' = CUDA when available, else CPU), or a DeviceError."""
+def resolve_device(name: str | None, *, allow_meta: bool = False):
+    """A torch.device for ``name`` ('auto' = CUDA when available, else CPU), or a DeviceError.
+
+    Any spelling torch accepts works (``cuda``, ``cuda:1``, ``cpu``); ``meta`` (construction without
+    memory) only where the command merely constructs, as ``scaffold show`` does.
+    """
     import torch
 
     name = (name or "auto").strip()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    available = available_devices()
+    available = available_devices() + (["meta"] if allow_meta else [])
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise DeviceError(f"no such device {name!r}; available: {', '.join(available)}", key="test.device") from None
+        raise DeviceError(
+            f"no such device {name!r}; available: {', '.join(available)}", key="test.device"
+        ) from None
+    if device.type == "meta":
+        if allow_meta:
+            return device
+        raise DeviceError(
+            f"device {name!r} holds no data, so nothing can be trained there; use one of {', '.join(available)} "
+            "(`scaffold show --device meta` constructs without memory)",
+            key="test.device",
+        )
     if device.type == "cpu":
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(
-                f"device {name!r}: CUDA is not available here; available: {', '.join(available)}", key="test.device"
+                f"device {name!r}: CUDA is not available here; available: {', '.join(available)}",
+                key="test.device",
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name!r} does not exist; available: {', '.join(available)}", key="test.device")
+            raise DeviceError(
+                f"device {name!r} does not exist; available: {', '.join(available)}", key="test.device"
+            )
         return device
     if str(device) not in available and device.type not in available:
         raise DeviceError(
@@ -170,8 +194,41 @@ def attention_backend_errors(attn: str) -> Iterator[None]:
         text = " ".join(str(err).split())
         if attn not in ("eager", "sdpa") and ("attention" in text.lower() or "flash" in text.lower()):
             first = text.split(". ")[0].rstrip(".")
-            raise DeviceError(f"attention backend {attn!r} cannot run here: {first}", key="test.attn_implementation") from None
+            raise DeviceError(
+                f"attention backend {attn!r} cannot run here: {first}", key="test.attn_implementation"
+            ) from None
         raise
+
+
+def check_backend_trains(attn: str, device) -> None:
+    """Refuse up front an attention backend that cannot run a backward pass on ``device``.
+
+    torch's flex_attention has no backward on CPU in current releases; asking torch itself (a
+    two-token call that fails before any work) keeps this right when a release adds one.
+    """
+    if attn != "flex_attention":
+        return
+    import torch
+
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        raise DeviceError(
+            f"attention backend 'flex_attention' needs torch >= 2.5 (this is {torch.__version__})",
+            key="test.attn_implementation",
+        ) from None
+    q = torch.zeros(1, 1, 2, 8, device=device, requires_grad=True)
+    try:
+        flex_attention(q, q, q).sum().backward()
+    except NotImplementedError as err:
+        reason = " ".join(str(err).split()).split(". ")[0].rstrip(".")
+        raise DeviceError(
+            f"attention backend 'flex_attention' cannot train on {device.type}: {reason} (torch {torch.__version__}); "
+            "use --attn-implementation sdpa or eager here, or a CUDA device",
+            key="test.attn_implementation",
+        ) from None
+    except Exception:  # a compile problem or the like: leave it to the real run to report
+        return
 
 
 def load_model(
@@ -208,14 +265,22 @@ def load_model(
             )
         with attention_backend_errors(opts.attn_implementation):
             model = construct(
-                config, device=device, dtype=dtype, init_weights=not no_init, attn_implementation=opts.attn_implementation
+                config,
+                device=device,
+                dtype=dtype,
+                init_weights=not no_init,
+                attn_implementation=opts.attn_implementation,
             )
         load_checkpoint(source, model, device=device, dtype=dtype)
         return model
     with attention_backend_errors(opts.attn_implementation):
         if has_weights:
             model = AutoModelForCausalLM.from_pretrained(
-                model_dir, config=config, trust_remote_code=True, dtype=dtype, attn_implementation=opts.attn_implementation
+                model_dir,
+                config=config,
+                trust_remote_code=True,
+                dtype=dtype,
+                attn_implementation=opts.attn_implementation,
             )
         else:
             model = AutoModelForCausalLM.from_config(
@@ -259,6 +324,7 @@ def run(
     """
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype)
+    check_backend_trains(opts.attn_implementation, device)
     tokenizer = load_tokenizer(model_dir)
     if data is None and opts.dataset:
         data = dataset_batches(tokenizer, opts)  # bad data fails here, before the model is loaded
@@ -297,7 +363,9 @@ def train(
     device = device if device is not None else next(model.parameters()).device
     model.train()
     if opts.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable = (
+            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        )
         enable()
     report = TestReport(parameters=sum(p.numel() for p in model.parameters()), device=str(device))
     bad: list[str] = []
@@ -342,8 +410,12 @@ def train(
             if step % every == 0 or step in (1, opts.steps):
                 now = time.perf_counter()
                 rate = since_tokens / (now - since_time) if now > since_time else 0.0
-                mean = f"  mean {sum(since) / len(since):.4f} over {len(since)} steps" if len(since) > 1 else ""
-                log(f"step {step}/{opts.steps}  loss {value:.4f}{mean}  {rate:,.0f} tokens/s  {now - start:.0f} s")
+                mean = (
+                    f"  mean {sum(since) / len(since):.4f} over {len(since)} steps" if len(since) > 1 else ""
+                )
+                log(
+                    f"step {step}/{opts.steps}  loss {value:.4f}{mean}  {rate:,.0f} tokens/s  {now - start:.0f} s"
+                )
                 since, since_tokens, since_time = [], 0, now
     finally:
         for h in hooks:

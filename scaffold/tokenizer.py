@@ -353,8 +353,8 @@ def make_for_new(manifest: dict[str, Any], overrides: Mapping[str, Any], project
     """The tokenizer of a new project; settles the sizes in ``manifest`` (changed in place).
 
     A BPE's target size is written out (it defaults to model.vocab_size), and model.vocab_size
-    follows a trained or pretrained tokenizer unless it was set on the command line. A byte
-    tokenizer keeps the preset's vocabulary, so the model has the preset's size.
+    follows the tokenizer (byte, trained or pretrained) unless it was set on the command line: rows
+    of the embedding and the head past the tokenizer's last id would never be trained or used.
     """
     spec = manifest.setdefault("tokenizer", {})
     model = manifest.setdefault("model", {})
@@ -362,7 +362,7 @@ def make_for_new(manifest: dict[str, Any], overrides: Mapping[str, Any], project
     if kind == "bpe" and not spec.get("vocab_size"):
         spec["vocab_size"] = bpe_target_size(spec, model.get("vocab_size"))
     made = make(spec, project_dir, model_vocab=model.get("vocab_size"), reuse_from=project_dir)
-    if kind != "byte" and "vocab_size" not in (overrides.get("model") or {}):
+    if "vocab_size" not in (overrides.get("model") or {}):
         model["vocab_size"] = made.size
     return made
 

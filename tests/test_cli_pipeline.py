@@ -72,6 +72,8 @@ def test_new_build_test(runner, tmp_path):
         "AutoConfig": "configuration_llama.ScaffoldLlamaConfig",
         "AutoModel": "modeling_llama.LlamaModel",
         "AutoModelForCausalLM": "modeling_llama.LlamaForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_llama.LlamaForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_llama.LlamaForTokenClassification",
     }
     assert config["hidden_size"] == 64 and config["num_key_value_heads"] == 2
     assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}

@@ -21,8 +21,15 @@ LLAMA_PRESETS = {
 @pytest.fixture(scope="module")
 def preset_dirs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("presets")
+    from scaffold.blueprints import load
+
+    bp = load("llama")
+    # a project's vocabulary follows its (byte) tokenizer unless given: give the preset's, as published
+    vocab = {preset: {"model": {"vocab_size": bp.preset(preset)["model"]["vocab_size"]}} for preset in LLAMA_PRESETS}
     return {
-        preset: build_project(create_project(f"llama_{preset}", "llama", projects_dir=tmp, preset=preset))
+        preset: build_project(
+            create_project(f"llama_{preset}", "llama", projects_dir=tmp, preset=preset, overrides=vocab[preset])
+        )
         for preset in LLAMA_PRESETS
     }
 

@@ -22,10 +22,18 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_llama import ScaffoldLlamaConfig
+
+logger = logging.get_logger(__name__)
 
 # transformers 5.x renamed the outputs' cache field from past_key_values to cache (5.17 has the old name)
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -204,6 +212,7 @@ class LlamaAttention(nn.Module):
         cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        record = kwargs.pop("attention_weights", None)  # a list when output_attentions=True
         input_shape = hidden_states.shape[:-1]  # (B, T)
         hidden_shape = (*input_shape, -1, self.head_dim)
         # (B, T, heads * D) -> (B, heads, T, D)
@@ -217,7 +226,7 @@ class LlamaAttention(nn.Module):
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        out, _ = attention(
+        out, weights = attention(
             self,
             q,
             k,
@@ -228,6 +237,8 @@ class LlamaAttention(nn.Module):
             sliding_window=self.sliding_window,
             **kwargs,
         )
+        if record is not None:
+            record.append(weights)
         # (B, T, heads, D) -> (B, T, heads * D)
         return self.o_proj(out.reshape(*input_shape, -1).contiguous())
 
@@ -330,8 +341,18 @@ class LlamaModel(LlamaPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         # older transformers 5.x releases (5.17) pass the cache as past_key_values, newer ones as cache
         cache = cache if cache is not None else past_key_values
-        for unused in ("return_dict", "output_attentions", "cache_position"):
+        for unused in ("return_dict", "cache_position"):
             kwargs.pop(unused, None)
+        output_attentions = kwargs.pop("output_attentions", None)
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_attentions and self.config._attn_implementation != "eager":
+            # as transformers' own models: only eager attention materialises the weights
+            logger.warning_once(
+                f"`{self.config._attn_implementation}` attention does not return attention weights: "
+                "load the model with attn_implementation='eager' for output_attentions=True"
+            )
+            output_attentions = False
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -349,6 +370,8 @@ class LlamaModel(LlamaPreTrainedModel):
         x = inputs_embeds
         position_embeddings = self.rotary_emb(x, position_ids)  # (cos, sin), each (B, T, head_dim)
         all_hidden = [] if output_hidden_states else None
+        if output_attentions:
+            kwargs["attention_weights"] = []  # each layer's attention appends its (B, heads, T, S) weights
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden.append(x)
@@ -357,7 +380,8 @@ class LlamaModel(LlamaPreTrainedModel):
         if all_hidden is not None:
             all_hidden.append(x)
         # positional: the cache field is past_key_values in older 5.x releases and cache in newer ones
-        return BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None)
+        attentions = tuple(kwargs["attention_weights"]) if output_attentions else None
+        return BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None, attentions)
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
@@ -403,8 +427,113 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             loss_kwargs = {k: kwargs[k] for k in ("num_items_in_batch", "ignore_index") if k in kwargs}
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         cache = getattr(outputs, CACHE_FIELD)
-        result = CausalLMOutputWithPast(loss, logits, cache, outputs.hidden_states)
+        result = CausalLMOutputWithPast(loss, logits, cache, outputs.hidden_states, outputs.attentions)
         return result if return_dict is not False else result.to_tuple()
 
 
-__all__ = ["LlamaForCausalLM", "LlamaModel", "LlamaPreTrainedModel"]
+class LlamaForSequenceClassification(LlamaPreTrainedModel):
+    """LlamaModel with a linear score read at each row's last non-padding token: classifiers and
+    reward models. As transformers' own: ``config.num_labels`` outputs, the token found by
+    ``config.pad_token_id``, the loss chosen by ``config.problem_type`` (regression, single- or
+    multi-label)."""
+
+    def __init__(self, config: ScaffoldLlamaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = LlamaModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            cache=cache if cache is not None else past_key_values,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
+        batch = logits.shape[0]
+        pad = self.config.pad_token_id
+        if pad is None and batch != 1:
+            raise ValueError("a batch of more than one row needs config.pad_token_id to find each row's end")
+        if pad is None or input_ids is None:
+            last = -1  # without ids (inputs_embeds) padding cannot be seen: the last position is read
+        else:
+            # the rightmost token that is not padding, for left- and right-padded rows alike
+            not_pad = (input_ids != pad).to(logits.device, torch.int32)
+            positions = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+            last = (positions * not_pad).argmax(-1)
+        pooled = logits[torch.arange(batch, device=logits.device), last]  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
+        cache = getattr(outputs, CACHE_FIELD)
+        result = SequenceClassifierOutputWithPast(loss, pooled, cache, outputs.hidden_states, outputs.attentions)
+        return result if return_dict is not False else result.to_tuple()
+
+
+class LlamaForTokenClassification(LlamaPreTrainedModel):
+    """LlamaModel with a linear score on every token (tagging), ``config.num_labels`` outputs and
+    dropout ``config.classifier_dropout`` (0.1 when unset, as transformers' own)."""
+
+    def __init__(self, config: ScaffoldLlamaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = LlamaModel(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            cache=cache if cache is not None else past_key_values,
+            **kwargs,
+        )
+        logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config)
+        result = TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
+        return result if return_dict is not False else result.to_tuple()
+
+
+__all__ = [
+    "LlamaForCausalLM",
+    "LlamaForSequenceClassification",
+    "LlamaForTokenClassification",
+    "LlamaModel",
+    "LlamaPreTrainedModel",
+]
