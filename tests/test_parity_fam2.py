@@ -124,10 +124,15 @@ REAL_PRESETS = {
 def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from scaffold.blueprints import load
     from scaffold.build import build, load_project
     from scaffold.render import create_project
 
-    project = create_project(f"{family}_{preset}", family, projects_dir=tmp_path, preset=preset)
+    # a project's vocabulary follows its (byte) tokenizer unless given: give the preset's, as published
+    vocab = {"model": {"vocab_size": load(family).preset(preset)["model"]["vocab_size"]}}
+    project = create_project(
+        f"{family}_{preset}", family, projects_dir=tmp_path, preset=preset, overrides=vocab
+    )
     config = AutoConfig.from_pretrained(build(load_project(project)).output_dir, trust_remote_code=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
