@@ -144,9 +144,6 @@ def validate(
         raise ManifestError(problems, path=path)
 
 
-LAYER_TYPES = ("full_attention", "sliding_attention")
-
-
 def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[str, str]]:
     """Checks that involve more than one key; keys already reported (``skip``) are left out."""
     skip = set(skip)
@@ -188,18 +185,6 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                     problems.append(
                         (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
                     )
-    layer_types = model.get("layer_types")
-    layers = model.get("num_hidden_layers")
-    if isinstance(layer_types, list):
-        bad = [t for t in layer_types if t not in LAYER_TYPES]
-        if bad:
-            problems.append(("model.layer_types", f"entries must be {' or '.join(LAYER_TYPES)}; got {bad[0]!r}"))
-        elif isinstance(layers, int) and len(layer_types) != layers:
-            problems.append(
-                ("model.layer_types", f"{len(layer_types)} entries for num_hidden_layers = {layers}; give one per layer")
-            )
-        elif "sliding_attention" in layer_types and not model.get("sliding_window"):
-            problems.append(("model.layer_types", "has sliding_attention layers but sliding_window is not set"))
     problems.extend(_structure_checks(m, model))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
@@ -228,6 +213,20 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
         )
     test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
     backend = test.get("attn_implementation")
+    problems.extend(_score_checks(model, structure, backend))
+    if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
+        problems.append(
+            (
+                "test.attn_implementation",
+                f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa",
+            )
+        )
+    return problems
+
+
+def _score_checks(model: Mapping[str, Any], structure: Mapping[str, Any], backend: Any) -> list[tuple[str, str]]:
+    """Soft-capping, query_pre_attn_scalar and per-layer attention types against the attention they act on."""
+    problems: list[tuple[str, str]] = []
     if structure["attn_logit_softcapping"] is not None and backend == "sdpa":
         problems.append(
             (
@@ -240,13 +239,15 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
         for key in ("attn_logit_softcapping", "query_pre_attn_scalar"):
             if structure[key] is not None:
                 problems.append((f"model.{key}", "single_head attention scores by its own rule; unset it"))
-    elif position == "alibi" and structure["attn_logit_softcapping"] is not None:
+    elif structure["position_embedding"] == "alibi" and structure["attn_logit_softcapping"] is not None:
         problems.append(("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it"))
-    if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
-        problems.append(
-            (
-                "test.attn_implementation",
-                f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa",
+    types = model.get("layer_types")
+    if isinstance(types, list):
+        layers = model.get("num_hidden_layers")
+        if isinstance(layers, int) and not isinstance(layers, bool) and len(types) != layers:
+            problems.append(("model.layer_types", f"has {len(types)} entries for num_hidden_layers = {layers}"))
+        if "sliding_attention" in types and model.get("sliding_window") is None:
+            problems.append(
+                ("model.layer_types", "names sliding_attention layers but model.sliding_window is not set")
             )
-        )
     return problems

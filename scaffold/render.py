@@ -139,6 +139,8 @@ def _annotation(key: str, default: Any) -> str:
 
     if key == "rope_parameters":
         return "dict | None"
+    if key == "layer_types":
+        return "list[str] | None"
     f = schema.BY_PATH.get(f"model.{key}")
     names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
     types = [t for t in (f.types if f else (type(default),)) if t in names]
@@ -329,8 +331,8 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": sliding,
-        # per-layer attention kinds (transformers' layer_types): a sliding window on some layers only
-        "layer_types": sliding and bool({"layer_types", "sliding_window_pattern"} & keys),
+        # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
+        "layer_types": bool({"layer_types", "sliding_window_pattern"} & keys) and multi and arch["position_embedding"] != "alibi",
         "model_keys": sorted(keys),
         "numeric_structure": list(schema.NUMERIC_STRUCTURE),
         "hidden_dropout": "hidden_dropout" in keys,

@@ -29,6 +29,14 @@ def probability(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
 
 
+def each_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        bad = [x for x in v if x not in choices]
+        return f"entries must be one of {', '.join(choices)}; got {bad[0]!r}" if bad else None
+
+    return check
+
+
 def one_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
         return None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
@@ -89,6 +97,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # (docs/architecture.md, section 3).
 NORM_TYPES = ("rmsnorm", "layernorm", "rmsnorm_unit_offset")
 NORM_POSITIONS = ("pre", "post", "deepnorm", "sandwich")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "none")
 ATTENTIONS = ("multi_head", "single_head")
 MLPS = ("gated", "plain")
@@ -213,8 +222,9 @@ FIELDS: tuple[Field, ...] = (
         "model",
         "layer_types",
         (list,),
-        "Each layer's attention, as transformers names it: full_attention or sliding_attention (within "
-        "sliding_window); absent: from sliding_window_pattern, else every layer slides once a window is set.",
+        "Attention per layer, as transformers' layer_types: full_attention or sliding_attention (within "
+        "sliding_window), one per layer; absent: every layer slides when sliding_window is set.",
+        (each_of(*LAYER_TYPES),),
         nullable=True,
     ),
     Field(
@@ -222,7 +232,7 @@ FIELDS: tuple[Field, ...] = (
         "sliding_window_pattern",
         INT,
         "When layer_types is absent: every N-th layer attends to everything, the others within sliding_window "
-        "(Gemma 2: 2).",
+        "(Gemma 2: 2; transformers' Gemma 3 name).",
         (positive,),
     ),
     Field("model", "tie_word_embeddings", BOOL, "Share the input embedding with the output head."),
