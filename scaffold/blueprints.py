@@ -100,6 +100,8 @@ class Blueprint:
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     structure: dict[str, Any] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    # tensor-parallel overrides for scaffold/plans.py (styles, layout), where the structure's are not right
+    parallel: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -247,6 +249,7 @@ def load(spec: str | Path) -> Blueprint:
         presets=data.get("presets", {}),
         structure=structure,
         names={**DEFAULT_NAMES, **names},
+        parallel=data.get("parallel", {}),
     )
     check_safe(bp.template_path)
     if bp.template_path != path:

@@ -204,6 +204,27 @@ def _doc(path: str) -> str:
     default=None,
     help=_doc("test.packed"),
 )
+@click.option(
+    "--nproc",
+    type=int,
+    help="Run in N processes through torch.distributed.run (gloo on the CPU, NCCL with one GPU each).",
+)
+@click.option(
+    "--parallel",
+    type=click.Choice(["ddp", "fsdp2", "tp"]),
+    help="With --nproc: DistributedDataParallel, FSDP2 (fully_shard per decoder layer) or tensor "
+    'parallelism (from_pretrained(tp_plan="auto")). Default ddp.',
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --nproc: stop every process when the run takes longer than this many seconds (default 900).",
+)
+@click.option(
+    "--compare/--no-compare",
+    default=True,
+    help="With --nproc: also run one process and print the largest loss difference (default on).",
+)
 @override_options
 def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
@@ -224,6 +245,7 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     from .build import build_for_test
     from .smoke import TestOptions, resolve_device, resolve_dtype, run
 
+    nproc, parallel, timeout, compare = (flags.pop(k) for k in ("nproc", "parallel", "timeout", "compare"))
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
     proj = overrides.load_project(project, {"test": test_flags})
     options = TestOptions(**proj.manifest["test"])
@@ -232,6 +254,7 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     _check_dataset_options(options)
     device = resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
+    dist = _distributed_options(nproc, parallel, timeout, options, device)
     if overrides.checkpoint is not None:
         from .checkpoint import find_checkpoint
 
@@ -245,9 +268,39 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
             click.echo(result.message)
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
-        click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
-        report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
+        if dist is not None:
+            from .distributed import launch
+
+            click.echo(
+                f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} processes "
+                f"on {device.type}, {options.dtype}"
+            )
+            report = launch(
+                result.output_dir,
+                options,
+                dist,
+                checkpoint=overrides.checkpoint,
+                no_init=overrides.no_init_weights,
+                compare=compare,
+            )
+        else:
+            click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
+            report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
     click.echo(report.summary())
+
+
+def _distributed_options(nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any):
+    """--nproc and its companions as DistributedOptions (None: one process); bad values are usage errors."""
+    from .distributed import DEFAULT_TIMEOUT, DistributedOptions, check
+
+    if nproc is None:
+        for flag, value in (("--parallel", parallel), ("--timeout", timeout)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --nproc")
+        return None
+    dist = DistributedOptions(nproc=nproc, parallel=parallel or "ddp", timeout=timeout or DEFAULT_TIMEOUT)
+    check(dist, options, device)
+    return dist
 
 
 def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:

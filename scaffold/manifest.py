@@ -211,6 +211,7 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
                 f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}",
             )
         )
+    problems.extend(_attention_layout_checks(model, structure))
     test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
     backend = test.get("attn_implementation")
     problems.extend(_score_checks(model, structure, backend))
@@ -224,8 +225,38 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
     return problems
 
 
+def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """qk-norm, sliding windows and per-layer attention types against the attention they act on."""
+    problems: list[tuple[str, str]] = []
+    single = structure["attention"] == "single_head"
+    if single and structure["qk_norm"] != "none":
+        problems.append(
+            ("model.qk_norm", "single_head attention has no separate queries and keys to normalise")
+        )
+    if single and structure["qkv_bias"]:
+        problems.append(("model.qkv_bias", "single_head attention has no query and key projections"))
+    windowed = model.get("sliding_window") is not None or model.get("layer_types") is not None
+    if windowed and (single or structure["position_embedding"] == "alibi"):
+        key = "model.sliding_window" if model.get("sliding_window") is not None else "model.layer_types"
+        problems.append(
+            (key, "sliding windows need multi_head attention without ALiBi (its bias spans every key)")
+        )
+    types = model.get("layer_types")
+    if isinstance(types, list):
+        layers = model.get("num_hidden_layers")
+        if isinstance(layers, int) and not isinstance(layers, bool) and len(types) != layers:
+            problems.append(
+                ("model.layer_types", f"has {len(types)} entries for num_hidden_layers = {layers}")
+            )
+        if "sliding_attention" in types and model.get("sliding_window") is None:
+            problems.append(
+                ("model.layer_types", "names sliding_attention layers but model.sliding_window is not set")
+            )
+    return problems
+
+
 def _score_checks(model: Mapping[str, Any], structure: Mapping[str, Any], backend: Any) -> list[tuple[str, str]]:
-    """Soft-capping, query_pre_attn_scalar and per-layer attention types against the attention they act on."""
+    """Soft-capping and query_pre_attn_scalar against the attention they act on and its backend."""
     problems: list[tuple[str, str]] = []
     if structure["attn_logit_softcapping"] is not None and backend == "sdpa":
         problems.append(
@@ -241,13 +272,4 @@ def _score_checks(model: Mapping[str, Any], structure: Mapping[str, Any], backen
                 problems.append((f"model.{key}", "single_head attention scores by its own rule; unset it"))
     elif structure["position_embedding"] == "alibi" and structure["attn_logit_softcapping"] is not None:
         problems.append(("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it"))
-    types = model.get("layer_types")
-    if isinstance(types, list):
-        layers = model.get("num_hidden_layers")
-        if isinstance(layers, int) and not isinstance(layers, bool) and len(types) != layers:
-            problems.append(("model.layer_types", f"has {len(types)} entries for num_hidden_layers = {layers}"))
-        if "sliding_attention" in types and model.get("sliding_window") is None:
-            problems.append(
-                ("model.layer_types", "names sliding_attention layers but model.sliding_window is not set")
-            )
     return problems

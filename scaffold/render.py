@@ -22,6 +22,7 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
+from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
 from .tokenizer import make_for_new
 from .tokenizer import write as write_tokenizer
@@ -219,6 +220,7 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         "post": f"Post-norm blocks, ``x = {norm}(x + attn(x)); x = {norm}(x + mlp(x))``",
         "deepnorm": f"DeepNorm blocks (Wang et al., 2022), ``x = {norm}(alpha * x + attn(x)); "
         f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
+        "post_sublayer": f"Post-sublayer-norm blocks, ``x = x + {norm}(attn(x)); x = x + {norm}(mlp(x))``",
         "sandwich": f"Sandwich-norm blocks, ``x = x + {norm}(attn({norm}(x))); x = x + {norm}(mlp({norm}(x)))``",
     }[arch["norm_position"]]
     position = {
@@ -230,7 +232,14 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     if arch["attention"] == "single_head":
         attention = "one attention head with a fused query-key matrix and no output projection"
     else:
-        attention = "grouped-query attention" + (" with biases" if arch["attention_bias"] else "")
+        attention = "grouped-query attention"
+        if arch["attention_bias"]:
+            attention += " with biases"
+        elif arch["qkv_bias"]:
+            attention += " with query, key and value biases"
+        if arch["qk_norm"] != "none":
+            width = "each head" if arch["qk_norm"] == "head" else "all heads at once"
+            attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
     parts = [f"{blocks}, with {position}, {attention} and a {_mlp_doc(arch)}"]
     if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
         parts[0] += " (layer norms without bias)"
@@ -372,6 +381,7 @@ def template_data(
         "arch": schema.structure_of(m.get("model", {})),
         "names": bp.names,
         "plan": plan(bp, m.get("model", {})),
+        "plans": plans_for(bp, m.get("model", {})),  # tensor- and pipeline-parallel plans
     }
 
 

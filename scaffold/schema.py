@@ -96,13 +96,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 # The structural keys' values. Each value names the code a template renders for it
 # (docs/architecture.md, section 3).
 NORM_TYPES = ("rmsnorm", "layernorm", "rmsnorm_unit_offset")
-NORM_POSITIONS = ("pre", "post", "deepnorm", "sandwich")
-LAYER_TYPES = ("full_attention", "sliding_attention")
+NORM_POSITIONS = ("pre", "post", "deepnorm", "post_sublayer", "sandwich")
 POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "none")
 ATTENTIONS = ("multi_head", "single_head")
 MLPS = ("gated", "plain")
 # transformers' ACT2FN names the generated code can use (read without importing transformers)
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_pytorch_tanh", "gelu_new", "tanh", "sigmoid")
+QK_NORMS = ("none", "head", "full")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 EMBEDDING_SCALES = ("none", "sqrt_hidden")
 INITS = ("scaled_normal", "xavier", "deepnet", "normal")
 
@@ -118,6 +119,8 @@ STRUCTURE: dict[str, Any] = {
     "hidden_act": "silu",
     "mlp_bias": False,
     "embedding_scale": "none",
+    "qk_norm": "none",
+    "qkv_bias": False,
     "init": "scaled_normal",
     # structural by presence: set, the code for them is generated and reads their values from the config
     "attn_logit_softcapping": None,
@@ -264,7 +267,8 @@ FIELDS: tuple[Field, ...] = (
         "norm_position",
         STR,
         "Where the norms sit: pre (before each sublayer), post (after each residual sum), deepnorm "
-        "(post, the residual scaled by (2L)^(1/4)) or sandwich (before and after each sublayer, Gemma 2).",
+        "(post, the residual scaled by (2L)^(1/4)), post_sublayer (each sublayer's output normed before "
+        "the residual add: OLMo 2) or sandwich (before and after each sublayer: Gemma 2).",
         (one_of(*NORM_POSITIONS),),
     ),
     Field(
@@ -283,6 +287,20 @@ FIELDS: tuple[Field, ...] = (
         (one_of(*ATTENTIONS),),
     ),
     Field("model", "attention_bias", BOOL, "Biases on the query, key, value and output projections."),
+    Field(
+        "model",
+        "qkv_bias",
+        BOOL,
+        "Biases on the query, key and value projections only, not the output one (Qwen2).",
+    ),
+    Field(
+        "model",
+        "qk_norm",
+        STR,
+        "Normalise queries and keys before RoPE: none, head (each head over head_dim: Qwen3) or full (over "
+        "all heads' width at once: OLMo 2), with the model's norm_type.",
+        (one_of(*QK_NORMS),),
+    ),
     Field(
         "model",
         "mlp",
@@ -336,7 +354,7 @@ FIELDS: tuple[Field, ...] = (
         STR,
         "Weight init: scaled_normal (truncated normal, residual writers / sqrt(2L), head d^-0.5), xavier "
         "(xavier-uniform, zero biases, embeddings d^-0.5), deepnet (xavier with DeepNet's beta gain) or normal "
-        "(transformers': normal with std initializer_range, what the reproduced families use).",
+        "(transformers' own: normal(0, initializer_range), zero biases).",
         (one_of(*INITS),),
     ),
     # [tokenizer]

@@ -355,9 +355,19 @@ def fused_optimizers(model, lr: float, bad: list[str]) -> tuple[dict, list]:
 
 
 def train(
-    model, opts: TestOptions, data: Iterator[Any], *, device=None, log: Callable[[str], None] = print
+    model,
+    opts: TestOptions,
+    data: Iterator[Any],
+    *,
+    device=None,
+    log: Callable[[str], None] = print,
+    loss_value: Callable[[Any], float] | None = None,
 ) -> TestReport:
-    """Run ``opts.steps`` steps of forward, backward and AdamW on ``model`` with batches from ``data``."""
+    """Run ``opts.steps`` steps of forward, backward and AdamW on ``model`` with batches from ``data``.
+
+    ``loss_value`` turns the step's loss tensor into the number reported (default ``loss.item()``;
+    several processes report the loss of the whole batch: :mod:`scaffold.distributed`).
+    """
     import torch
 
     device = device if device is not None else next(model.parameters()).device
@@ -386,7 +396,7 @@ def train(
             inputs = {k: v.to(device) for k, v in inputs.items()}
             labels = inputs.pop("labels", inputs["input_ids"])
             loss = model(**inputs, labels=labels, use_cache=False).loss
-            value = loss.item()
+            value = loss.item() if loss_value is None else loss_value(loss)
             if not math.isfinite(value):
                 raise TestFailure(f"step {step}: loss is {value}; first bad parameter: {_first_bad(model)}")
             loss.backward()

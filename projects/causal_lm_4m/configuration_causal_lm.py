@@ -10,6 +10,19 @@ class ScaffoldCausalLMConfig(PreTrainedConfig):
 
     model_type = "scaffold_causal_lm"
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
+    # tensor- and pipeline-parallel plans, read by from_pretrained(tp_plan="auto") (scaffold/plans.py)
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+    }
 
     vocab_size: int = 2000
     hidden_size: int = 256
@@ -39,6 +52,8 @@ class ScaffoldCausalLMConfig(PreTrainedConfig):
     hidden_act: str = "relu"
     mlp_bias: bool = True
     embedding_scale: str = "sqrt_hidden"
+    qk_norm: str = "none"
+    qkv_bias: bool = False
     init: str = "xavier"
 
     def __post_init__(self, **kwargs):

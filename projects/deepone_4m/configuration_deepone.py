@@ -10,6 +10,21 @@ class ScaffoldDeeponeConfig(PreTrainedConfig):
 
     model_type = "scaffold_deepone"
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
+    # tensor- and pipeline-parallel plans, read by from_pretrained(tp_plan="auto") (scaffold/plans.py)
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise_rep",
+        "layers.*.self_attn.k_proj": "colwise_rep",
+        "layers.*.self_attn.v_proj": "colwise_rep",
+        "layers.*.self_attn.o_proj": "rowwise_rep",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
 
     vocab_size: int = 2000
     hidden_size: int = 256
@@ -38,6 +53,8 @@ class ScaffoldDeeponeConfig(PreTrainedConfig):
     hidden_act: str = "relu"
     mlp_bias: bool = False
     embedding_scale: str = "none"
+    qk_norm: str = "none"
+    qkv_bias: bool = False
     init: str = "deepnet"
 
     def __post_init__(self, **kwargs):

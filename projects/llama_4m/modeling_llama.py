@@ -387,6 +387,10 @@ class LlamaModel(LlamaPreTrainedModel):
 class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     """LlamaModel with the output head; computes the shifted next-token loss when given labels."""
 
+    # the output head split on the vocabulary and gathered (scaffold/plans.py)
+    _tp_plan = {"lm_head": "colwise_rep"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: ScaffoldLlamaConfig):

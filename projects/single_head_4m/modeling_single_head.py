@@ -101,7 +101,9 @@ class AlibiSlopes(nn.Module):
     Fixed slopes are a non-persistent float32 buffer, never stored in checkpoints and recomputed
     whenever the module moves or changes dtype (``_apply``), so they stay exact after ``.to(bfloat16)``,
     ``to_empty`` and loading from the meta device. Trainable slopes are an ordinary parameter that
-    starts at ``initial`` and is saved with the weights.
+    starts at ``initial`` and is saved with the weights; like every other parameter it takes the
+    default dtype (``from_pretrained(dtype=...)``, ``default_dtype``), so that FSDP sees one dtype.
+    Either way the bias is computed from them in float32.
     """
 
     def __init__(self, initial: list[float], trainable: bool = False):
@@ -109,7 +111,7 @@ class AlibiSlopes(nn.Module):
         self.initial = tuple(float(m) for m in initial)
         self.trainable = trainable
         if trainable:
-            self.slopes = nn.Parameter(self.compute_slopes())
+            self.slopes = nn.Parameter(self.compute_slopes().to(torch.get_default_dtype()))
         else:
             self.register_buffer("slopes", self.compute_slopes(), persistent=False)
 
@@ -212,6 +214,7 @@ def flex_alibi_attention_forward(
     """flex_attention with ALiBi as a score modifier; returns (B, T, H, D) like the other backends."""
     # a tensor, not a Python int, so that the compiled kernel is reused as the cache grows
     offset = torch.as_tensor(query_offset, device=query.device)
+    slopes = slopes.float()  # the bias in float32 whatever the parameters' dtype
     if not torch.compiler.is_compiling():
         # heads and head width are fixed per model: only lengths may become dynamic when the kernel
         # recompiles (torch 2.13's CPU inductor fails on this kernel with a dynamic head count)
@@ -462,6 +465,10 @@ class SingleHeadModel(SingleHeadPreTrainedModel):
 
 class SingleHeadForCausalLM(SingleHeadPreTrainedModel, GenerationMixin):
     """SingleHeadModel with the output head; computes the shifted next-token loss when given labels."""
+
+    # the output head split on the vocabulary and gathered (scaffold/plans.py)
+    _tp_plan = {"lm_head": "colwise_rep"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 

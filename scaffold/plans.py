@@ -1,0 +1,238 @@
+"""Tensor- and pipeline-parallel plans of a model family, from its module names and structure.
+
+transformers shards a model with ``from_pretrained(..., tp_plan="auto")`` by the plans its classes
+carry: the configuration class's ``base_model_tp_plan`` (module name patterns of the base model ->
+a parallel style) and ``base_model_pp_plan`` (the base model's children in order, with the names of
+their inputs and outputs), and the causal-LM class's ``_tp_plan`` / ``_pp_plan`` for the output head.
+config.json cannot carry them (transformers drops them when it saves a config), so they are class
+attributes, rendered into the generated files from what this module computes.
+
+How a projection may be split follows from the layout:
+
+- Attention whose heads are independent (RoPE, sinusoidal or no positions, per-head q/k norms) is
+  split by heads: q, k, v ``colwise`` (each rank keeps whole heads), the output projection
+  ``rowwise`` (partial sums all-reduced).
+- Attention that needs every head at once (a q/k norm over the full projection width, ALiBi with
+  one slope vector for all heads, a single head) keeps its weights sharded but gathers the
+  projections' outputs: ``colwise_rep`` in, ``rowwise_rep`` out, as transformers' OLMo 2 does.
+- A fused qkv projection interleaved per head (GPT-NeoX) is split by heads like separate ones; one
+  stored as [q; k; v] blocks (Phi-3) would mix q, k and v in a column slice, so it is gathered
+  (``colwise_rep``) and the output projection takes a replicated input (``rowwise_rep``). A fused
+  [gate; up] projection is gathered likewise.
+- The feed-forward is split on its hidden width: gate and up ``colwise``, down ``rowwise``.
+- The output head is split on the vocabulary and gathered (``colwise_rep``), which also matches an
+  input embedding tied to it (transformers splits ``embed_tokens`` on the vocabulary).
+
+The layout follows from the resolved structure and the family's parameter names (``[names]``); the
+``[parallel]`` table of a blueprint.toml may set any :class:`Layout` field on top, the style of any
+projection included (``styles``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import BlueprintError
+
+# The styles a plan here may use: present in every transformers 5.x release scaffold supports.
+STYLES = ("colwise", "rowwise", "colwise_rep", "rowwise_rep", "replicate")
+QK_NORMS = ("none", "head", "all")
+QKV_LAYOUTS = ("interleaved", "blocks")
+HEADS = ("split", "whole")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a family's plans follow from. Module names are attribute names; "" means the family has
+    no such module."""
+
+    # the base model's children, in the order the forward runs them
+    embed_tokens: str = "embed_tokens"
+    layers: str = "layers"
+    norm: str = "norm"  # the final norm ("" for none)
+    lm_head: str = "lm_head"
+    # one decoder layer
+    attention: str = "self_attn"
+    q_proj: str = "q_proj"
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    o_proj: str = "o_proj"
+    qkv_proj: str = ""  # a fused query-key-value projection, instead of q/k/v
+    qkv_layout: str = "blocks"  # "interleaved" per head (GPT-NeoX) or "blocks" [q; k; v] (Phi-3)
+    qk_norm: str = "none"  # "head": over head_dim, per head; "all": over every head's width at once
+    heads: str = "split"  # "whole": the attention needs every head on every rank (ALiBi slopes, one head)
+    mlp: str = "mlp"
+    gate_proj: str = "gate_proj"
+    up_proj: str = "up_proj"
+    down_proj: str = "down_proj"
+    gate_up_proj: str = ""  # a fused [gate; up] projection, instead of gate/up
+    # explicit styles by projection attribute name (e.g. {"q_proj": "colwise_rep"}), over the derived ones
+    styles: Mapping[str, str] = field(default_factory=dict)
+
+
+def layout_from(data: Mapping[str, Any], *, path: Any = None) -> Layout:
+    """A :class:`Layout` from a blueprint's ``[parallel]`` table; unknown keys and values are errors."""
+    known = {f.name for f in fields(Layout)}
+    for key in data:
+        if key not in known:
+            raise BlueprintError(
+                f"unknown key; known: {', '.join(sorted(known))}", path=path, key=f"parallel.{key}"
+            )
+    for key, allowed in (("qk_norm", QK_NORMS), ("qkv_layout", QKV_LAYOUTS), ("heads", HEADS)):
+        if key in data and data[key] not in allowed:
+            raise BlueprintError(
+                f"{data[key]!r} is not one of {', '.join(allowed)}", path=path, key=f"parallel.{key}"
+            )
+    for name, style in dict(data.get("styles", {})).items():
+        if style not in STYLES:
+            raise BlueprintError(
+                f"{style!r} is not one of {', '.join(STYLES)}", path=path, key=f"parallel.styles.{name}"
+            )
+    return Layout(**{k: v for k, v in data.items()})
+
+
+def attention_styles(layout: Layout) -> dict[str, str]:
+    """The style of each attention projection, by attribute name."""
+    gather = layout.heads == "whole" or layout.qk_norm == "all"
+    col, row = ("colwise_rep", "rowwise_rep") if gather else ("colwise", "rowwise")
+    out: dict[str, str] = {}
+    if layout.qkv_proj:
+        fused_by_head = layout.qkv_layout == "interleaved" and not gather
+        out[layout.qkv_proj] = "colwise" if fused_by_head else "colwise_rep"
+        row = "rowwise" if fused_by_head else "rowwise_rep"
+    else:
+        for name in (layout.q_proj, layout.k_proj, layout.v_proj):
+            if name:
+                out[name] = col
+    if layout.o_proj:
+        out[layout.o_proj] = row
+    return out
+
+
+def mlp_styles(layout: Layout) -> dict[str, str]:
+    """The style of each feed-forward projection, by attribute name."""
+    out: dict[str, str] = {}
+    if layout.gate_up_proj:
+        out[layout.gate_up_proj] = "colwise_rep"
+        if layout.down_proj:
+            out[layout.down_proj] = "rowwise_rep"
+        return out
+    for name in (layout.gate_proj, layout.up_proj):
+        if name:
+            out[name] = "colwise"
+    if layout.down_proj:
+        out[layout.down_proj] = "rowwise"
+    return out
+
+
+def base_model_tp_plan(layout: Layout) -> dict[str, str]:
+    """transformers' ``base_model_tp_plan``: module name patterns of the base model -> style."""
+    plan: dict[str, str] = {}
+    for module, styles in ((layout.attention, attention_styles(layout)), (layout.mlp, mlp_styles(layout))):
+        for name, style in styles.items():
+            style = layout.styles.get(name, style)
+            if style != "replicate":
+                plan[f"{layout.layers}.*.{module}.{name}"] = style
+    return plan
+
+
+def base_model_pp_plan(layout: Layout) -> dict[str, tuple[list[str], list[str]]]:
+    """transformers' ``base_model_pp_plan``: the base model's stages in order, inputs and outputs."""
+    plan = {
+        layout.embed_tokens: (["input_ids"], ["inputs_embeds"]),
+        layout.layers: (["hidden_states", "attention_mask"], ["hidden_states"]),
+    }
+    if layout.norm:
+        plan[layout.norm] = (["hidden_states"], ["hidden_states"])
+    return plan
+
+
+def head_tp_plan(layout: Layout) -> dict[str, str]:
+    """The causal-LM class's ``_tp_plan``: the output head split on the vocabulary, then gathered."""
+    return {layout.lm_head: "colwise_rep"}
+
+
+def head_pp_plan(layout: Layout) -> dict[str, tuple[list[str], list[str]]]:
+    return {layout.lm_head: (["hidden_states"], ["logits"])}
+
+
+def _dict_source(name: str, plan: Mapping[str, Any], indent: int) -> str:
+    pad = " " * indent
+    if len(plan) <= 1:
+        return f"{name} = {dict(plan)!r}".replace("'", '"')
+    body = "".join(f"{pad}    {k!r}: {v!r},\n".replace("'", '"') for k, v in plan.items())
+    return f"{name} = {{\n{body}{pad}}}"
+
+
+@dataclass(frozen=True)
+class RenderedPlans:
+    """The plans as source lines for the templates: ``config`` for the configuration class,
+    ``causal_lm`` for the causal-LM class (each indented for a class body's first line)."""
+
+    config: str
+    causal_lm: str
+
+
+def render_plans(layout: Layout) -> RenderedPlans:
+    """Class-attribute source of every plan, for ``{{ plans.config }}`` and ``{{ plans.causal_lm }}``."""
+    config = "\n    ".join(
+        [
+            '# tensor- and pipeline-parallel plans, read by from_pretrained(tp_plan="auto") (scaffold/plans.py)',
+            _dict_source("base_model_tp_plan", base_model_tp_plan(layout), 4),
+            _dict_source("base_model_pp_plan", base_model_pp_plan(layout), 4),
+        ]
+    )
+    causal_lm = "\n    ".join(
+        [
+            "# the output head split on the vocabulary and gathered (scaffold/plans.py)",
+            _dict_source("_tp_plan", head_tp_plan(layout), 4),
+            _dict_source("_pp_plan", head_pp_plan(layout), 4),
+        ]
+    )
+    return RenderedPlans(config=config, causal_lm=causal_lm)
+
+
+def layout_for(structure: Mapping[str, Any], names: Mapping[str, str]) -> Layout:
+    """The layout a resolved structure (``schema.structure_of``) and a family's parameter names give.
+
+    ALiBi (one slope vector over all heads) and single-head attention keep whole heads; a q/k norm
+    (``qk_norm``: "head" or "all") and a fused qkv projection (``qkv``: "interleaved" or "blocks") are
+    read when the structure has them; a post-norm decoder has no final norm; a plain MLP no gate.
+    """
+    single = structure.get("attention") == "single_head"
+    qkv = structure.get("qkv", "separate")
+    fused = qkv in QKV_LAYOUTS
+    whole = single or structure.get("position_embedding") == "alibi"
+    return Layout(
+        embed_tokens=names["embed_tokens"],
+        layers=names["layers"],
+        norm=names["norm"] if structure.get("norm_position") != "post" else "",
+        lm_head=names["lm_head"],
+        attention=names["self_attn"],
+        q_proj="" if fused else names["qk_proj"] if single else names["q_proj"],
+        k_proj="" if fused or single else names["k_proj"],
+        v_proj="" if fused else names["v_proj"],
+        o_proj="" if single else names["o_proj"],
+        qkv_proj=names["qkv_proj"] if fused else "",
+        qkv_layout=qkv if fused else "blocks",
+        qk_norm=structure.get("qk_norm", "none"),
+        heads="whole" if whole else "split",
+        mlp=names["mlp"],
+        gate_proj=names["gate_proj"] if structure.get("mlp") == "gated" else "",
+        up_proj=names["up_proj"],
+        down_proj=names["down_proj"],
+    )
+
+
+def plans_for(blueprint: Any, model: Mapping[str, Any]) -> RenderedPlans:
+    """The rendered plans of a family's project: its structure and names, with the ``[parallel]``
+    table of its blueprint.toml (any :class:`Layout` field) on top."""
+    from dataclasses import asdict
+
+    from .schema import structure_of
+
+    derived = asdict(layout_for(structure_of(model), blueprint.names))
+    layout = layout_from({**derived, **blueprint.parallel}, path=blueprint.path / "blueprint.toml")
+    return render_plans(layout)
