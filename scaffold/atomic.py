@@ -23,6 +23,7 @@ import errno
 import fcntl
 import glob
 import hashlib
+import math
 import os
 import shutil
 import signal
@@ -70,10 +71,15 @@ def lock_path(target: Path) -> Path:
 
 def _lock_timeout() -> float:
     raw = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    if not raw.strip():
+        return DEFAULT_LOCK_TIMEOUT
     try:
-        return float(raw) if raw else DEFAULT_LOCK_TIMEOUT
+        value = float(raw)
     except ValueError:
-        raise ProjectError(f"must be a number of seconds, got {raw!r}", key=LOCK_TIMEOUT_ENV) from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ProjectError(f"must be a finite number of seconds, 0 or more; got {raw!r}", key=LOCK_TIMEOUT_ENV)
+    return value
 
 
 @contextlib.contextmanager
@@ -171,6 +177,36 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, flushed, then
+    renamed over it. A failure (a full disk, permissions) is a :class:`FileAccessError` naming the
+    path and the operation, and leaves any previous file as it was, never a 0-byte one."""
+    from .errors import file_access_error
+
+    path = Path(path)
+    if path.is_dir():
+        raise ProjectError("is a folder; give a file name", path=path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        if err.filename is None or err.filename == tmp:
+            err.filename = str(path)
+        raise file_access_error(err, "write") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def make_staging(target: Path, kind: str) -> Path:
@@ -274,3 +310,100 @@ def swap_in(staging: Path, target: Path) -> None:
         trash = target.with_name(f".{target.name}.trash-{staging.name[-8:]}")
         old.rename(trash)  # an .old-* folder is always whole; only .trash-* is ever half deleted
         shutil.rmtree(trash, ignore_errors=True)
+
+
+BUILD_RECORD = "scaffold-build.json"  # scaffold.build.STAMP_FILE
+PROJECT_MARKERS = ("scaffold.toml", ".copier-answers.yml")  # what `scaffold new` always writes
+CHECKPOINT_MARKERS = (
+    "model.safetensors",
+    "config.json",
+)  # a checkpoint, or a model directory to save one into
+LISTED = 5  # entries named when a folder is refused
+
+
+def is_build_dir(path: Path) -> bool:
+    """Whether ``path`` holds a valid build record: ``scaffold-build.json`` parses, and every file in
+    the folder is one the record lists (contents may be stale; recorded files may be missing)."""
+    import json
+
+    try:
+        stamp = json.loads((path / BUILD_RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    files = stamp.get("files") if isinstance(stamp, dict) else None
+    if not isinstance(files, dict):
+        return False
+    from .verify import files_on_disk
+
+    return files_on_disk(path) <= set(files)
+
+
+def is_project_dir(path: Path) -> bool:
+    """Whether ``path`` is a project folder written by ``scaffold new`` (manifest and answers file)."""
+    return all((path / name).is_file() for name in PROJECT_MARKERS)
+
+
+def check_replaceable(
+    path: str | Path,
+    *,
+    accept: str = "build",
+    protect: tuple[str | Path, ...] = (),
+    option: str = "",
+    contents: bool = True,
+) -> None:
+    """Refuse to replace ``path`` unless scaffold wrote it; ``--force`` never widens this rule.
+
+    ``path`` may be replaced when it does not exist, is an empty folder, or is what scaffold writes
+    there (``accept``): ``"build"``, a model directory with a valid build record (:func:`is_build_dir`);
+    ``"project"``, a project folder (:func:`is_project_dir`); ``"checkpoint"``, a folder holding a
+    checkpoint or a model directory (``config.json``), whose other files a save keeps. Never ``/``, a home directory, a file, or a folder that is or holds one of
+    ``protect`` (the project being built) or any scaffold project. ``option`` (a flag) is named in the
+    error; ``contents=False`` checks only where the folder is, not what it holds. Raises
+    :class:`ProjectError` naming the folder and what is in it.
+    """
+    path = Path(path)
+    where = f"{option} {path}" if option else str(path)
+
+    def refuse(why: str) -> ProjectError:
+        return ProjectError(f"{why}; scaffold only replaces folders it wrote, --force included", path=where)
+
+    resolved = path.resolve()
+    homes = {Path.home().resolve(), *(p.resolve() for p in Path("/home").glob("*") if p.is_dir())}
+    if resolved == Path(resolved.anchor) or resolved in homes:
+        raise refuse("is the root or a home directory")
+    for p in protect:
+        p = Path(p).resolve()
+        if resolved == p or resolved in p.parents:
+            raise refuse(f"is or holds the project folder {p}")
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise refuse("exists and is not a folder")
+    if not contents:
+        return
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as err:
+        raise ProjectError(f"cannot list the folder: {err.strerror or err}", path=where) from None
+    if not entries:
+        return
+    if accept == "project" and is_project_dir(path):
+        return
+    if accept in ("build", "checkpoint") and is_build_dir(path):
+        return
+    if accept == "checkpoint" and any(
+        e.name in CHECKPOINT_MARKERS or e.name.endswith(".safetensors.index.json") for e in entries
+    ):
+        return
+    if accept != "project" and is_project_dir(path):
+        raise refuse("is a scaffold project, not a model directory")
+    if any(is_project_dir(e) for e in entries if e.is_dir()):
+        raise refuse("holds scaffold projects")
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+    listed = ", ".join(names[:LISTED]) + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")
+    what = {
+        "build": f"a model directory with a valid {BUILD_RECORD}",
+        "project": "a project made by `scaffold new`",
+        "checkpoint": "a checkpoint or a model directory",
+    }[accept]
+    raise refuse(f"holds files scaffold did not write ({listed}); it is not {what}")

@@ -226,6 +226,11 @@ def load(spec: str | Path) -> Blueprint:
             raise BlueprintError(
                 "missing key (or give blueprint.class_prefix)", path=where, key=f"blueprint.{key}"
             )
+    for key, value in meta.items():
+        if key.endswith("_file"):
+            problem = unsafe_name(value)
+            if problem:
+                raise BlueprintError(problem, path=where, key=f"blueprint.{key}")
     structure = data.get("structure", {})
     names = data.get("names", {})
     problems = [
@@ -255,6 +260,16 @@ def load(spec: str | Path) -> Blueprint:
     if bp.template_path != path:
         check_symlinks(path)
     return bp
+
+
+def unsafe_name(value: Any) -> str | None:
+    """Why ``value`` is not a file name inside the project (absolute, ``..``, not a string), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a file name inside the project, got {value!r}"
+    p = Path(value)
+    if p.is_absolute() or ".." in p.parts or "\\" in value or value.startswith("~"):
+        return f"must be a file name inside the project, not a path that leaves it: {value!r}"
+    return None
 
 
 def check_safe(path: Path) -> None:

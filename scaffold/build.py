@@ -28,7 +28,7 @@ from . import __version__, atomic, manifest, schema
 from .atomic import sha256_file
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
-from .errors import IntegrityError, ProjectError
+from .errors import IntegrityError, ManifestError, ProjectError, writing
 from .render import TOKENIZER_FILE
 
 STAMP_FILE = "scaffold-build.json"
@@ -80,6 +80,11 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
         raise ProjectError("no such project folder", path=path)
     mpath = path / manifest.MANIFEST_NAME
     data = manifest.load(mpath)
+    for section, values in data.items():
+        if section in manifest.schema.SECTIONS and not isinstance(values, Mapping):
+            raise ManifestError(
+                [(section, f"must be a table ([{section}]), got {type(values).__name__} {values!r}")], path=mpath
+            )
     spec = data.get("project", {}).get("blueprint")
     if not isinstance(spec, str):
         raise ProjectError("missing; which blueprint made this project?", path=mpath, key="project.blueprint")
@@ -126,10 +131,14 @@ def inputs_record(
 
 
 def read_stamp(output_dir: Path) -> dict[str, Any] | None:
+    """The build record of ``output_dir``, or None when it is missing or not a record."""
     try:
-        return json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
+        stamp = json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("inputs"), dict):
+        return None
+    return stamp
 
 
 def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -196,12 +205,16 @@ def build(
     from .tokenizer import ensure_project_tokenizer
 
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    option = "--output-dir" if output_dir is not None else ""
+    atomic.check_replaceable(out, protect=(project.path,), option=option, contents=False)
     # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
     note = ensure_project_tokenizer(project.path, project.manifest)
     record = inputs_record(project, save_weights, weights)
     with atomic.locked(out):  # a second build of the same folder waits here
         atomic.sweep(out)  # what an interrupted build left beside the folder
-        result = _build_locked(project, out, record, force=force, save_weights=save_weights, weights=weights)
+        result = _build_locked(
+            project, out, record, force=force, save_weights=save_weights, weights=weights, option=option
+        )
     if note:
         result.message = f"{note}\n{result.message}"
     return result
@@ -215,23 +228,21 @@ def _build_locked(
     force: bool,
     save_weights: bool,
     weights: WeightOptions | None,
+    option: str = "",
 ) -> BuildResult:
     if out.exists():
         stamp = read_stamp(out)
-        if stamp is None:
-            if any(out.iterdir()) and not force:
-                raise ProjectError(
-                    f"exists and was not written by scaffold build ({STAMP_FILE} missing); "
-                    "pass --force to replace it",
-                    path=out,
-                )
-        elif stamp.get("inputs") == record:
+        if stamp is not None and stamp.get("inputs") == record:
             damage = _damage(out, stamp)
             if damage is None:
                 return BuildResult(out, False, f"up to date, kept: {out}")
             if not force:
                 raise damage
-        elif not force:
+        # only a folder scaffold wrote (or an empty one) is ever replaced, with or without --force
+        atomic.check_replaceable(out, protect=(project.path,), option=option)
+        if stamp is None and any(out.iterdir()) and not force:
+            raise ProjectError(f"its {STAMP_FILE} has no inputs record; pass --force to rebuild", path=out)
+        if stamp is not None and stamp.get("inputs") != record and not force:
             raise ProjectError(
                 f"stale build ({describe_changes(stamp.get('inputs', {}), record)}); "
                 "pass --force to rebuild, or delete the folder",
@@ -239,12 +250,13 @@ def _build_locked(
             )
     staging = atomic.make_staging(out, "build")
     try:
-        write_model_dir(project, staging, save_weights=save_weights, weights=weights)
-        atomic.fault_point("build-written")
-        stamp = {"inputs": record, "files": record_files(staging)}
-        (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-        atomic.apply_umask(staging)
-        atomic.fsync_tree(staging)
+        with writing(staging):
+            write_model_dir(project, staging, save_weights=save_weights, weights=weights)
+            atomic.fault_point("build-written")
+            stamp = {"inputs": record, "files": record_files(staging)}
+            (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+            atomic.apply_umask(staging)
+            atomic.fsync_tree(staging)
         atomic.fault_point("build-staged")
         atomic.swap_in(staging, out)
     finally:
@@ -252,10 +264,16 @@ def _build_locked(
     return BuildResult(out, True, f"built {out}")
 
 
-def build_for_test(project: Project, output_dir: str | Path | None = None) -> BuildResult:
+def build_for_test(
+    project: Project, output_dir: str | Path | None = None, *, force: bool = False
+) -> BuildResult:
     """The build ``scaffold test`` runs on: an existing build that differs only in how its weights were
-    made is kept as it is (its weights are what gets tested); anything else builds as usual."""
+    made is kept as it is (its weights are what gets tested); anything else builds as usual (``force``:
+    a stale or damaged build is rebuilt, as ``scaffold build --force`` does)."""
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
+    atomic.check_replaceable(
+        out, protect=(project.path,), option="--output-dir" if output_dir else "", contents=False
+    )
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
         old = dict(stamp.get("inputs") or {})
@@ -265,14 +283,15 @@ def build_for_test(project: Project, output_dir: str | Path | None = None) -> Bu
         if old == new:
             with atomic.locked(out):
                 damage = _damage(out, stamp)
-            if damage is not None:
+            if damage is None:
+                return BuildResult(out, False, f"up to date, kept: {out}")
+            if not force:
                 raise damage
-            return BuildResult(out, False, f"up to date, kept: {out}")
-    return build(project, out)
+    return build(project, output_dir, force=force)
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
-    """The quick integrity check of an up-to-date build (no checksums): its first problem, as an error."""
+    """The quick integrity check of an up-to-date build (checksums of small files only): its first problem, as an error."""
     from .verify import check_model_dir
 
     damage = check_model_dir(out, stamp, deep=False)

@@ -39,8 +39,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import atomic
 from .construct import alias_groups, get_tensor, initialize_weights, to_dtype, to_empty
 from .errors import CheckpointError, UsageError
+from .progress import track
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -174,6 +176,8 @@ def save_checkpoint(
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise CheckpointError("exists and is not a folder", path=target)
+    # the folder is swapped whole: only an empty folder, a checkpoint or a model directory qualifies
+    atomic.check_replaceable(target, accept="checkpoint")
     target = target.resolve()
     state, groups = checkpoint_state(model)
     shards = plan_shards(state, limit)
@@ -188,7 +192,7 @@ def save_checkpoint(
             _link_others(target, staging)
         weight_map: dict[str, str] = {}
         files = []
-        for i, names in enumerate(shards, start=1):
+        for i, names in track(enumerate(shards, start=1), total=n, desc="saving shards", unit="shard"):
             fname = shard_name(i, n)
             tensors = _unshare({k: state[k] for k in names})
             out = staging / fname
@@ -383,7 +387,7 @@ def find_checkpoint(path: str | Path) -> CheckpointFiles:
             hint = f" (found {', '.join(others[:5])})" if others else ""
             raise CheckpointError(f"no checkpoint here: neither {WEIGHTS_NAME} nor {INDEX_NAME}{hint}", path=path)
     else:
-        raise CheckpointError("no such checkpoint folder or file", path=path)
+        raise UsageError("no such checkpoint folder or file", path=path)
     if single is not None:
         return CheckpointFiles(folder, None, [single], {})
     assert index is not None

@@ -7,6 +7,7 @@ torch and transformers are imported inside the commands that need them, never at
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_INTERNAL, ScaffoldError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
 from .overrides import Overrides, override_options
 
 DEBUG_ENV = "SCAFFOLD_DEBUG"
@@ -33,6 +34,13 @@ class ScaffoldGroup(click.Group):
             for line in str(err).splitlines() or [type(err).__name__]:
                 click.echo(f"error: {line}", err=True)
             ctx.exit(err.exit_code)
+        except OSError as err:  # permissions, a full disk: name the path and what failed
+            if _debug(ctx) or (err.filename is None and err.errno not in _SYSTEM_ERRNOS):
+                raise
+            from .errors import file_access_error
+
+            click.echo(f"error: {file_access_error(err)}", err=True)
+            ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -43,6 +51,10 @@ class ScaffoldGroup(click.Group):
                 raise
             click.echo(f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+
+# errors of the machine, not of scaffold: reported as one line even when the system names no file
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -186,7 +198,10 @@ def _doc(path: str) -> str:
     default=None,
     help=_doc("test.fuse_optim_with_backward"),
 )
-@click.option("--seed", type=click.IntRange(min=0), help=_doc("test.seed"))
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), help=_doc("test.seed"))
+@click.option(
+    "--force", is_flag=True, help="Rebuild a stale or damaged build of PROJECT (as `scaffold build --force`)."
+)
 @click.option(
     "--dataset",
     type=click.Path(path_type=Path),
@@ -204,6 +219,7 @@ def _doc(path: str) -> str:
     default=None,
     help=_doc("test.packed"),
 )
+@click.option("--no-record", is_flag=True, help="Do not write a run record under PROJECT/runs/.")
 @click.option(
     "--nproc",
     type=int,
@@ -226,7 +242,7 @@ def _doc(path: str) -> str:
     help="With --nproc: also run one process and print the largest loss difference (default on).",
 )
 @override_options
-def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
+def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
     tokens or on a dataset tokenized with the model's own tokenizer.
 
@@ -239,11 +255,16 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     --output-dir is given, so PROJECT/model is left alone. --load-from-checkpoint loads those weights
     (strictly, converted to --dtype); --no-init-weights constructs without init and loads the weights
     from the checkpoint or the model directory.
+
+    Each run is recorded in PROJECT/runs/<time>-<id>/ (options, model config, per-step loss, learning
+    rate, tokens/s and memory, the summary and a loss-curve PNG) unless --no-record; `scaffold runs`
+    lists and plots them. A progress bar shows when stderr is a terminal.
     """
     import tempfile
 
     from .build import build_for_test
-    from .smoke import TestOptions, resolve_device, resolve_dtype, run
+    from .runs import record_options, recording
+    from .smoke import TestOptions, precision, resolve_device, resolve_dtype, run
 
     nproc, parallel, timeout, compare = (flags.pop(k) for k in ("nproc", "parallel", "timeout", "compare"))
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
@@ -252,6 +273,7 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
     if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
         options.dataset = str(proj.path / options.dataset)
     _check_dataset_options(options)
+    _check_sequence_length(options, proj, "sequence_length" in test_flags)
     device = resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
     dist = _distributed_options(nproc, parallel, timeout, options, device)
@@ -263,30 +285,43 @@ def test_cmd(project: Path, overrides: Overrides, **flags: Any) -> None:
         output_dir = overrides.output_dir
         if output_dir is None and overrides.changes_build:
             output_dir = Path(tmp) / "model"
-        result = build_for_test(proj, output_dir)
+        result = build_for_test(proj, output_dir, force=force)
         if output_dir is None or overrides.output_dir:
             click.echo(result.message)
         else:
             click.echo(f"built a temporary model directory for {' '.join(overrides.build_flags())}")
-        if dist is not None:
-            from .distributed import launch
+        record = record_options(proj, options, device, overrides, result.output_dir)
+        with recording(
+            None if no_record else proj.path, record, result.output_dir, device, options.steps, click.echo
+        ) as rec:
+            if dist is not None:
+                from .distributed import launch
 
-            click.echo(
-                f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} processes "
-                f"on {device.type}, {options.dtype}"
-            )
-            report = launch(
-                result.output_dir,
-                options,
-                dist,
-                checkpoint=overrides.checkpoint,
-                no_init=overrides.no_init_weights,
-                compare=compare,
-            )
-        else:
-            click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {options.dtype}")
-            report = run(result.output_dir, options, checkpoint=overrides.checkpoint, no_init=overrides.no_init_weights)
-    click.echo(report.summary())
+                click.echo(
+                    f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} "
+                    f"processes on {device.type}, {options.dtype}"
+                )
+                report = launch(
+                    result.output_dir,
+                    options,
+                    dist,
+                    checkpoint=overrides.checkpoint,
+                    no_init=overrides.no_init_weights,
+                    compare=compare,
+                )
+            else:
+                click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {precision(options)}")
+                report = run(
+                    result.output_dir,
+                    options,
+                    checkpoint=overrides.checkpoint,
+                    no_init=overrides.no_init_weights,
+                    on_step=rec.step if rec else None,
+                )
+            said = rec.finish("completed", report) if rec else []
+    for line in said:
+        click.echo(line)
+    click.echo(report.summary())  # the last line, as before records
 
 
 def _distributed_options(nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any):
@@ -316,6 +351,20 @@ def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
     if dataset is not None:
         flags["dataset"] = str(dataset.absolute())
     return flags
+
+
+def _check_sequence_length(options: Any, proj: Any, from_flag: bool) -> None:
+    """A sequence must hold a next token to predict, and fit the model's positions."""
+    from .errors import UsageError
+    from .manifest import MANIFEST_NAME
+
+    where = {"key": "--sequence-length"} if from_flag else {"path": proj.path / MANIFEST_NAME, "key": "test.sequence_length"}
+    length = options.sequence_length
+    if length < 2:
+        raise UsageError(f"{length} token(s) leave no next token to predict; use 2 or more", **where)
+    longest = proj.manifest["model"].get("max_position_embeddings")
+    if isinstance(longest, int) and length > longest:
+        raise UsageError(f"{length} is longer than model.max_position_embeddings = {longest}", **where)
 
 
 def _check_dataset_options(options: Any) -> None:
@@ -386,13 +435,52 @@ def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrid
         os.close(fd)
         output_file = Path(name)
     if output_file is not None:
-        output_file.parent.mkdir(parents=True, exist_ok=True)
-        output_file.write_text(text, encoding="utf-8")
+        from .atomic import write_text
+
+        write_text(output_file, text)  # whole or not at all: never a 0-byte file on a full disk
         click.echo(f"wrote {output_file}", err=True)
     else:
         click.echo(text, nl=False)
     if edit:
         click.edit(filename=str(output_file))
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True, metavar="PROJECT | RUN...")
+@click.option("--plot", is_flag=True, help="Draw the loss curves of the RUNs on one figure (needs -o).")
+@click.option(
+    "-o",
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PNG file --plot writes.",
+)
+def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None:
+    """List the runs `scaffold test` recorded for PROJECT, or with --plot draw several runs' loss
+    curves on one figure: runs of different projects too, to compare two architectures.
+
+    \b
+      scaffold runs projects/my_llama
+      scaffold runs --plot projects/a:latest projects/b:20260101T120000Z-1a2b3c -o compare.png
+      scaffold runs --plot projects/a/runs/20260101T120000Z-1a2b3c projects/b:latest -o compare.png
+
+    A RUN is a run folder or PROJECT:RUN, where RUN is a run id, a unique prefix of one, or latest.
+    Plotting needs matplotlib (pip install 'scaffold[plot]').
+    """
+    from .runs import load_run, plot_runs, resolve_run, runs_table
+
+    if not plot:
+        if output_file is not None:
+            raise UsageError("-o/--output-file goes with --plot")
+        for i, target in enumerate(targets):
+            if len(targets) > 1:
+                click.echo(("\n" if i else "") + f"{target}:")
+            click.echo(runs_table(Path(target)), nl=False)
+        return
+    if output_file is None:
+        raise UsageError("--plot needs -o FILE (the PNG to write)")
+    chosen = [load_run(resolve_run(t)) for t in targets]
+    labels = plot_runs(chosen, output_file)
+    click.echo(f"wrote {output_file}: {len(labels)} loss curves ({', '.join(labels)})")
 
 
 @cli.command()

@@ -14,7 +14,8 @@ traceback instead. Exit codes:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 EXIT_INTERNAL = 1
@@ -72,6 +73,42 @@ class DeviceError(UsageError):
 
 class DataError(UsageError):
     """A dataset or tokenizer input that cannot be used."""
+
+
+class FileAccessError(UsageError):
+    """A file or folder scaffold cannot read or write (permissions, a full disk, a read-only system)."""
+
+
+def file_access_error(err: OSError, operation: str | None = None) -> FileAccessError:
+    """An OSError from the system as one line naming the path and the operation that failed."""
+    import errno
+
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EFBIG: "file too large (the file size limit or the disk is full)",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+    }.get(err.errno, err.strerror or str(err))
+    if operation is None:
+        operation = "write" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else "access"
+    where = err.filename if err.filename is not None else None
+    if err.filename2 is not None:
+        where = f"{err.filename} -> {err.filename2}"
+    return FileAccessError(f"cannot {operation}: {reason}", path=where)
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an OSError raised while writing into ``path`` into a :class:`FileAccessError` naming the
+    file (or ``path`` when the system did not say which) and the operation."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
+        raise file_access_error(err, "write") from None
 
 
 class IntegrityError(ScaffoldError):

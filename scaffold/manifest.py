@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,9 +39,17 @@ def load(path: str | Path) -> Manifest:
     if path.is_dir():
         path = path / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError([("", "no such manifest; is this a scaffold project?")], path=path) from None
+    except OSError as err:
+        raise ManifestError([("", f"cannot read: {err.strerror or err}")], path=path) from None
+    if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        raise ManifestError([("", "starts with a byte order mark; TOML is UTF-8 without one: save it without the BOM")], path=path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError([("", f"not UTF-8 text (byte {err.start}); TOML files are UTF-8")], path=path) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -179,15 +188,56 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                 )
             )
         else:
+            bad = set()
             for k in ROPE_SCALING_KEYS[kind]:
                 v = scaling.get(k)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    problems.append((f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}"))
+                    bad.add(k)
+            for k in sorted(set(scaling) - set(ROPE_SCALING_KEYS[kind]) - {"rope_type", "type"}):
+                problems.append(
+                    (f"model.rope_scaling.{k}", f"unknown key for {kind}; expected {', '.join(ROPE_SCALING_KEYS[kind])}")
+                )
+            if kind == "llama3" and not bad & {"low_freq_factor", "high_freq_factor"}:
+                low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+                if low >= high:
                     problems.append(
-                        (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
+                        ("model.rope_scaling.low_freq_factor", f"{low} must be below high_freq_factor = {high}")
                     )
+            original = scaling.get("original_max_position_embeddings")
+            longest = model.get("max_position_embeddings")
+            if "original_max_position_embeddings" in ROPE_SCALING_KEYS[kind] and "original_max_position_embeddings" not in bad:
+                if isinstance(longest, int) and original > longest:
+                    problems.append(
+                        (
+                            "model.rope_scaling.original_max_position_embeddings",
+                            f"{original} is longer than model.max_position_embeddings = {longest}; "
+                            "scaling extends a shorter original context",
+                        )
+                    )
+    head_dim = model.get("head_dim") or (hidden // heads if heads and hidden and not hidden % heads else None)
+    if "rope_theta" in model and isinstance(head_dim, int) and head_dim % 2:
+        key = "model.head_dim" if "head_dim" in model else "model.hidden_size"
+        problems.append((key, f"the head width {head_dim} is odd; rotary embeddings rotate pairs of channels"))
+    partial = model.get("partial_rotary_factor")
+    if "rope_theta" in model and isinstance(head_dim, int) and isinstance(partial, (int, float)) and not isinstance(partial, bool):
+        width = int(head_dim * partial)
+        if width % 2 or width <= 0:
+            problems.append(
+                ("model.partial_rotary_factor", f"gives a rotary width of {width} (of head width {head_dim}); it must be even and positive")
+            )
+    generation = section("generation")
+    # max_new_tokens and do_sample alone (the defaults) cannot conflict; any other key is judged by
+    # transformers, which is imported only then (`scaffold new` of a plain project stays light)
+    if set(generation) - {"max_new_tokens", "do_sample"} and not any(k.startswith("generation.") for k in skip):
+        problems.extend(generation_problems(generation))
     problems.extend(_structure_checks(m, model))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
+    files = tok.get("files")
+    if isinstance(files, list) and not all(isinstance(f, str) and f for f in files):
+        wrong = next(f for f in files if not (isinstance(f, str) and f))
+        problems.append(("tokenizer.files", f"must list file names (non-empty strings), got {type(wrong).__name__} {wrong!r}"))
     if kind == "bpe" and not tok.get("files") and not tok.get("dataset"):
         problems.append(
             ("tokenizer.files", "a bpe tokenizer needs text files (or tokenizer.dataset) to train on")
@@ -223,6 +273,32 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
             )
         )
     return problems
+
+
+def generation_problems(table: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The [generation] table checked as transformers will check it: ``GenerationConfig(**table)``
+    and its strict ``validate``; its complaints in one line naming the keys (transformers' rules are
+    not copied here, so they follow the installed version)."""
+    import re
+
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the non-strict check in __init__ would log the same complaint
+    try:
+        GenerationConfig(**table).validate(strict=True)
+    except (ValueError, TypeError) as err:
+        text = str(err)
+        named = list(dict.fromkeys(re.findall(r"`(\w+)`", text)))
+        keys = [k for k in named if k in table] or sorted(table)
+        first = " ".join(text.replace("GenerationConfig is invalid:", "").split())
+        first = re.sub(r"\s*If you're using a pretrained model.*$", "", first).lstrip("- ")
+        first = re.split(r" - `\w+`: ", first)[0]  # the first complaint; the keys name the others
+        return [(f"generation.{keys[0]}", f"transformers rejects {', '.join(keys)} as given: {first}")]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return []
 
 
 def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[tuple[str, str]]:

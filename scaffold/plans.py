@@ -38,7 +38,7 @@ from .errors import BlueprintError
 
 # The styles a plan here may use: present in every transformers 5.x release scaffold supports.
 STYLES = ("colwise", "rowwise", "colwise_rep", "rowwise_rep", "replicate")
-QK_NORMS = ("none", "head", "all")
+QK_NORMS = ("none", "head", "full")  # as scaffold/schema.py spells them
 QKV_LAYOUTS = ("interleaved", "blocks")
 HEADS = ("split", "whole")
 
@@ -61,7 +61,7 @@ class Layout:
     o_proj: str = "o_proj"
     qkv_proj: str = ""  # a fused query-key-value projection, instead of q/k/v
     qkv_layout: str = "blocks"  # "interleaved" per head (GPT-NeoX) or "blocks" [q; k; v] (Phi-3)
-    qk_norm: str = "none"  # "head": over head_dim, per head; "all": over every head's width at once
+    qk_norm: str = "none"  # "head": over head_dim, per head; "full": over every head's width at once
     heads: str = "split"  # "whole": the attention needs every head on every rank (ALiBi slopes, one head)
     mlp: str = "mlp"
     gate_proj: str = "gate_proj"
@@ -95,7 +95,7 @@ def layout_from(data: Mapping[str, Any], *, path: Any = None) -> Layout:
 
 def attention_styles(layout: Layout) -> dict[str, str]:
     """The style of each attention projection, by attribute name."""
-    gather = layout.heads == "whole" or layout.qk_norm == "all"
+    gather = layout.heads == "whole" or layout.qk_norm == "full"
     col, row = ("colwise_rep", "rowwise_rep") if gather else ("colwise", "rowwise")
     out: dict[str, str] = {}
     if layout.qkv_proj:
@@ -198,7 +198,7 @@ def layout_for(structure: Mapping[str, Any], names: Mapping[str, str]) -> Layout
     """The layout a resolved structure (``schema.structure_of``) and a family's parameter names give.
 
     ALiBi (one slope vector over all heads) and single-head attention keep whole heads; a q/k norm
-    (``qk_norm``: "head" or "all") and a fused qkv projection (``qkv``: "interleaved" or "blocks") are
+    (``qk_norm``: "head" or "full") and a fused qkv projection (``qkv``: "interleaved" or "blocks") are
     read when the structure has them; a post-norm decoder has no final norm; a plain MLP no gate.
     """
     single = structure.get("attention") == "single_head"

@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
+from .diagram import mermaid_block, project_structure
 from .errors import BlueprintError, ProjectError, UsageError
 from .parts import part_sources
 from .plans import plans_for
@@ -33,7 +34,7 @@ ANSWERS_FILE = ".copier-answers.yml"
 
 def check_name(name: str) -> None:
     """Refuse project names that are empty, hidden, or would escape the projects folder."""
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid project name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or "
             "digit (no paths)"
@@ -371,6 +372,7 @@ def template_data(
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
         "parts": part_sources(),
+        "architecture_mermaid": mermaid_block(project_structure(m, bp.structure)).rstrip(),
         "scaffold_version": __version__,
         "blueprint_name": bp.name,
         "blueprint_version": bp.version,
@@ -506,12 +508,11 @@ def create_project(
     new_manifest(bp, name, preset, overrides)  # validate before anything is written
     with atomic.locked(target):
         atomic.sweep(target)
-        if target.exists() and not force:
-            raise ProjectError(
-                "already exists; pass --force to replace it (its files will be lost)", path=target
-            )
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
+        if target.exists() and not force:
+            raise ProjectError("already exists; pass --force to replace it (its files will be lost)", path=target)
+        atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project
         staging = atomic.make_staging(target, "new")
         try:
             render(bp, staging, name, preset, overrides, project_dir=target)

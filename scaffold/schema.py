@@ -10,6 +10,7 @@ model key is an error for that family.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,10 @@ def positive(v: Any) -> str | None:
 
 def non_negative(v: Any) -> str | None:
     return None if v >= 0 else f"must be zero or more, got {v}"
+
+
+def seed_range(v: Any) -> str | None:
+    return None if 0 <= v < 2**32 else f"must be in [0, 2^32 - 1], got {v}"
 
 
 def probability(v: Any) -> str | None:
@@ -82,6 +87,8 @@ class Field:
         if not ok:
             article = "an" if self.type_name[0] in "aeiou" else "a"
             return f"must be {article} {self.type_name}, got {type(value).__name__} {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
         for check in self.checks:
             msg = check(value)
             if msg:
@@ -434,7 +441,13 @@ FIELDS: tuple[Field, ...] = (
         BOOL,
         "Step each parameter as soon as its gradient is ready, freeing gradients early.",
     ),
-    Field("test", "seed", INT, "Random seed for the weights and the random tokens.", (non_negative,)),
+    Field(
+        "test",
+        "seed",
+        INT,
+        "Random seed for the weights and the random tokens (0 to 2^32 - 1).",
+        (seed_range,),
+    ),
     Field(
         "test",
         "dataset",

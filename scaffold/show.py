@@ -18,7 +18,8 @@ from typing import Any
 
 from . import manifest
 from .build import Project, default_output_dir, inputs_record, read_stamp, write_model_dir
-from .errors import UsageError
+from .diagram import breakdown_lines, parameter_breakdown, project_structure, text_diagram
+from .errors import UsageError, writing
 
 
 @dataclass
@@ -82,7 +83,8 @@ def describe(project: Project, opts: ShowOptions) -> str:
     try:
         model_dir = tmp / "model"
         model_dir.mkdir()
-        write_model_dir(project, model_dir)
+        with writing(model_dir):
+            write_model_dir(project, model_dir)
         config_text = (model_dir / "config.json").read_text(encoding="utf-8")
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
@@ -127,9 +129,16 @@ def describe(project: Project, opts: ShowOptions) -> str:
         f"parameters  {total:,} ({_human(total)}); embedding {embedding:,}, other {total - embedding:,}",
         f"weights     {_mib(nbytes)} at {str(first.dtype).removeprefix('torch.')}",
     ]
-    for names in alias_groups(model):
+    tied = list(alias_groups(model))
+    for names in tied:
         lines.append(f"tied        {' = '.join(names)}")
-    lines += ["", repr(model)]
+    lines += [
+        "",
+        "== parameters ==",
+        *breakdown_lines(parameter_breakdown(list(model.named_parameters())), bool(tied)),
+    ]
+    lines += ["", "== structure ==", text_diagram(project_structure(m, project.blueprint.structure)).rstrip()]
+    lines += ["", "== modules ==", repr(model)]
     if checkpoint_lines:
         lines += ["", "== checkpoint ==", *checkpoint_lines]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 from .errors import DeviceError, ProjectError, TestFailure
 
+OnStep = Callable[[int, float, int, float, float], None]  # (step, loss, tokens, lr, seconds so far)
 DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -309,6 +311,128 @@ def first_bad_parameter(model) -> tuple[str, str] | None:
     return None
 
 
+def mixed_precision(opts: TestOptions) -> bool:
+    """float16 training is mixed precision: float32 master weights, float16 autocast, a GradScaler.
+
+    Pure float16 weights lose AdamW's small updates and overflow within a few steps; bfloat16 has
+    float32's range and trains as it is.
+    """
+    return DTYPES.get(opts.dtype) == "float16"
+
+
+def precision(opts: TestOptions) -> str:
+    """How ``scaffold test`` trains in ``opts.dtype``, in words for its output line."""
+    if mixed_precision(opts):
+        return "float16 mixed precision (float32 master weights, float16 autocast, torch.amp.GradScaler)"
+    return DTYPES.get(opts.dtype, opts.dtype)
+
+
+# Activations kept for backward, in elements per token and layer: about 16 x hidden_size (norm
+# inputs, q/k/v, attention output, residuals, projections) plus 3 x intermediate_size (gate, up and
+# their product); eager attention adds heads x sequence_length probabilities. The logits and the
+# loss's float32 softmax add 4 x vocab_size per token. With gradient checkpointing one hidden state
+# per layer is kept, plus one layer's worth recomputed. A rough upper estimate, documented in
+# docs/errors.md; it exists to refuse sizes that cannot fit, not to predict peak memory.
+ACTIVATION_PER_HIDDEN, ACTIVATION_PER_FFN, LOGIT_COPIES = 16, 3, 4
+
+
+@dataclass
+class MemoryEstimate:
+    parameters: int  # bytes of each kind
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        return (
+            f"about {_gib(self.total)} (parameters {_gib(self.parameters)}, gradients {_gib(self.gradients)}, "
+            f"AdamW state {_gib(self.optimizer)}, activations {_gib(self.activations)})"
+        )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n < 2**50 else f"{n / 2**40:,.0f} TiB"
+
+
+def estimate_memory(config: Any, n_params: int, opts: TestOptions) -> MemoryEstimate:
+    """Bytes ``scaffold test`` needs on its device: parameters, gradients, AdamW's two moments and
+    the activations of one batch (see ``ACTIVATION_PER_HIDDEN``)."""
+    width = 2 if DTYPES.get(opts.dtype) == "bfloat16" else 4  # float16 trains float32 master weights
+    params = n_params * (width + (2 if mixed_precision(opts) else 0))  # + the float16 autocast copies
+    grads = 0 if opts.fuse_optim_with_backward else n_params * width
+    optimizer = 2 * n_params * width
+    act_width = 2 if DTYPES.get(opts.dtype) in ("bfloat16", "float16") else 4
+    tokens = opts.batch_size * opts.sequence_length
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    ffn = int(getattr(config, "intermediate_size", 0) or 0)
+    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    per_layer = ACTIVATION_PER_HIDDEN * hidden + ACTIVATION_PER_FFN * ffn
+    if opts.attn_implementation == "eager":
+        per_layer += heads * opts.sequence_length
+    kept = layers * hidden + per_layer if opts.gradient_checkpointing else layers * per_layer
+    activations = tokens * (kept * act_width + LOGIT_COPIES * vocab * 4)
+    return MemoryEstimate(params, grads, optimizer, activations)
+
+
+def available_memory(device) -> int | None:
+    """Bytes free for a new allocation on ``device``: CUDA's free memory, or Linux's MemAvailable
+    (with os.sysconf's free pages elsewhere); None where it cannot be told."""
+    import torch
+
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config: Any, opts: TestOptions, device) -> MemoryEstimate:
+    """Refuse (DeviceError, exit 2) a test whose estimate exceeds the device's free memory, before
+    anything is allocated; the parameters are counted on the meta device."""
+    from .construct import construct
+
+    meta = construct(config, device="meta", init_weights=False)
+    n_params = sum(p.numel() for p in meta.parameters())
+    del meta
+    estimate = estimate_memory(config, n_params, opts)
+    free = available_memory(device)
+    if free is not None and estimate.total > free:
+        raise DeviceError(
+            f"{n_params:,} parameters with batch {opts.batch_size} x {opts.sequence_length} need "
+            f"{estimate.describe()}, but {device} has {_gib(free)} available; use smaller sizes, batch or "
+            "sequence, gradient checkpointing, or another device",
+            key="test.device",
+        )
+    return estimate
+
+
+def _check_lr(lr: float, dtype) -> None:
+    """AdamW's first step is lr / (1 - beta1) = 10 x lr, computed in the parameters' dtype: a rate
+    whose step does not fit that dtype is refused (torch would stop with an overflow error)."""
+    import torch
+
+    limit = torch.finfo(dtype).max / 10
+    if not math.isfinite(lr) or lr > limit:
+        raise DeviceError(f"{lr:g} is too large for AdamW in {dtype} (at most {limit:.3g})", key="test.lr")
+
+
 def run(
     model_dir: str | Path,
     opts: TestOptions,
@@ -317,20 +441,37 @@ def run(
     log: Callable[[str], None] = print,
     checkpoint: str | Path | None = None,
     no_init: bool = False,
+    on_step: OnStep | None = None,
 ) -> TestReport:
     """Load the model in ``model_dir`` and train it for ``opts.steps`` steps; raises TestFailure.
 
-    ``checkpoint`` / ``no_init``: where the weights come from, as in :func:`load_model`.
+    ``checkpoint`` / ``no_init``: where the weights come from, as in :func:`load_model`; ``on_step``
+    as in :func:`train`.
     """
+    from transformers import AutoConfig
+
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype)
+    if mixed_precision(opts):
+        import torch
+
+        dtype = torch.float32  # the master weights; the forward runs in float16 under autocast
+        if opts.fuse_optim_with_backward:
+            raise DeviceError(
+                "float16 mixed precision steps after the gradient scaler has checked every gradient, so it "
+                "cannot step each parameter during backward; use --dtype bfloat16 or drop "
+                "--fuse-optim-with-backward",
+                key="test.dtype",
+            )
+    _check_lr(opts.lr, dtype)
+    check_memory(AutoConfig.from_pretrained(model_dir, trust_remote_code=True), opts, device)
     check_backend_trains(opts.attn_implementation, device)
     tokenizer = load_tokenizer(model_dir)
     if data is None and opts.dataset:
         data = dataset_batches(tokenizer, opts)  # bad data fails here, before the model is loaded
     model = load_model(model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=no_init)
     data = data if data is not None else batches(len(tokenizer), opts, device)
-    return train(model, opts, data, device=device, log=log)
+    return train(model, opts, data, device=device, log=log, on_step=on_step)
 
 
 def fused_optimizers(model, lr: float, bad: list[str]) -> tuple[dict, list]:
@@ -362,13 +503,18 @@ def train(
     device=None,
     log: Callable[[str], None] = print,
     loss_value: Callable[[Any], float] | None = None,
+    on_step: OnStep | None = None,
 ) -> TestReport:
     """Run ``opts.steps`` steps of forward, backward and AdamW on ``model`` with batches from ``data``.
 
     ``loss_value`` turns the step's loss tensor into the number reported (default ``loss.item()``;
     several processes report the loss of the whole batch: :mod:`scaffold.distributed`).
+    ``on_step(step, loss, tokens, lr, seconds)`` is called after each step (the run record's hook).
+    A progress bar shows on stderr when it is a terminal (:mod:`scaffold.progress`).
     """
     import torch
+
+    from .progress import Bar
 
     device = device if device is not None else next(model.parameters()).device
     model.train()
@@ -385,24 +531,41 @@ def train(
     else:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
         hooks = []
+    # float16 with float32 master weights (as run() loads them): autocast and a GradScaler; a model
+    # already in float16 (scaffold.distributed's) trains as it is
+    amp = mixed_precision(opts) and next(model.parameters()).dtype == torch.float32
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.float16)) if amp else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type) if amp else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tokens, start = 0, time.perf_counter()
     every, since, since_tokens, since_time = log_interval(opts.steps), [], 0, start
+    bar = Bar(total=opts.steps, desc="train", unit="step")
+    log = bar.around(log)
     try:
         for step in range(1, opts.steps + 1):
             batch = next(data)
             inputs = dict(batch) if isinstance(batch, dict) else {"input_ids": batch}
             inputs = {k: v.to(device) for k, v in inputs.items()}
             labels = inputs.pop("labels", inputs["input_ids"])
-            loss = model(**inputs, labels=labels, use_cache=False).loss
+            with autocast():
+                loss = model(**inputs, labels=labels, use_cache=False).loss
             value = loss.item() if loss_value is None else loss_value(loss)
             if not math.isfinite(value):
                 raise TestFailure(f"step {step}: loss is {value}; first bad parameter: {_first_bad(model)}")
-            loss.backward()
+            if scaler is not None:  # float16: the scaler skips a step whose scaled gradients overflowed
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                found = first_bad_parameter(model)
+                if found:
+                    raise TestFailure(f"step {step}: non-finite {found[1]} in parameter {found[0]}")
+            else:
+                loss.backward()
             if bad:
                 raise TestFailure(f"step {step}: non-finite gradient; first bad parameter: {bad[0]}")
-            if optimizer is not None:
+            if optimizer is not None and scaler is None:
                 found = first_bad_parameter(model)
                 if found:
                     raise TestFailure(f"step {step}: non-finite {found[1]} in parameter {found[0]}")
@@ -412,6 +575,10 @@ def train(
             counted = int(mask.sum()) if mask is not None else labels.numel()
             tokens += counted
             report.losses.append(value)
+            bar.update(loss=f"{value:.4f}")
+            if on_step is not None:
+                lr = optimizer.param_groups[0]["lr"] if optimizer is not None else opts.lr
+                on_step(step, value, counted, lr, time.perf_counter() - start)
             if every == 1:
                 log(f"step {step}/{opts.steps}  loss {value:.4f}")
                 continue
@@ -428,6 +595,7 @@ def train(
                 )
                 since, since_tokens, since_time = [], 0, now
     finally:
+        bar.close()
         for h in hooks:
             h.remove()
     if device.type == "cuda":

@@ -112,6 +112,8 @@ def train_bpe_json(texts: Iterator[str], vocab_size: int, min_frequency: int = D
     """A byte-level BPE trained on ``texts`` (deterministic: the same texts give the same file)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+    from . import progress
+
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -121,7 +123,7 @@ def train_bpe_json(texts: Iterator[str], vocab_size: int, min_frequency: int = D
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress.enabled(),  # tokenizers' own bars, on a terminal only
     )
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = _bos_processor()
@@ -368,11 +370,17 @@ def make_for_new(manifest: dict[str, Any], overrides: Mapping[str, Any], project
 
 
 def _training_texts(spec: Mapping[str, Any], base_dir: Path) -> Iterator[str]:
-    from .data import DatasetSource, iter_texts
+    from .data import DatasetSource, _check_suffix, iter_texts
     from .data import resolve as resolve_dataset
 
     manifest = Path(base_dir) / MANIFEST_FILE
-    files = [resolve_path(base_dir, f) for f in spec.get("files") or []]
+    names = spec.get("files") or []
+    for name in names:
+        if not isinstance(name, str):
+            raise DataError(f"must list file names (strings), got {type(name).__name__} {name!r}", path=manifest, key="tokenizer.files")
+    files = [resolve_path(base_dir, f) for f in names]
+    for f in files:
+        _check_suffix(f, path=manifest, key="tokenizer.files")
     if files:
         yield from iter_texts(DatasetSource(origin=manifest, files=files))
     if spec.get("dataset"):
@@ -498,8 +506,18 @@ def chat_template(spec: Mapping[str, Any], project_dir: Path, inherited: str | N
 
 def to_hf(tokenizer_json: Path, spec: Mapping[str, Any], project_dir: Path):
     """A transformers fast tokenizer over ``tokenizer_json`` with its recorded special tokens."""
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    from .errors import IntegrityError
+
+    try:
+        Tokenizer.from_file(str(tokenizer_json))
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed or truncated file
+        raise IntegrityError(
+            f"corrupt or truncated tokenizer ({_one_line(err)}); delete it and `scaffold build` makes it again",
+            path=tokenizer_json,
+        ) from None
     source = read_source(Path(tokenizer_json).parent) or {}
     specials = source.get("special_tokens") or PRESET_SPECIALS
     tok = PreTrainedTokenizerFast(

@@ -4,7 +4,7 @@
 :func:`check_model_dir` compares a directory with that record and names every file that is missing,
 changed or extra, and every safetensors weight file that does not load (bad header, truncated) or
 disagrees with its index (a shard the index names is missing, a tensor is in one and not the other).
-A quick check (``deep=False``: sizes and weight headers, no checksums) guards ``scaffold build``'s
+A quick check (``deep=False``: sizes, weight headers, and checksums of the small files only) guards ``scaffold build``'s
 "up to date" answer, so ``scaffold test`` on a damaged directory stops with the damaged file's name.
 """
 
@@ -23,6 +23,9 @@ WEIGHTS_SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
 IGNORED_DIRS = ("__pycache__",)  # Python writes these next to modules it imports
 MAX_NAMES = 5  # tensor names listed in one problem line
+# the quick check hashes files up to this size (config, code, tokenizer: a garbled config.json of
+# unchanged size is caught before use); larger ones (weights) by size and header only
+QUICK_HASH_BYTES = 8 << 20
 
 Problem = tuple[Path, str]
 
@@ -56,6 +59,15 @@ def _names(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_NAMES]) + more
 
 
+LINK_PROBLEM = "is a symbolic link; a build writes plain files, and verify reads nothing outside the folder"
+
+
+def _linked(path: Path, name: str) -> bool:
+    """Whether the file ``name`` under ``path``, or a folder on the way to it, is a symbolic link."""
+    rel = Path(name)
+    return any((path / q).is_symlink() for q in (rel, *rel.parents) if q != Path("."))
+
+
 def check_weights(path: Path) -> tuple[list[Problem], int]:
     """Open every safetensors file under ``path`` with safetensors and check it against its index.
 
@@ -67,6 +79,9 @@ def check_weights(path: Path) -> tuple[list[Problem], int]:
     keys_of: dict[str, set[str]] = {}
     for p in sorted(path.rglob(f"*{WEIGHTS_SUFFIX}")):
         rel = p.relative_to(path).as_posix()
+        if _linked(path, rel):
+            problems.append((p, LINK_PROBLEM))
+            continue
         try:
             with safe_open(str(p), framework="pt") as f:
                 keys_of[rel] = set(f.keys())
@@ -112,8 +127,9 @@ def _check_index(path: Path, index_path: Path, keys_of: Mapping[str, set[str]], 
 def check_model_dir(path: str | Path, stamp: Mapping[str, Any] | None = None, *, deep: bool = True) -> list[Problem]:
     """Every problem of the model directory ``path`` measured against its build record.
 
-    ``deep`` also compares checksums and lists files the build did not write; without it only
-    presence, sizes and the weights' headers are checked (fast, for every ``scaffold build``).
+    ``deep`` also compares every checksum and lists files the build did not write; without it only
+    presence, sizes, the weights' headers and the small files' checksums are checked (fast, for every
+    ``scaffold build``).
     """
     return _check(Path(path), stamp, deep=deep)[0]
 
@@ -125,10 +141,19 @@ def _check(path: Path, stamp: Mapping[str, Any] | None, *, deep: bool) -> tuple[
             return problems, 0
     problems, tensors = check_weights(path)
     flagged = {p for p, _ in problems}
-    recorded: Mapping[str, Any] = stamp.get("files", {})
+    recorded: Any = stamp.get("files", {})
+    if not isinstance(recorded, Mapping):
+        return [*problems, (path / STAMP_FILE, "has no `files` table; rebuild with `scaffold build --force`")], tensors
     for name, entry in sorted(recorded.items()):
         p = path / name
+        bad = _bad_entry(name, entry)
+        if bad:
+            problems.append((path / STAMP_FILE, f"entry {name!r}: {bad}"))
+            continue
         if p in flagged:
+            continue
+        if _linked(path, name):
+            problems.append((p, LINK_PROBLEM))
             continue
         if not p.is_file():
             problems.append((p, f"missing (recorded in {STAMP_FILE})"))
@@ -136,13 +161,26 @@ def _check(path: Path, stamp: Mapping[str, Any] | None, *, deep: bool) -> tuple[
         size = p.stat().st_size
         if size != entry.get("size"):
             problems.append((p, f"changed: {size} bytes, {entry.get('size')} recorded in {STAMP_FILE}"))
-        elif deep and sha256_file(p) != entry.get("sha256"):
+        elif (deep or size <= QUICK_HASH_BYTES) and sha256_file(p) != entry.get("sha256"):
             problems.append((p, f"changed: its sha256 differs from {STAMP_FILE}"))
     if deep:
         for name in sorted(files_on_disk(path) - set(recorded)):
             if path / name not in flagged:
                 problems.append((path / name, f"extra: not written by the build (not in {STAMP_FILE})"))
     return problems, tensors
+
+
+def _bad_entry(name: str, entry: Any) -> str | None:
+    """Why a record entry cannot be checked: a name leaving the folder, or not a size/sha256 table."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts:
+        return "names a file outside the model directory; the record is not scaffold's"
+    if not isinstance(entry, Mapping):
+        return f"must be a table with size and sha256, got {type(entry).__name__}"
+    size, digest = entry.get("size"), entry.get("sha256")
+    if isinstance(size, bool) or not isinstance(size, int) or not isinstance(digest, str):
+        return "must be a table with an integer size and a sha256 string"
+    return None
 
 
 def model_dir_of(path: str | Path) -> Path:

@@ -59,8 +59,13 @@ def load_model(model_dir: Path, **kwargs: Any):
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes (to show nothing on disk changed)."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` with its bytes (to show nothing on disk changed); run records
+    (``runs/``), which every `scaffold test` adds, left out."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "runs" not in p.relative_to(folder).parts
+    }
 
 
 def logits(model, seed: int = 1) -> torch.Tensor:

@@ -325,7 +325,7 @@ def test_bad_index(dirs, sharded, text):
 def test_no_checkpoint_or_two_of_them(dirs, sharded, tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint here"):
         load_checkpoint(tmp_path, construct(dirs["untied"], device="meta"))
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(UsageError, match="no such checkpoint"):  # a path that is not there: usage, not damage
         find_checkpoint(tmp_path / "nowhere")
     save_file({"x": torch.zeros(1)}, str(sharded / WEIGHTS_NAME))
     with pytest.raises(CheckpointError, match="one of them is stale"):

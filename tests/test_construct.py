@@ -191,10 +191,14 @@ def test_meta_construction_then_materialize(tiny_dirs, which):
     assert all(p.is_meta for p in model.parameters())
     materialize(model, "cpu")
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    assert (model.lm_head.weight is model.model.embed_tokens.weight) == (which == "tied"), "to_empty broke the tie"
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == (which == "tied"), (
+        "to_empty broke the tie"
+    )
     rope = model.config.rope_parameters
     expected = rope_inv_freq(model.config.head_dim, rope["rope_theta"], rope)
-    assert torch.equal(model.model.rotary_emb.inv_freq, expected), "the non-persistent RoPE table was not rebuilt"
+    assert torch.equal(model.model.rotary_emb.inv_freq, expected), (
+        "the non-persistent RoPE table was not rebuilt"
+    )
     assert torch.all(model.model.norm.weight == 1), "materialize(init=True) did not init"
     assert torch.isfinite(logits(model)).all()
 
@@ -230,7 +234,9 @@ def test_seed_usage_no_init_and_default_dtype_together(tiny_dirs):
 
     config = AutoConfig.from_pretrained(tiny_dirs["tied"], trust_remote_code=True)
     with no_init_weights(), default_dtype(torch.bfloat16):
-        model, untouched = rng_untouched(lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=True))
+        model, untouched = rng_untouched(
+            lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+        )
     assert untouched
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.lm_head.weight is model.model.embed_tokens.weight
@@ -239,13 +245,23 @@ def test_seed_usage_no_init_and_default_dtype_together(tiny_dirs):
 @pytest.fixture(scope="module")
 def big_dirs(tmp_path_factory):
     """Model directories (no weights) of the 7B-class presets."""
+    from scaffold.blueprints import load as load_blueprint
     from scaffold.build import build, load_project
     from scaffold.render import create_project
 
     projects = tmp_path_factory.mktemp("big")
     out = {}
     for preset in ("llama2_7b", "llama3.2_1b"):
-        path = create_project(preset.replace(".", "_"), "llama", projects_dir=projects, preset=preset)
+        vocab = load_blueprint("llama").preset(preset)["model"][
+            "vocab_size"
+        ]  # as published, not the tokenizer's
+        path = create_project(
+            preset.replace(".", "_"),
+            "llama",
+            projects_dir=projects,
+            preset=preset,
+            overrides={"model": {"vocab_size": vocab}},
+        )
         out[preset] = build(load_project(path)).output_dir
     return out
 

@@ -137,7 +137,7 @@ def test_plan_styles_follow_the_layout():
     }
     assert attention_styles(Layout(qk_norm="head"))["q_proj"] == "colwise"
     # a q/k norm over all heads (OLMo 2), ALiBi's slope vector, one head: gathered
-    for layout in (Layout(qk_norm="all"), Layout(heads="whole")):
+    for layout in (Layout(qk_norm="full"), Layout(heads="whole")):
         assert set(attention_styles(layout).values()) == {"colwise_rep", "rowwise_rep"}
     # fused qkv: interleaved per head splits by heads, [q; k; v] blocks are gathered
     fused = {"q_proj": "", "k_proj": "", "v_proj": "", "qkv_proj": "query_key_value", "o_proj": "dense"}
@@ -150,7 +150,7 @@ def test_plan_styles_follow_the_layout():
         "dense": "rowwise_rep",
     }
     assert (
-        attention_styles(Layout(**fused, qkv_layout="interleaved", qk_norm="all"))["query_key_value"]
+        attention_styles(Layout(**fused, qkv_layout="interleaved", qk_norm="full"))["query_key_value"]
         == "colwise_rep"
     )
     assert mlp_styles(Layout(gate_proj="", up_proj="", gate_up_proj="gate_up_proj")) == {
@@ -162,7 +162,7 @@ def test_plan_styles_follow_the_layout():
 
 @pytest.mark.parametrize(
     ("table", "key"),
-    [({"qk_nrom": "all"}, "parallel.qk_nrom"), ({"heads": "some"}, "parallel.heads"),
+    [({"qk_nrom": "full"}, "parallel.qk_nrom"), ({"heads": "some"}, "parallel.heads"),
      ({"styles": {"q_proj": "diagonal"}}, "parallel.styles.q_proj")],
 )  # fmt: skip
 def test_bad_parallel_table_names_the_key(table, key):

@@ -101,7 +101,9 @@ def built_dir(workdir: Path, family: str, preset: str, tiny: bool = True, **mode
     """Create and build a project with ``scaffold new`` / ``scaffold build`` (cached per module)."""
     key = (family, preset, tiny, tuple(sorted(model.items())))
     if key not in _BUILT:
-        overrides = {"model": {**(tiny_shape(family, preset) if tiny else {}), **model}}
+        # full size: the preset's published vocabulary, not the byte tokenizer's 262 rows a project gets
+        full = {"vocab_size": load_blueprint(family).preset(preset)["model"]["vocab_size"]}
+        overrides = {"model": {**(tiny_shape(family, preset) if tiny else full), **model}}
         name = "-".join(
             [family, preset.replace(".", "_"), "tiny" if tiny else "full", *map(str, sum(model.items(), ()))]
         )

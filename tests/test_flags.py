@@ -296,7 +296,7 @@ def test_build_with_a_checkpoint_that_does_not_fit_keeps_the_old_build(projects,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "staging left behind"
     result = invoke("build", projects["plain"], "--output-dir", tmp_path / "new",
                     "--load-from-checkpoint", tmp_path / "nowhere")
-    assert result.exit_code == 3 and "nowhere: no such checkpoint" in result.output
+    assert result.exit_code == 2 and "nowhere: no such checkpoint" in result.output
     assert not (tmp_path / "new").exists()
 
 
@@ -380,6 +380,10 @@ def test_show_prints_configuration_tokenizer_tree_and_count(projects, tmp_path):
     count = sum(p.numel() for p in real.parameters())
     assert f"parameters  {count:,}" in text
     assert "(0-1): 2 x LlamaDecoderLayer(" in text and "(q_proj): Linear(in_features=48, out_features=32" in text
+    total_row = next(line for line in text.splitlines() if line.startswith("total "))
+    assert total_row.split()[-1] == f"{count:,}"  # the parameter breakdown adds up
+    assert "== structure ==\nstack       embed_tokens 300 x 48\n" in text  # drawn with the overrides
+    assert "layer       x = x + attn(RMSNorm(x))" in text
     assert not (projects["plain"] / "model").exists(), "show built the project"
 
 
@@ -422,7 +426,10 @@ def test_show_checks_a_checkpoint(projects, checkpoints):
 def test_show_a_7b_preset_on_meta(tmp_path):
     from scaffold.render import create_project
 
-    project = create_project("big", "llama", projects_dir=tmp_path, preset="llama2_7b")
+    # the published count has Llama 2's 32,000-token vocabulary (a project's follows its tokenizer unless given)
+    project = create_project(
+        "big", "llama", projects_dir=tmp_path, preset="llama2_7b", overrides={"model": {"vocab_size": 32000}}
+    )
     result = invoke("show", project)
     assert result.exit_code == 0, result.output
     assert "parameters  6,738,415,616 (6.74B)" in result.output

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from scaffold.build import STAMP_FILE, record_files
 from scaffold.cli import cli
+from scaffold.runs import RUNS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -97,9 +98,12 @@ def one_error(stderr: str) -> str:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:
-    """Mode and sha256 of every file under ``root``; equal snapshots mean nothing was lost or changed."""
+    """Mode and sha256 of every file under ``root``; equal snapshots mean nothing was lost or changed.
+    Run records (``runs/``) are left out: every `scaffold test` adds one, failed or not."""
     out = {}
     for p in sorted(root.rglob("*")):
+        if RUNS_DIR in p.relative_to(root).parts:
+            continue
         if p.is_file() and not p.is_symlink():
             out[p.relative_to(root).as_posix()] = (p.stat().st_mode & 0o777, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
@@ -703,18 +707,27 @@ def test_tokenizer_larger_than_vocab_caught_at_build(proj: Path, tmp_path: Path)
 
 @pytest.mark.parametrize("fused", [False, True], ids=["adamw", "fused-optimizer"])
 def test_non_finite_loss_stops_with_step_and_parameter(proj: Path, fused: bool):
-    """Row: NaN or inf loss: stop (exit 4) with the step, the loss and the first bad parameter."""
-    before = snapshot(proj)
-    # in float16 (largest value 65504) an AdamW step of lr 1e6 makes the weights infinite: step 1 trains,
-    # step 2's loss is not finite and the first weight that overflowed is named
-    args = ["test", proj, "--dtype", "float16", "--lr", "1e6", "--steps", "3"]
+    """Row: NaN or inf loss / gradients: stop (exit 4) with the step, the loss or gradient and the first
+    bad parameter (or that the parameters are finite and the computation overflowed)."""
+    before, records = snapshot(proj), set((proj / RUNS_DIR).glob("*/summary.json"))
+    # an AdamW step of lr 1e30 makes the weights ~1e30: step 1 trains, step 2's products overflow
+    # float32 and its loss or its gradients are not finite
+    args = ["test", proj, "--lr", "1e30", "--steps", "3"]
     args += ["--fuse-optim-with-backward"] if fused else []
     r = invoke(*args)
     assert r.exit_code == 4, r.output
     msg = one_error(r.stderr)
-    assert re.fullmatch(r"error: step 2: loss is (nan|inf|-inf); first bad parameter: (model|lm_head)\.\S+", msg), msg
+    param = r"((model|lm_head)\.\S+|none \(the parameters are finite; the input or the computation overflowed\))"
+    assert re.fullmatch(
+        rf"error: step 2: (loss is (nan|inf|-inf); first bad parameter: {param}"
+        rf"|non-finite gradient(; first bad parameter:| in parameter) {param})",
+        msg,
+    ), msg
     assert "step 1/3  loss" in r.stdout
     assert snapshot(proj) == before
+    (record,) = set((proj / RUNS_DIR).glob("*/summary.json")) - records  # the failed run is recorded
+    summary = json.loads(record.read_text())
+    assert summary["status"] == "failed" and summary["error"] == msg.removeprefix("error: ")
 
 
 # -- devices that do not exist --------------------------------------------------------------------

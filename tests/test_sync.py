@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from scaffold.render import rerender
+from scaffold.runs import PROJECT_OUTPUTS
 
 from .conftest import ROOT
 
@@ -15,7 +16,12 @@ SHIPPED = sorted(p.parent for p in (ROOT / "projects").glob("*/scaffold.toml"))
 
 
 def tree(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and "model" not in p.relative_to(folder).parts[:1]}
+    """The project's own files: not the outputs commands write into it (model/, runs/)."""
+    return {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).parts[0] not in PROJECT_OUTPUTS
+    }
 
 
 def test_projects_are_shipped():
