@@ -59,7 +59,12 @@ def new_manifest(
 
 # The activations the generated code calls as torch functions; any other comes from transformers' ACT2FN.
 # gelu_pytorch_tanh is a part (F.gelu with the tanh approximation), as transformers' GELUTanh computes it.
-TORCH_ACTIVATIONS = {"silu": "F.silu", "relu": "F.relu", "gelu": "F.gelu", "gelu_pytorch_tanh": "gelu_pytorch_tanh"}
+TORCH_ACTIVATIONS = {
+    "silu": "F.silu",
+    "relu": "F.relu",
+    "gelu": "F.gelu",
+    "gelu_pytorch_tanh": "gelu_pytorch_tanh",
+}
 NORM_CLASSES = {"rmsnorm": "RMSNorm", "layernorm": "nn.LayerNorm", "rmsnorm_unit_offset": "UnitOffsetRMSNorm"}
 NORM_EPS = {"rmsnorm": "rms_norm_eps", "layernorm": "layer_norm_eps", "rmsnorm_unit_offset": "rms_norm_eps"}
 # The config fields, in the order the configuration file lists them; keys a structure or family adds
@@ -223,8 +228,12 @@ def _mlp_doc(arch: Mapping[str, Any]) -> str:
 
 def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     """A title line and a paragraph saying what the structure is, for the modeling file and the card."""
-    norm = {"rmsnorm": "rmsnorm", "layernorm": "layernorm", "rmsnorm_unit_offset": "rmsnorm"}[arch["norm_type"]]
-    norm_name = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "rmsnorm_unit_offset": "RMSNorm"}[arch["norm_type"]]
+    norm = {"rmsnorm": "rmsnorm", "layernorm": "layernorm", "rmsnorm_unit_offset": "rmsnorm"}[
+        arch["norm_type"]
+    ]
+    norm_name = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "rmsnorm_unit_offset": "RMSNorm"}[
+        arch["norm_type"]
+    ]
     if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
         norm_name += " without bias"
     blocks = {
@@ -272,7 +281,9 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         parts[0] += f", and a final {norm_name.split()[0]}"
     parts[0] += "."
     if arch["norm_type"] == "rmsnorm_unit_offset":
-        parts.append("The RMS norms scale by (1 + w), computed in float32, with w starting at zero (Gemma's).")
+        parts.append(
+            "The RMS norms scale by (1 + w), computed in float32, with w starting at zero (Gemma's)."
+        )
     if arch["query_pre_attn_scalar"] is not None:
         parts.append("Attention scores are scaled by query_pre_attn_scalar^-0.5.")
     if arch["attn_logit_softcapping"] is not None:
@@ -369,7 +380,9 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": sliding,
         # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
-        "layer_types": bool({"layer_types", "sliding_window_pattern"} & keys) and multi and arch["position_embedding"] != "alibi",
+        "layer_types": bool({"layer_types", "sliding_window_pattern"} & keys)
+        and multi
+        and arch["position_embedding"] != "alibi",
         "model_keys": sorted(keys),
         "numeric_structure": list(schema.NUMERIC_STRUCTURE),
         "hidden_dropout": "hidden_dropout" in keys,
@@ -500,7 +513,6 @@ def template_error(err: BaseException, bp: Blueprint) -> BlueprintError:
             f"undefined template variable ({one_line(err)}); is it misspelt?", path=where, key=variable
         )
     return BlueprintError(f"rendering failed: {type(err).__name__}: {one_line(err)}", path=where)
-
 
 
 def _normalise_answers(path: Path, bp: Blueprint) -> None:
