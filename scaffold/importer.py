@@ -47,11 +47,18 @@ def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
     )
     keys = accepted_keys(bp, structure)
     # every value is taken as it is: one the family cannot take fails validation, naming the key
-    return {
-        key: config[key]
-        for key in sorted(keys)
-        if config.get(key) is not None and f"model.{key}" in schema.BY_PATH
-    }
+    table = {}
+    for key in sorted(keys):
+        value = config.get(key)
+        field = schema.BY_PATH.get(f"model.{key}")
+        if field is None:
+            continue
+        if value is None:
+            if key in config and field.nullable:
+                table[key] = None  # off in this config: also off when a family or preset turns it on
+            continue
+        table[key] = value
+    return table
 
 
 # Config keys that name what no part expresses: a config that sets them (to anything but off) is refused.

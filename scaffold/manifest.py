@@ -358,6 +358,7 @@ def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tu
     problems.extend(_attention_layout_checks(model, structure))
     test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
     backend = test.get("attn_implementation")
+    problems.extend(_score_checks(model, structure, backend))
     if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
         problems.append(
             (
@@ -421,4 +422,24 @@ def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, A
             problems.append(
                 ("model.layer_types", "names sliding_attention layers but model.sliding_window is not set")
             )
+    return problems
+
+
+def _score_checks(model: Mapping[str, Any], structure: Mapping[str, Any], backend: Any) -> list[tuple[str, str]]:
+    """Soft-capping and query_pre_attn_scalar against the attention they act on and its backend."""
+    problems: list[tuple[str, str]] = []
+    if structure["attn_logit_softcapping"] is not None and backend == "sdpa":
+        problems.append(
+            (
+                "test.attn_implementation",
+                "sdpa cannot soft-cap attention scores (model.attn_logit_softcapping is set); "
+                "use eager, flex_attention or flash_attention_2",
+            )
+        )
+    if structure["attention"] == "single_head":
+        for key in ("attn_logit_softcapping", "query_pre_attn_scalar"):
+            if structure[key] is not None:
+                problems.append((f"model.{key}", "single_head attention scores by its own rule; unset it"))
+    elif structure["position_embedding"] == "alibi" and structure["attn_logit_softcapping"] is not None:
+        problems.append(("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it"))
     return problems

@@ -58,9 +58,15 @@ def new_manifest(
 # -- structure -> what the templates paste ---------------------------------------------------------
 
 # The activations the generated code calls as torch functions; any other comes from transformers' ACT2FN.
-TORCH_ACTIVATIONS = {"silu": "F.silu", "relu": "F.relu", "gelu": "F.gelu"}
-NORM_CLASSES = {"rmsnorm": "RMSNorm", "layernorm": "nn.LayerNorm"}
-NORM_EPS = {"rmsnorm": "rms_norm_eps", "layernorm": "layer_norm_eps"}
+# gelu_pytorch_tanh is a part (F.gelu with the tanh approximation), as transformers' GELUTanh computes it.
+TORCH_ACTIVATIONS = {
+    "silu": "F.silu",
+    "relu": "F.relu",
+    "gelu": "F.gelu",
+    "gelu_pytorch_tanh": "gelu_pytorch_tanh",
+}
+NORM_CLASSES = {"rmsnorm": "RMSNorm", "layernorm": "nn.LayerNorm", "rmsnorm_unit_offset": "UnitOffsetRMSNorm"}
+NORM_EPS = {"rmsnorm": "rms_norm_eps", "layernorm": "layer_norm_eps", "rmsnorm_unit_offset": "rms_norm_eps"}
 # The config fields, in the order the configuration file lists them; keys a structure or family adds
 # that are not here follow, sorted.
 CONFIG_ORDER = (
@@ -76,7 +82,11 @@ CONFIG_ORDER = (
     "rms_norm_eps",
     "layer_norm_eps",
     "sliding_window",
+    "sliding_window_pattern",
     "layer_types",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
     "attention_dropout",
     "hidden_dropout",
     "initializer_range",
@@ -91,6 +101,8 @@ CONFIG_COMMENTS = {
     "hidden_dropout": "dropout on the embeddings and on each sublayer's output",
     "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
+    "layer_types": "each layer's attention, full_attention or sliding_attention; absent: derived (__post_init__)",
+    "sliding_window_pattern": "with layer_types absent, every N-th layer attends fully, the others within the window",
 }
 
 
@@ -102,6 +114,8 @@ def partial_rotary(arch: Mapping[str, Any]) -> bool:
 def plan_parts(arch: Mapping[str, Any]) -> list[str]:
     """The parts a structure uses, in the order the modeling file pastes them (dependencies first)."""
     parts = [NORM_CLASSES[arch["norm_type"]]] if arch["norm_type"] != "layernorm" else []
+    if arch["embedding_scale"] == "sqrt_hidden":
+        parts += ["ScaledWordEmbedding"]
     position = arch["position_embedding"]
     if position == "rope":
         parts += ["rope_inv_freq", "yarn_inv_freq", "rope_attention_factor", "RotaryEmbedding"]
@@ -116,6 +130,12 @@ def plan_parts(arch: Mapping[str, Any]) -> list[str]:
     if position == "alibi":
         parts += ["flex_alibi_attention_forward", "alibi_attention_forward"]
     parts += {"fused": ["split_qkv"], "fused_per_head": ["split_qkv_per_head"]}.get(arch["qkv_layout"], [])
+    if arch["attn_logit_softcapping"] is not None or arch["final_logit_softcapping"] is not None:
+        parts += ["logit_softcap"]
+    if arch["attn_logit_softcapping"] is not None and arch["attention"] == "multi_head":
+        parts += ["softcap_eager_attention_forward"]
+    if arch["hidden_act"] == "gelu_pytorch_tanh":
+        parts += ["gelu_pytorch_tanh"]
     if arch["norm_position"] == "deepnorm":
         parts += ["deepnet_alpha"]
     if arch["init"] == "deepnet":
@@ -153,8 +173,11 @@ def config_fields(bp: Blueprint, arch: Mapping[str, Any]) -> list[dict[str, str]
     (so a build with other numbers needs no new code)."""
     from . import schema
 
-    defaults = {**schema.companions(arch), **bp.defaults.get("model", {})}
+    # the number-valued structural keys that are set: their code reads the value, so it is config
+    numeric = {k: arch[k] for k in schema.NUMERIC_STRUCTURE if arch[k] is not None}
+    defaults = {**schema.companions(arch), **bp.defaults.get("model", {}), **numeric}
     keys = (set(bp.model_keys) | set(schema.companions(arch)) | set(schema.UNIVERSAL_MODEL_KEYS)) - set(arch)
+    keys |= set(numeric)
     if arch["attention"] == "multi_head":
         keys |= {"num_attention_heads", "num_key_value_heads", "head_dim"}
     if arch["position_embedding"] == "rope":
@@ -165,13 +188,14 @@ def config_fields(bp: Blueprint, arch: Mapping[str, Any]) -> list[dict[str, str]
         keys -= {"alibi_trainable"}
     if arch["attention"] != "single_head":
         keys -= {"alibi_slope_init"}
-    if arch["init"] != "scaled_normal":
+    if arch["init"] not in ("scaled_normal", "normal"):
         keys -= {"initializer_range"} - set(bp.defaults.get("model", {}))
     ordered = [k for k in CONFIG_ORDER if k in keys] + sorted(keys - set(CONFIG_ORDER))
     fields = []
     for key in ordered:
         # absent, these follow from others (__post_init__), so a default would be wrong for other sizes
-        default = None if key in ("rope_parameters", "num_key_value_heads", "head_dim") else defaults.get(key)
+        derived = ("rope_parameters", "num_key_value_heads", "head_dim", "layer_types")
+        default = None if key in derived else defaults.get(key)
         if key == "tie_word_embeddings" and default is None:
             default = False
         fields.append(
@@ -204,8 +228,12 @@ def _mlp_doc(arch: Mapping[str, Any]) -> str:
 
 def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     """A title line and a paragraph saying what the structure is, for the modeling file and the card."""
-    norm = {"rmsnorm": "rmsnorm", "layernorm": "layernorm"}[arch["norm_type"]]
-    norm_name = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}[arch["norm_type"]]
+    norm = {"rmsnorm": "rmsnorm", "layernorm": "layernorm", "rmsnorm_unit_offset": "rmsnorm"}[
+        arch["norm_type"]
+    ]
+    norm_name = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "rmsnorm_unit_offset": "RMSNorm"}[
+        arch["norm_type"]
+    ]
     if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
         norm_name += " without bias"
     blocks = {
@@ -214,6 +242,7 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
         "deepnorm": f"DeepNorm blocks (Wang et al., 2022), ``x = {norm}(alpha * x + attn(x)); "
         f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
         "post_sublayer": f"Post-sublayer-norm blocks, ``x = x + {norm}(attn(x)); x = x + {norm}(mlp(x))``",
+        "sandwich": f"Sandwich-norm blocks, ``x = x + {norm}(attn({norm}(x))); x = x + {norm}(mlp({norm}(x)))``",
     }[arch["norm_position"]]
     if arch["parallel_residual"]:
         blocks = (
@@ -251,8 +280,18 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     if arch["norm_position"] != "post":
         parts[0] += f", and a final {norm_name.split()[0]}"
     parts[0] += "."
+    if arch["norm_type"] == "rmsnorm_unit_offset":
+        parts.append(
+            "The RMS norms scale by (1 + w), computed in float32, with w starting at zero (Gemma's)."
+        )
+    if arch["query_pre_attn_scalar"] is not None:
+        parts.append("Attention scores are scaled by query_pre_attn_scalar^-0.5.")
+    if arch["attn_logit_softcapping"] is not None:
+        parts.append("Attention scores are soft-capped, ``c * tanh(s / c)``, before the mask.")
+    if arch["final_logit_softcapping"] is not None:
+        parts.append("The output logits are soft-capped the same way.")
     if arch["embedding_scale"] == "sqrt_hidden":
-        parts.append("Token embeddings are scaled by sqrt(d).")
+        parts.append("Token embeddings are scaled by sqrt(d), rounded to the weights' dtype.")
     if arch["lm_head_bias"]:
         parts.append("The output head has a bias.")
     if arch["init"] == "deepnet":
@@ -313,6 +352,7 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         heads_text = f"{heads} query heads and {kv} key/value heads, "
     else:
         heads_text = "one attention head, "
+    sliding = "sliding_window" in keys and multi and arch["position_embedding"] != "alibi"
     writers = (f"{bp.names['o_proj']} and " if multi else f"{bp.names['v_proj']} and ") + bp.names[
         "down_proj"
     ]
@@ -333,16 +373,18 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
             else "Embeddings and the decoder layers"
         ),
         "parts": parts,
-        "needs_math": arch["init"] == "scaled_normal"
-        or arch["embedding_scale"] == "sqrt_hidden"
-        or any("math." in sources[p] for p in parts),
+        "needs_math": arch["init"] == "scaled_normal" or any("math." in sources[p] for p in parts),
         "norm": NORM_CLASSES[arch["norm_type"]],
         "norm_eps": NORM_EPS[arch["norm_type"]],
         "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
         "act2fn": act not in TORCH_ACTIVATIONS,
-        "sliding_window": "sliding_window" in keys and multi and arch["position_embedding"] != "alibi",
+        "sliding_window": sliding,
         # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
-        "layer_types": "layer_types" in keys and multi and arch["position_embedding"] != "alibi",
+        "layer_types": bool({"layer_types", "sliding_window_pattern"} & keys)
+        and multi
+        and arch["position_embedding"] != "alibi",
+        "model_keys": sorted(keys),
+        "numeric_structure": list(schema.NUMERIC_STRUCTURE),
         "hidden_dropout": "hidden_dropout" in keys,
         "final_norm": arch["norm_position"] != "post",
         "positions": arch["position_embedding"] in ("rope", "sinusoidal", "learned"),
@@ -471,7 +513,6 @@ def template_error(err: BaseException, bp: Blueprint) -> BlueprintError:
             f"undefined template variable ({one_line(err)}); is it misspelt?", path=where, key=variable
         )
     return BlueprintError(f"rendering failed: {type(err).__name__}: {one_line(err)}", path=where)
-
 
 
 def _normalise_answers(path: Path, bp: Blueprint) -> None:

@@ -106,8 +106,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 # The structural keys' values. Each value names the code a template renders for it
 # (docs/architecture.md, section 3).
-NORM_TYPES = ("rmsnorm", "layernorm")
-NORM_POSITIONS = ("pre", "post", "deepnorm", "post_sublayer")
+NORM_TYPES = ("rmsnorm", "layernorm", "rmsnorm_unit_offset")
+NORM_POSITIONS = ("pre", "post", "deepnorm", "post_sublayer", "sandwich")
 POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "learned", "none")
 ATTENTIONS = ("multi_head", "single_head")
 MLPS = ("gated", "plain")
@@ -141,12 +141,19 @@ STRUCTURE: dict[str, Any] = {
     "qk_norm": "none",
     "qkv_bias": False,
     "init": "scaled_normal",
+    # structural by presence: set, the code for them is generated and reads their values from the config
+    "attn_logit_softcapping": None,
+    "final_logit_softcapping": None,
+    "query_pre_attn_scalar": None,
 }
+# The structural keys that are numbers: absent (None) leaves their code out; set, their value is config.
+NUMERIC_STRUCTURE = ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar")
 
 # Number keys a structural value needs, with the value used when the manifest has none: a family that
 # never mentions layer_norm_eps accepts it (and gets 1e-5) once norm_type = layernorm.
 COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("norm_type", "rmsnorm"): {"rms_norm_eps": 1e-6},
+    ("norm_type", "rmsnorm_unit_offset"): {"rms_norm_eps": 1e-6},
     ("norm_type", "layernorm"): {"layer_norm_eps": 1e-5},
     ("position_embedding", "rope"): {"rope_theta": 10000.0},
     ("position_embedding", "alibi"): {"alibi_trainable": False},
@@ -243,6 +250,14 @@ FIELDS: tuple[Field, ...] = (
         (each_of(*LAYER_TYPES),),
         nullable=True,
     ),
+    Field(
+        "model",
+        "sliding_window_pattern",
+        INT,
+        "When layer_types is absent: every N-th layer attends to everything, the others within sliding_window "
+        "(Gemma 2: 2; transformers' Gemma 3 name).",
+        (positive,),
+    ),
     Field("model", "tie_word_embeddings", BOOL, "Share the input embedding with the output head."),
     Field("model", "attention_dropout", NUM, "Dropout on attention probabilities.", (probability,)),
     Field("model", "hidden_dropout", NUM, "Dropout on the embeddings and residual branches.", (probability,)),
@@ -258,15 +273,22 @@ FIELDS: tuple[Field, ...] = (
     # [model]: structure. Resolved when the code is generated (the modeling file never reads them);
     # every family accepts every structural key, with STRUCTURE's value (Llama's) when neither the
     # family nor the manifest sets it.
-    Field("model", "norm_type", STR, "Normalisation: rmsnorm or layernorm.", (one_of(*NORM_TYPES),)),
+    Field(
+        "model",
+        "norm_type",
+        STR,
+        "Normalisation: rmsnorm, layernorm, or rmsnorm_unit_offset (Gemma's: x / rms(x) * (1 + w) in float32, "
+        "w starting at zero).",
+        (one_of(*NORM_TYPES),),
+    ),
     Field("model", "norm_bias", BOOL, "Give the layer norms a bias (norm_type = layernorm)."),
     Field(
         "model",
         "norm_position",
         STR,
         "Where the norms sit: pre (before each sublayer), post (after each residual sum), deepnorm "
-        "(post, the residual scaled by (2L)^(1/4)) or post_sublayer (each sublayer's output normed before "
-        "the residual add: OLMo 2).",
+        "(post, the residual scaled by (2L)^(1/4)), post_sublayer (each sublayer's output normed before "
+        "the residual add: OLMo 2) or sandwich (before and after each sublayer: Gemma 2).",
         (one_of(*NORM_POSITIONS),),
     ),
     Field(
@@ -351,6 +373,31 @@ FIELDS: tuple[Field, ...] = (
         STR,
         "Scale the token embeddings: none, or sqrt_hidden (by sqrt(hidden_size)).",
         (one_of(*EMBEDDING_SCALES),),
+    ),
+    Field(
+        "model",
+        "attn_logit_softcapping",
+        NUM,
+        "Soft-cap attention scores to (-c, c) by c * tanh(s / c) before the mask (Gemma 2: 50); null: off. "
+        "sdpa cannot apply it.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "final_logit_softcapping",
+        NUM,
+        "Soft-cap the output logits to (-c, c) by c * tanh(x / c) (Gemma 2: 30); null: off.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "query_pre_attn_scalar",
+        NUM,
+        "Scale attention scores by query_pre_attn_scalar^-0.5 instead of head_dim^-0.5 (Gemma 2); null: head_dim.",
+        (positive,),
+        nullable=True,
     ),
     Field(
         "model",

@@ -124,7 +124,8 @@ def assert_parity(
         ours.set_attn_implementation("eager")
         hf_model.set_attn_implementation("eager")
     prompt = _ids(vocab, (1, 6), seed=2)
-    greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    # eos_token_id: a token no model emits, so that both run the full length whatever EOS their configs name
+    greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0, "eos_token_id": vocab}
     with torch.no_grad():
         cached = ours.generate(prompt, **greedy)
         assert torch.equal(cached, hf_model.generate(prompt, **greedy)), (
@@ -167,7 +168,8 @@ def assert_family_checks(model, *, packed: bool = True, atol: float = 1e-5) -> N
     assert_close(outs["sdpa"][0], outs["eager"][0], atol, "sdpa against eager")
     assert_close(outs["sdpa"][1], outs["eager"][1], atol, "sdpa against eager, with padding")
     prompt = _ids(vocab, (1, 6), seed=2)
-    greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    # eos_token_id: a token no model emits, so that both run the full length whatever EOS their configs name
+    greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0, "eos_token_id": vocab}
     with torch.no_grad():
         assert torch.equal(
             model.generate(prompt, **greedy), model.generate(prompt, use_cache=False, **greedy)

@@ -396,7 +396,7 @@ def test_causal_lm_init(workdir):
             assert p.std().item() == pytest.approx(_xavier_bound(p, 1.0) / 3**0.5, rel=0.05), name
     # embeddings scaled by sqrt(d) plus positions of unit scale: unit-variance input to the first block
     ids = torch.randint(6, model.config.vocab_size, (1, 64))
-    x = model.model.embed_tokens(ids) * model.model.embed_scale
+    x = model.model.embed_tokens(ids)  # the embedding scales by sqrt(d) itself
     assert x.std().item() == pytest.approx(1.0, rel=0.1)
 
 

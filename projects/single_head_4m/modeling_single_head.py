@@ -4,10 +4,11 @@
 
 Pre-norm blocks, ``x = x + attn(rmsnorm(x)); x = x + mlp(rmsnorm(x))``, with ALiBi attention biases
 instead of position embeddings, one attention head with a fused query-key matrix and no output
-projection and a GLU-ReLU feed-forward, and a final RMSNorm. Token embeddings are scaled by sqrt(d).
-Attention runs on eager, sdpa or flex_attention, with ALiBi as a float bias (eager, sdpa) or a score
-modifier (flex); masks (padding, packed sequences) come from transformers' mask builders.
-flash_attention_2 is not offered: transformers' flash path takes no ALiBi slopes.
+projection and a GLU-ReLU feed-forward, and a final RMSNorm. Token embeddings are scaled by sqrt(d),
+rounded to the weights' dtype. Attention runs on eager, sdpa or flex_attention, with ALiBi as a
+float bias (eager, sdpa) or a score modifier (flex); masks (padding, packed sequences) come from
+transformers' mask builders. flash_attention_2 is not offered: transformers' flash path takes no
+ALiBi slopes.
 
 Loads with ``AutoModelForCausalLM`` and ``trust_remote_code=True``; needs only torch and transformers.
 """
@@ -58,6 +59,40 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+class ScaledWordEmbedding(nn.Embedding):
+    """Token embeddings multiplied by a fixed scale (Gemma: sqrt(hidden_size)).
+
+    The scale is cast to the weights' dtype before the product, as Gemma does: in bfloat16
+    sqrt(3072) = 55.43 becomes 55.5, and checkpoints trained that way expect it. It is a
+    non-persistent float32 buffer, never stored in checkpoints and recomputed whenever the module
+    moves or changes dtype (``_apply``), so it stays exact after ``.to(bfloat16)``, ``to_empty`` and
+    loading from the meta device. Only token ids are scaled: ``inputs_embeds`` given to the model
+    are used as they are.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        embed_scale: float = 1.0,
+    ):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.scalar_embed_scale = float(embed_scale)
+        self.register_buffer("embed_scale", self.compute_embed_scale(), persistent=False)
+
+    def compute_embed_scale(self, device: torch.device | None = None) -> torch.Tensor:
+        return torch.tensor(self.scalar_embed_scale, dtype=torch.float32, device=device)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.embed_scale = self.compute_embed_scale(self.embed_scale.device)
+        return self
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale.to(self.weight.dtype)
 
 
 class AlibiSlopes(nn.Module):
@@ -355,6 +390,8 @@ class SingleHeadPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, AlibiSlopes):
             init.copy_(module.slopes, module.compute_slopes(module.slopes.device))
+        if isinstance(module, ScaledWordEmbedding):  # the scale is a buffer, recomputed, never stored
+            init.copy_(module.embed_scale, module.compute_embed_scale(module.embed_scale.device))
 
 
 class SingleHeadModel(SingleHeadPreTrainedModel):
@@ -363,8 +400,10 @@ class SingleHeadModel(SingleHeadPreTrainedModel):
     def __init__(self, config: ScaffoldSingleHeadConfig):
         super().__init__(config)
         # as transformers' Llama: the pad token's row starts at zero and gets no gradient
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.embed_scale = math.sqrt(config.hidden_size)
+        # token embeddings times sqrt(hidden_size), the scale first rounded to the weights' dtype (as Gemma's)
+        self.embed_tokens = ScaledWordEmbedding(
+            config.vocab_size, config.hidden_size, config.pad_token_id, embed_scale=config.hidden_size**0.5
+        )
         self.layers = nn.ModuleList(SingleHeadDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
@@ -408,7 +447,7 @@ class SingleHeadModel(SingleHeadPreTrainedModel):
         # across transformers 5.x
         mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
 
-        x = inputs_embeds * self.embed_scale
+        x = inputs_embeds
         all_hidden = [] if output_hidden_states else None
         if output_attentions:
             kwargs["attention_weights"] = []  # each layer's attention appends its (B, heads, T, S) weights

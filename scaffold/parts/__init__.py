@@ -17,7 +17,18 @@ import ast
 from functools import cache
 from pathlib import Path
 
-PART_MODULES = ("norms", "rotary", "sinusoidal", "attention", "alibi", "mlp", "blocks", "init")
+PART_MODULES = (
+    "norms",
+    "embedding",
+    "rotary",
+    "sinusoidal",
+    "attention",
+    "softcap",
+    "alibi",
+    "mlp",
+    "blocks",
+    "init",
+)
 
 
 @cache

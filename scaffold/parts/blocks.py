@@ -64,6 +64,35 @@ class ParallelBlock(GradientCheckpointingLayer):
         )
 
 
+class SandwichNormBlock(GradientCheckpointingLayer):
+    """Sandwich norm: each sublayer between two norms, ``x = x + norm(attn(norm(x))); x = x + norm(mlp(norm(x)))``
+    (Gemma 2): four norms per block, the residual stream itself never normalised."""
+
+    def __init__(
+        self,
+        self_attn: nn.Module,
+        mlp: nn.Module,
+        input_layernorm: nn.Module,
+        post_attention_layernorm: nn.Module,
+        pre_feedforward_layernorm: nn.Module,
+        post_feedforward_layernorm: nn.Module,
+    ):
+        super().__init__()
+        self.self_attn = self_attn
+        self.mlp = mlp
+        self.input_layernorm = input_layernorm
+        self.post_attention_layernorm = post_attention_layernorm
+        self.pre_feedforward_layernorm = pre_feedforward_layernorm
+        self.post_feedforward_layernorm = post_feedforward_layernorm
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+        x = hidden_states
+        attn = self.self_attn(self.input_layernorm(x), attention_mask, **kwargs)
+        x = x + self.post_attention_layernorm(attn)
+        x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x
+
+
 class PostNormBlock(GradientCheckpointingLayer):
     """Post-norm: ``x = norm(x + drop(attn(x))); x = norm(x + drop(mlp(x)))`` (the original Transformer)."""
 

@@ -3,7 +3,13 @@
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def gelu_pytorch_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (transformers' ``gelu_pytorch_tanh``); in a GatedMLP it makes GeGLU."""
+    return F.gelu(x, approximate="tanh")
 
 
 class GatedMLP(nn.Module):

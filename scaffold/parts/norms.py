@@ -19,3 +19,23 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+class UnitOffsetRMSNorm(nn.Module):
+    """Gemma's RMSNorm: ``x / rms(x) * (1 + w)``, computed wholly in float32 and then cast back.
+
+    The weight is an offset from one, so it starts at zero. Unlike :class:`RMSNorm` the scaling is
+    done before the cast (Gemma's ``(x * w).to(dtype)`` against Llama's ``x.to(dtype) * w``).
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.variance_epsilon)
+        return (normed * (1.0 + self.weight.float())).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"

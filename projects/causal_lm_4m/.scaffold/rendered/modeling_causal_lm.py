@@ -4,14 +4,13 @@
 
 Post-norm blocks, ``x = layernorm(x + attn(x)); x = layernorm(x + mlp(x))``, with fixed sinusoidal
 position encodings added to the embeddings (computed, never stored), grouped-query attention and a
-relu MLP with biases. Token embeddings are scaled by sqrt(d). Attention runs through transformers'
-attention interface (eager, sdpa, flex_attention, flash_attention_2), and masks (padding, packed
-sequences) come from transformers' mask builders.
+relu MLP with biases. Token embeddings are scaled by sqrt(d), rounded to the weights' dtype.
+Attention runs through transformers' attention interface (eager, sdpa, flex_attention,
+flash_attention_2), and masks (padding, packed sequences) come from transformers' mask builders.
 
 Loads with ``AutoModelForCausalLM`` and ``trust_remote_code=True``; needs only torch and transformers.
 """
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -41,6 +40,40 @@ CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__
 # ---------------------------------------------------------------------------------------------
 # Parts (from scaffold's parts collection)
 # ---------------------------------------------------------------------------------------------
+
+
+class ScaledWordEmbedding(nn.Embedding):
+    """Token embeddings multiplied by a fixed scale (Gemma: sqrt(hidden_size)).
+
+    The scale is cast to the weights' dtype before the product, as Gemma does: in bfloat16
+    sqrt(3072) = 55.43 becomes 55.5, and checkpoints trained that way expect it. It is a
+    non-persistent float32 buffer, never stored in checkpoints and recomputed whenever the module
+    moves or changes dtype (``_apply``), so it stays exact after ``.to(bfloat16)``, ``to_empty`` and
+    loading from the meta device. Only token ids are scaled: ``inputs_embeds`` given to the model
+    are used as they are.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        embed_scale: float = 1.0,
+    ):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.scalar_embed_scale = float(embed_scale)
+        self.register_buffer("embed_scale", self.compute_embed_scale(), persistent=False)
+
+    def compute_embed_scale(self, device: torch.device | None = None) -> torch.Tensor:
+        return torch.tensor(self.scalar_embed_scale, dtype=torch.float32, device=device)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.embed_scale = self.compute_embed_scale(self.embed_scale.device)
+        return self
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.embed_scale.to(self.weight.dtype)
 
 
 class SinusoidalPositionEmbedding(nn.Module):
@@ -238,6 +271,8 @@ class CausalLMPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, SinusoidalPositionEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
+        if isinstance(module, ScaledWordEmbedding):  # the scale is a buffer, recomputed, never stored
+            init.copy_(module.embed_scale, module.compute_embed_scale(module.embed_scale.device))
 
 
 class CausalLMModel(CausalLMPreTrainedModel):
@@ -245,8 +280,10 @@ class CausalLMModel(CausalLMPreTrainedModel):
 
     def __init__(self, config: ScaffoldCausalLMConfig):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_scale = math.sqrt(config.hidden_size)
+        # token embeddings times sqrt(hidden_size), the scale first rounded to the weights' dtype (as Gemma's)
+        self.embed_tokens = ScaledWordEmbedding(
+            config.vocab_size, config.hidden_size, embed_scale=config.hidden_size**0.5
+        )
         self.embed_positions = SinusoidalPositionEmbedding(config.hidden_size)
         self.layers = nn.ModuleList(CausalLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         # post-norm: every block ends in a norm, so there is no final norm
@@ -292,7 +329,7 @@ class CausalLMModel(CausalLMPreTrainedModel):
         # positional arguments: the cache's keyword name differs across transformers 5.x
         mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
 
-        x = inputs_embeds * self.embed_scale + self.embed_positions(position_ids, inputs_embeds.dtype)
+        x = inputs_embeds + self.embed_positions(position_ids, inputs_embeds.dtype)
         x = F.dropout(x, p=self.config.hidden_dropout, training=self.training)
         all_hidden = [] if output_hidden_states else None
         if output_attentions:
