@@ -410,3 +410,16 @@ def check_replaceable(
         "checkpoint": "a checkpoint or a model directory",
     }[accept]
     raise refuse(f"holds files scaffold did not write ({listed}); it is not {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one of another user's counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

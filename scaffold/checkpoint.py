@@ -317,16 +317,6 @@ def _swap(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_leftovers(target: Path) -> list[Path]:
     """Remove staging folders of saves into ``target`` whose process is gone; if a save died
     between its two renames, put the previous folder back first. Returns what was removed."""
@@ -339,7 +329,7 @@ def sweep_leftovers(target: Path) -> list[Path]:
         if not m:
             continue
         pid = int(m.group(1))
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or atomic.pid_alive(pid):
             continue  # a save in progress
         if entry.name.endswith("-old") and not target.exists():
             entry.rename(target)  # the save died between its two renames: the old folder goes back

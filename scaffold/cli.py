@@ -113,6 +113,13 @@ set_option = click.option(
     metavar="KEY=VALUE",
     help="Set any manifest key (section.key or a unique bare key); the value is read as TOML. Repeatable.",
 )
+projects_dir_option = click.option(
+    "--projects-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("projects"),
+    show_default=True,
+    help="Folder the project is created in.",
+)
 
 
 def _overrides(sets: tuple[str, ...]) -> dict:
@@ -132,13 +139,7 @@ def _overrides(sets: tuple[str, ...]) -> dict:
 )
 @click.option("--preset", help="Preset of the blueprint to start from (default: the blueprint's).")
 @set_option
-@click.option(
-    "--projects-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("projects"),
-    show_default=True,
-    help="Folder the project is created in.",
-)
+@projects_dir_option
 @click.option(
     "--force",
     is_flag=True,
@@ -183,13 +184,7 @@ def new(
 @cli.command(name="import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", help="Name of the project (default: the model folder's name).")
-@click.option(
-    "--projects-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("projects"),
-    show_default=True,
-    help="Folder the project is created in.",
-)
+@projects_dir_option
 @click.option("--force", is_flag=True, help="Replace an existing project of that name (its files are lost).")
 def import_cmd(path: Path, name: str | None, projects_dir: Path, force: bool) -> None:
     """Create a project that reproduces the transformers model at PATH (a local model folder or its

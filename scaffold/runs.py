@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .errors import ScaffoldError, TestFailure, UsageError
 
 RUNS_DIR = "runs"
@@ -274,21 +275,9 @@ class Run:
         """The recorded status; ``running`` becomes ``killed`` once its process is gone (same host)."""
         status = str(self.summary.get("status", "unknown"))
         if status == "running" and self.summary.get("host") == socket.gethostname():
-            if not _alive(int(self.summary.get("pid", 0))):
+            if not atomic.pid_alive(int(self.summary.get("pid", 0))):
                 return "killed"
         return status
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_steps(path: Path) -> list[dict[str, Any]]:
