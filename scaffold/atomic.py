@@ -1,13 +1,17 @@
 """Folders that are replaced whole or not at all: staging, swap, lock and sweep.
 
-``scaffold new`` and ``scaffold build`` write a folder ``TARGET`` the same way:
+``scaffold new``, ``scaffold build``, a project's re-render or update (:func:`scaffold.update.commit`)
+and a checkpoint save (:func:`scaffold.checkpoint.save_checkpoint`) write a folder ``TARGET`` the same
+way:
 
 1. take the lock ``.TARGET.lock`` beside it (:func:`locked`); a second writer of the same folder
    waits for it, up to ``SCAFFOLD_LOCK_TIMEOUT`` seconds (default 600), then gives up with an error;
 2. sweep what an interrupted run left beside it (:func:`sweep`): staging folders are deleted, and
    a previous folder that was moved aside by a swap that never finished is moved back;
-3. write everything into a fresh staging folder ``.TARGET.<kind>-XXXXXXXX`` beside the target,
-   flush it to disk, and swap it in (:func:`swap_in`): on Linux the two folders are exchanged in one
+3. write everything into a fresh staging folder ``.TARGET.<kind>-XXXXXXXX`` beside the target (with
+   the files to keep hard-linked in, :func:`link_tree`), give the new files the modes the umask says
+   (:func:`apply_umask`), flush it to disk (:func:`fsync_tree`), and swap it in
+   (:func:`swap_in`): on Linux the two folders are exchanged in one
    ``renameat2(RENAME_EXCHANGE)``; elsewhere the old folder is renamed aside and the staging folder
    renamed into place. Only then is the old one deleted.
 
@@ -25,12 +29,13 @@ import glob
 import hashlib
 import math
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import ProjectError
@@ -49,7 +54,10 @@ DEFAULT_LOCK_TIMEOUT = 600.0
 # Test hook: SCAFFOLD_FAULT=<point>:kill|stop makes the process SIGKILL or SIGSTOP itself when it
 # reaches <point> (see fault_point calls), so tests can interrupt a real run at a known moment.
 FAULT_ENV = "SCAFFOLD_FAULT"
-LEFTOVER_KINDS = ("build", "new", "update", "old", "trash")
+LEFTOVER_KINDS = ("build", "new", "update", "ckpt", "old", "trash")
+# checkpoint saves of scaffold 0.1.0 named their staging folder .TARGET.ckpt-<pid>-XXXXXXXX and, without
+# the atomic exchange, the previous folder moved aside .TARGET.ckpt-<pid>-XXXXXXXX-old; they took no lock
+LEGACY_CKPT_RE = re.compile(r"\.ckpt-(\d+)-\w+(-old)?$")
 
 
 def fault_point(name: str) -> None:
@@ -143,7 +151,7 @@ def _holder(path: Path) -> str:
 
 
 def leftovers(target: Path) -> dict[str, list[Path]]:
-    """What interrupted runs left beside ``target``, by kind (build, new, old, trash)."""
+    """What interrupted runs left beside ``target``, by kind (:data:`LEFTOVER_KINDS`)."""
     found: dict[str, list[Path]] = {kind: [] for kind in LEFTOVER_KINDS}
     if not target.parent.is_dir():
         return found
@@ -156,18 +164,28 @@ def sweep(target: str | Path) -> list[str]:
     """Clean up after interrupted runs; call it holding :func:`locked`. Returns what it did, in words.
 
     A previous folder moved aside by a swap that never finished (``.TARGET.old-*``) is moved back when
-    ``TARGET`` is missing; staging folders and anything else left over are deleted.
+    ``TARGET`` is missing; staging folders and anything else left over are deleted, with what
+    interrupted writes into them left beside them (a checkpoint saved into a build's staging folder).
+    Leftovers of scaffold 0.1.0's checkpoint saves (:data:`LEGACY_CKPT_RE`) are swept too, unless the
+    process named in them still runs.
     """
     target = Path(target)
     found = leftovers(target)
     done: list[str] = []
+    ckpt = []
+    for p in found["ckpt"]:
+        legacy = LEGACY_CKPT_RE.search(p.name)
+        if legacy and int(legacy.group(1)) != os.getpid() and pid_alive(int(legacy.group(1))):
+            continue  # a save of scaffold 0.1.0 in progress
+        (found["old"] if legacy and legacy.group(2) else ckpt).append(p)
     olds = sorted(found["old"], key=lambda p: p.stat().st_ctime)
     if olds and not target.exists():
         olds.pop().rename(target)
         done.append(f"restored {target} from an interrupted swap")
-    for p in olds + found["build"] + found["new"] + found["update"] + found["trash"]:
-        _remove(p)
-        done.append(f"removed leftover {p.name}")
+    for p in olds + found["build"] + found["new"] + found["update"] + ckpt + found["trash"]:
+        for q in [p, *p.parent.glob(f".{glob.escape(p.name)}.*")]:
+            _remove(q)
+            done.append(f"removed leftover {q.name}")
     return done
 
 
@@ -210,7 +228,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def make_staging(target: Path, kind: str) -> Path:
-    """A new empty folder beside ``target`` for ``kind`` (build or new), readable as the umask says."""
+    """A new empty folder beside ``target`` for ``kind`` (one of :data:`LEFTOVER_KINDS`: build, new,
+    update, ckpt), readable as the umask says."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
     staging.chmod(0o777 & ~current_umask())
@@ -223,30 +242,69 @@ def current_umask() -> int:
     return mask
 
 
-def apply_umask(folder: Path) -> None:
+def apply_umask(folder: Path, *, files: Iterable[str | Path] | None = None, like: Path | None = None) -> None:
     """Give ``folder`` and everything in it the modes the user's umask says.
 
     Some writers ignore the umask (safetensors creates files 0600, Copier copies the template's modes);
-    executable files stay executable.
+    executable files stay executable. ``files``: only these (paths in ``folder``), the files written
+    anew, where the others are hard links to files kept from the previous folder (whose modes are the
+    user's). ``like``: ``folder`` takes the mode of this folder (the one it replaces) instead.
     """
     mask = current_umask()
-    folder.chmod(0o777 & ~mask)
-    for p in folder.rglob("*"):
+    folder.chmod((like.stat().st_mode & 0o7777) if like is not None else (0o777 & ~mask))
+    for p in folder.rglob("*") if files is None else (folder / f for f in files):
         if not p.is_symlink():
             executable = p.is_dir() or p.stat().st_mode & 0o111
             p.chmod((0o777 if executable else 0o666) & ~mask)
 
 
-def fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` to disk, so a swap never exposes unwritten data."""
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+def fsync_tree(folder: Path, *, files: Iterable[str | Path] | None = None) -> None:
+    """Flush every file and folder under ``folder`` to disk, so a swap never exposes unwritten data.
+
+    ``files``: flush only these (paths in ``folder``; hard links to files already on disk need no
+    flush), and every folder.
+    """
+    for path in _files(folder) if files is None else (folder / f for f in files):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+    for dirpath, _dirs, _names in os.walk(folder):
         _fsync_dir(Path(dirpath))
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            yield Path(dirpath, name)
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link ``src`` at ``dst`` (a copy where the file system cannot link); a symlink is copied as
+    a symlink."""
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_tree(src: Path, staging: Path, *, skip: Callable[[str], bool] = lambda name: False) -> None:
+    """Put what ``src`` holds into the (existing) ``staging`` folder as hard links, so it costs nothing
+    and unchanged files stay the same inodes; the entries of ``src`` whose name ``skip`` says are left
+    out (what the new folder will not keep, or will write anew)."""
+    shutil.copytree(
+        src,
+        staging,
+        symlinks=True,
+        copy_function=link_or_copy,
+        dirs_exist_ok=True,
+        ignore=lambda d, names: [n for n in names if skip(n)] if Path(d) == src else [],
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -282,12 +340,14 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def swap_in(staging: Path, target: Path, *, keep_old: Path | None = None) -> None:
+def swap_in(staging: Path, target: Path, *, keep_old: Path | None = None, faults: str = "") -> None:
     """Move a complete ``staging`` folder to ``target``, replacing what was there only at the end.
 
     On Linux the two folders are exchanged in one step, so ``target`` is never missing; elsewhere the
     old folder is renamed aside first, and :func:`sweep` puts it back if the process dies before the
     new one is in place. The old folder is deleted, or renamed to ``keep_old`` when given (a backup).
+    ``faults``: a prefix of this swap's fault points (``checkpoint-``: ``checkpoint-swap``...), so a
+    test can stop one write and not another nested in it.
     """
     old = target.with_name(f".{target.name}.old-{staging.name[-8:]}")
     if target.exists() and exchange(staging, target):
@@ -297,7 +357,7 @@ def swap_in(staging: Path, target: Path, *, keep_old: Path | None = None) -> Non
             target.rename(old)
         else:
             old = None
-        fault_point("swap")  # the old folder is aside and the new one not yet in place
+        fault_point(f"{faults}swap")  # the old folder is aside and the new one not yet in place
         try:
             staging.rename(target)
         except BaseException:
@@ -306,7 +366,7 @@ def swap_in(staging: Path, target: Path, *, keep_old: Path | None = None) -> Non
             raise
     _fsync_dir(target.parent)
     if old is not None:
-        fault_point("swapped")
+        fault_point(f"{faults}swapped")
         if keep_old is not None:
             old.rename(keep_old)
             return

@@ -9,11 +9,13 @@ Rules:
 
 - Tied weights (one tensor under several names, e.g. a tied output head) are stored once, under
   the name transformers keeps (the source of ``_tied_weights_keys``), and tied again on load.
-- Saving is all or nothing: the new files are written into a staging folder beside the target,
-  with the target's other files hard-linked in, and the two folders are exchanged at the end. A
-  save that dies half way leaves the previous checkpoint as it was; stale shards and a stale index
-  of an earlier layout disappear with the swap; leftovers of a killed save are swept by the next.
-  Files are made readable as the umask says (safetensors writes them 0600).
+- Saving is all or nothing, as every folder scaffold replaces (:mod:`scaffold.atomic`): under the
+  folder's lock, the new files are written into a staging folder beside the target
+  (``.TARGET.ckpt-*``), with the target's other files hard-linked in, and the two folders are
+  exchanged at the end. A save that dies half way leaves the previous checkpoint as it was; stale
+  shards and a stale index of an earlier layout disappear with the swap; leftovers of a killed save
+  are swept by the next. The new files are made readable as the umask says (safetensors writes them
+  0600); the folder keeps its mode.
 - Loading is strict by default: one :class:`~scaffold.errors.CheckpointError` lists the missing
   and unexpected tensors, each shape mismatch (tensor, file shape, model shape, file) and each
   dtype mismatch. A corrupt, truncated or missing shard is an error naming the shard.
@@ -25,12 +27,9 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,8 @@ import torch
 from torch import nn
 
 from . import atomic
-from .construct import alias_groups, get_tensor, initialize_weights, to_dtype, to_empty
+from .construct import alias_groups, get_tensor, initialize_weights, to_empty
+from .devices import safetensors_dtype, to_dtype, torch_name
 from .errors import CheckpointError, UsageError, one_line
 from .progress import track
 
@@ -49,21 +49,6 @@ INDEX_NAME = "model.safetensors.index.json"
 SHARD_RE = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
 DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers' save_pretrained default
 MAX_LISTED = 10  # names listed per kind of problem before "and N more"
-
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
-    "F8_E5M2": getattr(torch, "float8_e5m2", None),
-}
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -184,38 +169,36 @@ def save_checkpoint(
     n = len(shards)
     meta = {"format": "pt", **(metadata or {})}
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.ckpt-{os.getpid()}-", dir=target.parent))
-    try:
-        if target.exists():
-            _link_others(target, staging)
-        weight_map: dict[str, str] = {}
-        files = []
-        for i, names in track(enumerate(shards, start=1), total=n, desc="saving shards", unit="shard"):
-            fname = shard_name(i, n)
-            tensors = _unshare({k: state[k] for k in names})
-            out = staging / fname
-            save_file(tensors, str(out), metadata=meta)
-            _fsync(out)
-            files.append(fname)
-            weight_map.update(dict.fromkeys(names, fname))
-            del tensors
-        total_size = sum(_tensor_bytes(t) for t in state.values())
-        if n > 1:
-            index = {
-                "metadata": {"total_size": total_size, "total_parameters": _count_parameters(model)},
-                "weight_map": dict(sorted(weight_map.items())),
-            }
-            (staging / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            _fsync(staging / INDEX_NAME)
-            files.append(INDEX_NAME)
-        _apply_umask(staging, files, like=target if target.exists() else None)
-        _fsync(staging)
-        _swap(staging, target)
-        _fsync(target.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic.locked(target):  # another save (or a build) of this folder finishes first
+        atomic.sweep(target)  # what an interrupted save left beside it
+        staging = atomic.make_staging(target, "ckpt")
+        try:
+            if target.exists():  # the folder's other files are kept: linked into the new one
+                atomic.link_tree(target, staging, skip=is_checkpoint_file)
+            weight_map: dict[str, str] = {}
+            files = []
+            for i, names in track(enumerate(shards, start=1), total=n, desc="saving shards", unit="shard"):
+                fname = shard_name(i, n)
+                tensors = _unshare({k: state[k] for k in names})
+                save_file(tensors, str(staging / fname), metadata=meta)
+                files.append(fname)
+                weight_map.update(dict.fromkeys(names, fname))
+                del tensors
+            total_size = sum(_tensor_bytes(t) for t in state.values())
+            if n > 1:
+                index = {
+                    "metadata": {"total_size": total_size, "total_parameters": _count_parameters(model)},
+                    "weight_map": dict(sorted(weight_map.items())),
+                }
+                text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+                (staging / INDEX_NAME).write_text(text, encoding="utf-8")
+                files.append(INDEX_NAME)
+            # the new files readable as the umask says; the folder keeps the mode of the one it replaces
+            atomic.apply_umask(staging, files=files, like=target if target.exists() else None)
+            atomic.fsync_tree(staging, files=files)
+            atomic.swap_in(staging, target, faults="checkpoint-")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return SaveReport(path=target, files=files, tensors=len(state), total_size=total_size, tied=groups)
 
 
@@ -237,106 +220,6 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             seen.add(ptr)
         out[name] = t
     return out
-
-
-def _link_others(src: Path, dst: Path) -> None:
-    """Hard-link (or copy) every entry of ``src`` except its checkpoint files into ``dst``."""
-    for entry in src.iterdir():
-        if is_checkpoint_file(entry.name):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, dst / entry.name, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(entry, dst / entry.name)
-
-
-def _link_or_copy(src: str | Path, dst: str | Path) -> None:
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), dst)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _fsync(path: Path) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _apply_umask(folder: Path, files: list[str], *, like: Path | None) -> None:
-    """The new files readable as the umask says; the folder keeps the mode of the one it replaces."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for name in files:
-        (folder / name).chmod(0o666 & ~mask)
-    folder.chmod((like.stat().st_mode & 0o7777) if like is not None else (0o777 & ~mask))
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _swap(staging: Path, target: Path) -> None:
-    """Put ``staging`` in place of ``target``; afterwards ``staging`` holds the old folder (if any)."""
-    if not target.exists():
-        staging.rename(target)
-        staging.mkdir()  # the caller removes it
-        return
-    if _exchange(staging, target):
-        return
-    # no atomic exchange here: two renames; a crash between them leaves the old folder under a
-    # name the next save (or sweep_leftovers) renames back
-    old = staging.with_name(f"{staging.name}-old")
-    target.rename(old)
-    try:
-        staging.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    staging.mkdir()
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def sweep_leftovers(target: Path) -> list[Path]:
-    """Remove staging folders of saves into ``target`` whose process is gone; if a save died
-    between its two renames, put the previous folder back first. Returns what was removed."""
-    removed: list[Path] = []
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.ckpt-(\d+)-.*$")
-    if not target.parent.is_dir():
-        return removed
-    for entry in sorted(target.parent.iterdir()):
-        m = pattern.match(entry.name)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if pid == os.getpid() or atomic.pid_alive(pid):
-            continue  # a save in progress
-        if entry.name.endswith("-old") and not target.exists():
-            entry.rename(target)  # the save died between its two renames: the old folder goes back
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +305,7 @@ def open_checkpoint(files: CheckpointFiles) -> Iterator[tuple[dict[str, TensorIn
                 for key in keys:
                     s = f.get_slice(key)
                     name = s.get_dtype()
-                    infos.setdefault(key, TensorInfo(key, shard, tuple(s.get_shape()), SAFETENSORS_DTYPES.get(name), name))
+                    infos.setdefault(key, TensorInfo(key, shard, tuple(s.get_shape()), safetensors_dtype(name), name))
             except Exception as err:  # safetensors raises its own error type for every corruption
                 raise CheckpointError(f"corrupt or truncated safetensors file: {one_line(err)}", path=shard) from None
             handles[shard] = f
@@ -494,7 +377,7 @@ def check_fit(
                 continue  # converted, as asked
             hint = "" if dtype is not None else "; pass dtype= (--dtype) to convert"
             problems.append(
-                f"{file_name}: file dtype {_dtype_name(info.dtype)}, model dtype {_dtype_name(want)} "
+                f"{file_name}: file dtype {torch_name(info.dtype)}, model dtype {torch_name(want)} "
                 f"(in {info.shard.name}){hint}"
             )
     lines = []
@@ -509,10 +392,6 @@ def check_fit(
         where = files.index or files.shards[0]
         raise CheckpointError("does not fit the model:\n  " + "\n  ".join(lines), path=where)
     return plan, missing, unexpected
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _model_device(model: nn.Module) -> torch.device | None:

@@ -38,33 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .devices import to_dtype as to_dtype  # scaffold.construct.to_dtype: its name before devices.py
 from .errors import DeviceError
-
-DTYPE_NAMES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "float64": torch.float64,
-}
 
 _lock = threading.RLock()
 _depth = 0
 _undo: list[tuple[Any, str, Any]] = []  # (object, attribute, original value) restored on the last exit
-
-
-def to_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A torch floating dtype from a dtype or its name (float32, bfloat16, bf16, float16, ...)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPE_NAMES:
-        raise DeviceError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
-    return DTYPE_NAMES[name]
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from . import manifest, schema
+from .devices import TEST_DTYPE_NAMES
 from .errors import ManifestError, UsageError
 
 # The seed's model flags, as manifest [model] keys, in the seed's order.
@@ -86,7 +87,8 @@ FLAGS: tuple[Flag, ...] = (
         "dtype",
         ("--dtype",),
         "test.dtype",
-        schema.BY_PATH["test.dtype"].doc + " One of " + ", ".join(schema.DTYPES) + ".",
+        schema.BY_PATH["test.dtype"].doc
+        + f" One of {', '.join(schema.DTYPES)} (also {', '.join(sorted(set(TEST_DTYPE_NAMES) - set(schema.DTYPES)))}).",
         metavar="DTYPE",
     ),
     Flag("no_init_weights", ("--no-init-weights",), None, schema.OPTIONS["no_init_weights"], is_flag=True),

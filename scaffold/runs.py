@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
+from .devices import peak_memory
 from .errors import ScaffoldError, TestFailure, UsageError
 
 RUNS_DIR = "runs"
@@ -66,17 +67,6 @@ def write_json(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _memory(device: Any) -> int:
-    """Peak memory so far: CUDA's peak allocation on a GPU, the process's peak RSS otherwise."""
-    if getattr(device, "type", "cpu") == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated(device))
-    from .smoke import _peak_rss
-
-    return _peak_rss()
 
 
 class RunRecorder:
@@ -132,7 +122,7 @@ class RunRecorder:
             "lr": lr,
             "tokens": tokens,
             "tokens_per_second": round(rate, 1),
-            "peak_memory_bytes": _memory(self.device),
+            "peak_memory_bytes": peak_memory(self.device),
             "seconds": round(seconds, 4),
         }
         self._steps.write(json.dumps(line) + "\n")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .devices import TEST_DTYPE_NAMES, TEST_DTYPES
+
 Check = Callable[[Any], "str | None"]
 
 
@@ -44,6 +46,12 @@ def each_of(*choices: str) -> Check:
         return f"entries must be one of {', '.join(choices)}; got {bad[0]!r}" if bad else None
 
     return check
+
+
+def dtype_name(v: Any) -> str | None:
+    """test.dtype: a dtype scaffold test trains in, by any name it accepts (bf16 for bfloat16...);
+    the message lists the dtypes themselves."""
+    return None if v in TEST_DTYPE_NAMES else f"must be one of {', '.join(TEST_DTYPES)}; got {v!r}"
 
 
 def one_of(*choices: str) -> Check:
@@ -102,7 +110,7 @@ class Field:
 
 INT, FLOAT, NUM, BOOL, STR = (int,), (float,), (int, float), (bool,), (str,)
 ATTN = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = TEST_DTYPES  # what scaffold test trains in; any spelling of them in TEST_DTYPE_NAMES
 
 # The structural keys' values. Each value names the code a template renders for it
 # (docs/architecture.md, section 3).
@@ -472,7 +480,7 @@ FIELDS: tuple[Field, ...] = (
         STR,
         "Device the model is constructed and run on: auto (CUDA when available, else CPU), cpu, cuda:N.",
     ),
-    Field("test", "dtype", STR, "Parameter dtype the model is constructed in.", (one_of(*DTYPES),)),
+    Field("test", "dtype", STR, "Parameter dtype the model is constructed in.", (dtype_name,)),
     Field("test", "steps", INT, "Optimizer steps scaffold test runs.", (positive,)),
     Field("test", "batch_size", INT, "Sequences per step.", (positive,)),
     Field("test", "sequence_length", INT, "Tokens per sequence.", (positive,)),

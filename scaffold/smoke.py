@@ -12,92 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# device and dtype questions are answered by devices.py; the names stay importable from here
+from .devices import available_devices as available_devices
+from .devices import available_memory, element_bytes, peak_memory, reset_peak_memory, training_dtype_name
+from .devices import peak_rss as _peak_rss  # noqa: F401
+from .devices import resolve_device as resolve_device
+from .devices import resolve_dtype as resolve_dtype
 from .errors import DeviceError, ProjectError, TestFailure
 
 OnStep = Callable[[int, float, int, float, float], None]  # (step, loss, tokens, lr, seconds so far)
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
-
-
-def available_devices() -> list[str]:
-    import torch
-
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
-
-
-def resolve_device(name: str | None, *, allow_meta: bool = False):
-    """A torch.device for ``name`` ('auto' = CUDA when available, else CPU), or a DeviceError.
-
-    Any spelling torch accepts works (``cuda``, ``cuda:1``, ``cpu``); ``meta`` (construction without
-    memory) only where the command merely constructs, as ``scaffold show`` does.
-    """
-    import torch
-
-    name = (name or "auto").strip()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    available = available_devices() + (["meta"] if allow_meta else [])
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(
-            f"no such device {name!r}; available: {', '.join(available)}", key="test.device"
-        ) from None
-    if device.type == "meta":
-        if allow_meta:
-            return device
-        raise DeviceError(
-            f"device {name!r} holds no data, so nothing can be trained there; use one of {', '.join(available)} "
-            "(`scaffold show --device meta` constructs without memory)",
-            key="test.device",
-        )
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {name!r}: CUDA is not available here; available: {', '.join(available)}",
-                key="test.device",
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {name!r} does not exist; available: {', '.join(available)}", key="test.device"
-            )
-        return device
-    if str(device) not in available and device.type not in available:
-        raise DeviceError(
-            f"device {name!r} is not available here; available: {', '.join(available)}", key="test.device"
-        )
-    return device
-
-
-def resolve_dtype(name: str):
-    import torch
-
-    if name not in DTYPES:
-        raise DeviceError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16")
-    return getattr(torch, DTYPES[name])
 
 
 @dataclass
@@ -317,14 +246,14 @@ def mixed_precision(opts: TestOptions) -> bool:
     Pure float16 weights lose AdamW's small updates and overflow within a few steps; bfloat16 has
     float32's range and trains as it is.
     """
-    return DTYPES.get(opts.dtype) == "float16"
+    return training_dtype_name(opts.dtype) == "float16"
 
 
 def precision(opts: TestOptions) -> str:
     """How ``scaffold test`` trains in ``opts.dtype``, in words for its output line."""
     if mixed_precision(opts):
         return "float16 mixed precision (float32 master weights, float16 autocast, torch.amp.GradScaler)"
-    return DTYPES.get(opts.dtype, opts.dtype)
+    return training_dtype_name(opts.dtype) or opts.dtype
 
 
 # Activations kept for backward, in elements per token and layer: about 16 x hidden_size (norm
@@ -361,11 +290,12 @@ def _gib(n: float) -> str:
 def estimate_memory(config: Any, n_params: int, opts: TestOptions) -> MemoryEstimate:
     """Bytes ``scaffold test`` needs on its device: parameters, gradients, AdamW's two moments and
     the activations of one batch (see ``ACTIVATION_PER_HIDDEN``)."""
-    width = 2 if DTYPES.get(opts.dtype) == "bfloat16" else 4  # float16 trains float32 master weights
-    params = n_params * (width + (2 if mixed_precision(opts) else 0))  # + the float16 autocast copies
+    act_width = element_bytes(opts.dtype)  # float16: the activations under autocast
+    # float16 trains float32 master weights
+    width = element_bytes("float32") if mixed_precision(opts) else act_width
+    params = n_params * (width + (act_width if mixed_precision(opts) else 0))  # + the float16 autocast copies
     grads = 0 if opts.fuse_optim_with_backward else n_params * width
     optimizer = 2 * n_params * width
-    act_width = 2 if DTYPES.get(opts.dtype) in ("bfloat16", "float16") else 4
     tokens = opts.batch_size * opts.sequence_length
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     ffn = int(getattr(config, "intermediate_size", 0) or 0)
@@ -378,29 +308,6 @@ def estimate_memory(config: Any, n_params: int, opts: TestOptions) -> MemoryEsti
     kept = layers * hidden + per_layer if opts.gradient_checkpointing else layers * per_layer
     activations = tokens * (kept * act_width + LOGIT_COPIES * vocab * 4)
     return MemoryEstimate(params, grads, optimizer, activations)
-
-
-def available_memory(device) -> int | None:
-    """Bytes free for a new allocation on ``device``: CUDA's free memory, or Linux's MemAvailable
-    (with os.sysconf's free pages elsewhere); None where it cannot be told."""
-    import torch
-
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(config: Any, opts: TestOptions, device) -> MemoryEstimate:
@@ -536,8 +443,7 @@ def train(
     amp = mixed_precision(opts) and next(model.parameters()).dtype == torch.float32
     autocast = (lambda: torch.autocast(device.type, dtype=torch.float16)) if amp else contextlib.nullcontext
     scaler = torch.amp.GradScaler(device.type) if amp else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     tokens, start = 0, time.perf_counter()
     every, since, since_tokens, since_time = log_interval(opts.steps), [], 0, start
     bar = Bar(total=opts.steps, desc="train", unit="step")
@@ -598,11 +504,7 @@ def train(
         bar.close()
         for h in hooks:
             h.remove()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        report.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
-    else:
-        report.peak_memory_bytes = _peak_rss()
+    report.peak_memory_bytes = peak_memory(device, synchronize=True)
     report.seconds = time.perf_counter() - start
     report.tokens = tokens
     report.tokens_per_second = tokens / report.seconds if report.seconds > 0 else 0.0
@@ -614,17 +516,3 @@ def train(
 def _first_bad(model) -> str:
     found = first_bad_parameter(model)
     return found[0] if found else "none (the parameters are finite; the input or the computation overflowed)"
-
-
-def _peak_rss() -> int:
-    """Peak resident memory of this process, in bytes: Linux's VmHWM, which (unlike ru_maxrss) does not
-    carry over the peak of a parent process; ru_maxrss elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024

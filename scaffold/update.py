@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -290,13 +289,6 @@ def recover(project_dir: str | Path) -> None:
             atomic.sweep(project_dir)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def commit(
     project_dir: Path,
     changes: list[Change],
@@ -308,14 +300,7 @@ def commit(
     whole or not at all (call it holding :func:`project_locked`)."""
     staging = atomic.make_staging(project_dir, "update")
     try:
-        shutil.copytree(
-            project_dir,
-            staging,
-            symlinks=True,
-            copy_function=_link_or_copy,
-            dirs_exist_ok=True,
-            ignore=lambda d, names: [STORE_DIR] if Path(d) == project_dir else [],
-        )
+        atomic.link_tree(project_dir, staging, skip=lambda name: name == STORE_DIR)
         written = []
         for c in changes:
             if c.after is None:
@@ -337,15 +322,7 @@ def commit(
 
 def _fsync_written(staging: Path, written: list[Path]) -> None:
     """Flush the files written (the linked ones are on disk already) and every folder."""
-    for path in [*written, *(staging / STORE_DIR).rglob("*")]:
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for dirpath, _dirs, _files in os.walk(staging):
-        atomic._fsync_dir(Path(dirpath))
+    atomic.fsync_tree(staging, files=[*written, *(staging / STORE_DIR).rglob("*")])
 
 
 def _write_state(project_dir: Path, state: Mapping[str, Any]) -> None:
