@@ -37,7 +37,8 @@ TEST_DTYPES = ("float32", "bfloat16", "float16")
 TEST_DTYPE_NAMES = tuple(name for name, dtype in DTYPE_ALIASES.items() if dtype in TEST_DTYPES)
 # Bytes per element of each dtype above.
 ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-# safetensors' dtype strings (the "dtype" of each tensor in a file's header) -> torch's dtype names.
+# safetensors' dtype strings (the "dtype" of each tensor in a file's header) -> torch's dtype names:
+# every dtype safetensors 0.8 writes from torch (an older torch may lack some; see safetensors_dtype).
 SAFETENSORS_DTYPE_NAMES = {
     "F64": "float64",
     "F32": "float32",
@@ -49,8 +50,16 @@ SAFETENSORS_DTYPE_NAMES = {
     "I8": "int8",
     "U8": "uint8",
     "BOOL": "bool",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "C64": "complex64",
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F4": "float4_e2m1fn_x2",
 }
 UNKNOWN_DTYPE = "unknown dtype {name!r}; use one of " + ", ".join(TEST_DTYPES)
 

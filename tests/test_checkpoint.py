@@ -388,6 +388,85 @@ def test_save_that_dies_half_way_leaves_the_previous_checkpoint(dirs, tmp_path, 
     assert (target / INDEX_NAME).exists() and not (target / WEIGHTS_NAME).exists()
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_save_sweeps_leftovers_of_the_earlier_staging_names(dirs, tmp_path):
+    """Saves of scaffold 0.1.0 staged in .NAME.ckpt-<pid>-XXXXXXXX and, without the atomic exchange,
+    moved the previous folder aside as .NAME.ckpt-<pid>-XXXXXXXX-old: after an upgrade the next save
+    puts back the folder moved aside, deletes the staging folder, and leaves alone one whose process
+    still runs."""
+    model = load_model(dirs["untied"])
+    target = model_copy(dirs["untied"], tmp_path / "m")
+    save_checkpoint(target, model)
+    before = snapshot(target)
+    dead, alive = _dead_pid(), os.getppid()
+    staging = tmp_path / f".m.ckpt-{dead}-abcd1234"
+    staging.mkdir()
+    (staging / WEIGHTS_NAME).write_bytes(b"half a shard")
+    running = tmp_path / f".m.ckpt-{alive}-efgh5678"
+    running.mkdir()
+    target.rename(tmp_path / f".m.ckpt-{dead}-ijkl9012-old")  # killed between its two renames
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    save_checkpoint(target, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "m"]
+    after = snapshot(target)  # the folder put back, its other files kept, the new weights in it
+    assert after.keys() == before.keys() and after[WEIGHTS_NAME] != before[WEIGHTS_NAME]
+    assert {k: v for k, v in after.items() if k != WEIGHTS_NAME} == {
+        k: v for k, v in before.items() if k != WEIGHTS_NAME
+    }
+    fresh = construct(dirs["untied"], device="meta")
+    load_checkpoint(target, fresh)
+    assert same_weights(model, fresh)
+
+
+KILLED_IN_SWAP = """
+import sys
+sys.path.insert(0, {tests!r})
+import scaffold.atomic as atomic
+atomic.exchange = lambda *_: False  # the two renames of systems without an atomic exchange
+from _construct_util import load_model
+from scaffold.checkpoint import save_checkpoint
+save_checkpoint({target!r}, load_model({model_dir!r}), max_shard_size={shard})
+"""
+
+
+def test_save_killed_between_the_two_renames(dirs, tmp_path):
+    """Without the atomic exchange the previous folder is renamed aside first: a save killed then
+    leaves it whole beside the target, and the next save puts it back before it writes."""
+    model = load_model(dirs["untied"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    target = model_copy(dirs["untied"], tmp_path / "m")
+    save_checkpoint(target, model)
+    before = snapshot(target)
+    code = KILLED_IN_SWAP.format(
+        tests=str(REPO / "tests"), model_dir=str(dirs["untied"]), target=str(target), shard=SMALL_SHARDS
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "SCAFFOLD_FAULT": "checkpoint-swap:kill",
+    }
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not target.exists()
+    (aside,) = tmp_path.glob(".m.old-*")
+    assert snapshot(aside) == before
+    save_checkpoint(target, model, max_shard_size=SMALL_SHARDS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert (target / INDEX_NAME).exists() and not (target / WEIGHTS_NAME).exists()
+    assert (target / "config.json").read_bytes() == before["config.json"]
+    fresh = construct(dirs["untied"], device="meta")
+    load_checkpoint(target, fresh)
+    assert same_weights(model, fresh)
+
+
 def test_save_over_the_checkpoint_the_model_was_loaded_from(dirs, tmp_path):
     """Loaded tensors map the checkpoint's files: saving into the same folder must not corrupt them."""
     original = load_model(dirs["untied"])
