@@ -8,7 +8,8 @@ Where each command lives (the pipeline, top to bottom):
   new         render.py     blueprint + manifest -> project folder (code, tokenizer, .scaffold/ last rendering)
   build       build.py      Project (project.py) -> model directory + record; re-render first (update.py)
   import      importer.py   a local transformers model's config.json -> the manifest of a project reproducing it
-  test        smoke.py      the build, loaded through the Auto classes, trained for a few steps
+  test        smoke.py      the build, loaded through the Auto classes, trained for a few steps;
+                            devices.py answers which device, which dtype, how much memory
               distributed.py  the same steps in N processes (--nproc); runs.py records each run
   runs        runs.py       the recorded runs as a table, their loss curves on one figure
   update      update.py     the project moved to the installed blueprint, merged with edits (merge.py)
@@ -17,6 +18,7 @@ Where each command lives (the pipeline, top to bottom):
   verify      verify.py     a model directory checked against its build record
   schema      schema.py     every manifest key
   blueprints  blueprints.py the built-in families and their presets
+Every folder a command replaces (project, model directory, checkpoint) is written by atomic.py.
 """
 
 from __future__ import annotations
