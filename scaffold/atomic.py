@@ -266,11 +266,7 @@ def fsync_tree(folder: Path, *, files: Iterable[str | Path] | None = None) -> No
     """
     for path in _files(folder) if files is None else (folder / f for f in files):
         if path.is_file() and not path.is_symlink():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(path)
     for dirpath, _dirs, _names in os.walk(folder):
         _fsync_dir(Path(dirpath))
 
@@ -308,11 +304,14 @@ def link_tree(src: Path, staging: Path, *, skip: Callable[[str], bool] = lambda 
 
 
 def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
+        _fsync(path)
+
+
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory
-        pass
     finally:
         os.close(fd)
 
