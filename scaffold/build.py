@@ -138,14 +138,10 @@ def build(
     user's edits (:func:`scaffold.update.rerender_if_changed`); conflict markers left in the code stop
     the build (exit 2) naming file and line.
     """
-    from .tokenizer import ensure_project_tokenizer
-
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
     option = "--output-dir" if output_dir is not None else ""
     atomic.check_replaceable(out, protect=(project.path,), option=option, contents=False)
-    prepare_code(project)
-    # the project's tokenizer is remade first if its inputs changed (an unchanged one is never retrained)
-    note = ensure_project_tokenizer(project.path, project.manifest)
+    note = prepare(project)
     record = inputs_record(project, save_weights, weights)
     with atomic.locked(out):  # a second build of the same folder waits here
         atomic.sweep(out)  # what an interrupted build left beside the folder
@@ -201,6 +197,16 @@ def _build_locked(
     return BuildResult(out, True, f"built {out}")
 
 
+def prepare(project: Project) -> str | None:
+    """Bring the project itself up to date before anything is built from it (the first step of every
+    build): its code (:func:`prepare_code`), then its tokenizer, remade only if its inputs changed since
+    it was made (an unchanged one is never retrained). Returns a line saying what was remade, or None."""
+    from .tokenizer import ensure_project_tokenizer
+
+    prepare_code(project)
+    return ensure_project_tokenizer(project.path, project.manifest)
+
+
 def prepare_code(project: Project) -> None:
     """The project's code as the build uses it: re-rendered and merged if the manifest changed since
     its last rendering, and free of conflict markers (else a usage error naming file and line)."""
@@ -222,7 +228,7 @@ def build_for_test(
     atomic.check_replaceable(
         out, protect=(project.path,), option="--output-dir" if output_dir else "", contents=False
     )
-    prepare_code(project)
+    note = prepare(project)  # first: a tokenizer remade here makes the build below stale, as it should
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
         old = dict(stamp.get("inputs") or {})
@@ -236,7 +242,10 @@ def build_for_test(
                 return BuildResult(out, False, f"up to date, kept: {out}")
             if not force:
                 raise damage
-    return build(project, output_dir, force=force)
+    result = build(project, output_dir, force=force)
+    if note:
+        result.message = f"{note}\n{result.message}"
+    return result
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
@@ -429,6 +438,4 @@ def model_card(project: Project) -> str | None:
     overrides (so that it describes what was built, under --model-name's name); None otherwise."""
     if not any(section != "test" and values for section, values in (project.overrides or {}).items()):
         return None
-    from .render import render_files
-
-    return render_files(project.blueprint, project.manifest).get("README.md")
+    return project.rendering.get("README.md")

@@ -147,7 +147,9 @@ def _overrides(sets: tuple[str, ...]) -> dict:
     "does not hold is refused unless --backup or --discard-edits is given too.",
 )
 @click.option("--backup", is_flag=True, help="With --force: keep the previous project as NAME.backup-<time>.")
-@click.option("--discard-edits", is_flag=True, help="With --force: replace a project even if its files hold edits.")
+@click.option(
+    "--discard-edits", is_flag=True, help="With --force: replace a project even if its files hold edits."
+)
 def new(
     name: str,
     blueprint: str,
@@ -395,7 +397,9 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     click.echo(report.summary())  # the last line, as before records
 
 
-def _distributed_options(nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any):
+def _distributed_options(
+    nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any
+):
     """--nproc and its companions as DistributedOptions (None: one process); bad values are usage errors."""
     from .distributed import DEFAULT_TIMEOUT, DistributedOptions, check
 
@@ -429,7 +433,11 @@ def _check_sequence_length(options: Any, proj: Any, from_flag: bool) -> None:
     from .errors import UsageError
     from .manifest import MANIFEST_NAME
 
-    where = {"key": "--sequence-length"} if from_flag else {"path": proj.path / MANIFEST_NAME, "key": "test.sequence_length"}
+    where = (
+        {"key": "--sequence-length"}
+        if from_flag
+        else {"path": proj.path / MANIFEST_NAME, "key": "test.sequence_length"}
+    )
     length = options.sequence_length
     if length < 2:
         raise UsageError(f"{length} token(s) leave no next token to predict; use 2 or more", **where)
@@ -520,8 +528,16 @@ def show(project: Path, output_file: Path | None, edit: bool, overrides: Overrid
 
 @cli.command()
 @click.argument("project", type=click.Path(path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Print what would change (one line per file, then a diff); write nothing.")
-def update(project: Path, dry_run: bool) -> None:
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would change (one line per file, then a diff); write nothing."
+)
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take in a project made before scaffold kept its last rendering: files that differ from the "
+    "installed blueprint's rendering are kept exactly as they are, as your edits.",
+)
+def update(project: Path, dry_run: bool, adopt: bool) -> None:
     """Move PROJECT to the installed version of its blueprint, keeping your edits.
 
     Manifest keys the blueprint renamed, added or removed since are migrated (its migration table is
@@ -532,7 +548,7 @@ def update(project: Path, dry_run: bool) -> None:
     """
     from .update import update_project
 
-    click.echo(update_project(project, dry_run=dry_run))
+    click.echo(update_project(project, dry_run=dry_run, adopt=adopt))
 
 
 @cli.command(name="diff")

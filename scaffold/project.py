@@ -58,15 +58,20 @@ class Project:
         )
 
     @cached_property
+    def rendering(self) -> dict[str, str]:
+        """The blueprint's rendering of this project as resolved (command line included), by file name:
+        rendered once, for the code of a restructured build and for a build's model card."""
+        from .render import render_files
+
+        return render_files(self.blueprint, self.manifest)
+
+    @cached_property
     def code(self) -> dict[str, str]:
         """The configuration and modeling files a build writes, by file name: the project's own, or
         rendered from the blueprint when the command line changes the structure (never a stale one)."""
         names = [self.blueprint.meta["configuration_file"], self.blueprint.meta["modeling_file"]]
         if self.restructured:
-            from .render import render_files
-
-            rendered = render_files(self.blueprint, self.manifest)
-            return {name: rendered[name] for name in names}
+            return {name: self.rendering[name] for name in names}
         return {name: (self.path / name).read_text(encoding="utf-8") for name in names}
 
 
@@ -83,7 +88,8 @@ def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | 
     for section, values in data.items():
         if section in manifest.schema.SECTIONS and not isinstance(values, Mapping):
             raise ManifestError(
-                [(section, f"must be a table ([{section}]), got {type(values).__name__} {values!r}")], path=mpath
+                [(section, f"must be a table ([{section}]), got {type(values).__name__} {values!r}")],
+                path=mpath,
             )
     bp = blueprint_of(path, data)
     resolved = bp.resolve(data, overrides)

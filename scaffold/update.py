@@ -576,6 +576,8 @@ class UpdatePlan:
     new_rendering: dict[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     state_changed: bool = False
+    # a project taken in without a record of its last rendering: the files kept as the user's edits
+    adopted: list[str] | None = None
 
     @property
     def label(self) -> str:
@@ -586,6 +588,15 @@ class UpdatePlan:
 
     def report(self) -> list[str]:
         lines = [c.line(self.label) for c in self.changes]
+        if self.adopted is not None:
+            lines.append(
+                f"{STORE_DIR}/: tracked from now on (the base of later merges: blueprint {self.blueprint} "
+                f"{self.new_version}'s rendering)"
+            )
+            lines += [
+                f"{name}: kept as it is, as your edit (`scaffold diff` shows how it differs from the rendering)"
+                for name in self.adopted
+            ]
         if self.manifest_after != self.manifest_before:
             lines.append(
                 f"{manifest.MANIFEST_NAME}: "
@@ -608,8 +619,15 @@ class UpdatePlan:
         return "".join(parts)
 
 
-def plan_update(project_dir: str | Path) -> UpdatePlan:
-    """Work out what ``scaffold update`` would do, writing nothing."""
+def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
+    """Work out what ``scaffold update`` would do, writing nothing.
+
+    A project made before scaffold kept its renderings has no base for a merge. It is taken in
+    ("adopted"): the installed blueprint's rendering of its (migrated) manifest becomes the last
+    rendering. Files equal to that rendering are then plain generated files; files that differ cannot
+    be told apart (the user's edits or an older blueprint's code), so they are kept exactly as they are,
+    as the user's edits, and only with ``adopt`` (else a usage error naming them).
+    """
     from .project import blueprint_of
     from .render import ANSWERS_FILE as ANSWERS
     from .render import answers_text, render_files
@@ -622,16 +640,8 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
     data = manifest.load(mpath)
     bp = blueprint_of(project_dir, data)
     rendering = read_rendering(project_dir)
-    if rendering is None:
-        raise ProjectError(
-            f"no record of the project's last rendering ({STORE_DIR}/{RENDERED_DIR}), so your edits cannot be told "
-            "from the blueprint's: it was made by an older scaffold. Re-create it with `scaffold new --force "
-            "--backup` and carry your edits over",
-            path=project_dir,
-        )
-    old_version = str(
-        (data.get("project") or {}).get("blueprint_version", rendering.state.get("blueprint_version"))
-    )
+    recorded = rendering.state.get("blueprint_version") if rendering is not None else bp.version
+    old_version = str((data.get("project") or {}).get("blueprint_version", recorded))
     if _version(old_version, where=mpath, key="project.blueprint_version") > _version(
         bp.version, where=bp.path / "blueprint.toml", key="blueprint.version"
     ):
@@ -644,6 +654,19 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
     resolved = bp.resolve(migrated)
     manifest.validate(resolved, model_keys=bp.model_keys, path=mpath)
     new = tracked(render_files(bp, resolved))
+    adopted = None
+    if rendering is None:  # made before scaffold kept its renderings: the new rendering is the base
+        adopted = [name for name, text in new.items() if _read(project_dir / name) not in (None, text)]
+        if adopted and not adopt:
+            raise ProjectError(
+                f"made before scaffold kept a record of its last rendering, and {', '.join(adopted)} "
+                f"differ{'s' if len(adopted) == 1 else ''} from what blueprint {bp.name} {bp.version} renders "
+                "(your edits or an older blueprint's code: scaffold cannot tell which). `scaffold update "
+                f"{project_dir} --adopt` keeps them exactly as they are and tracks the project from now on; "
+                "`scaffold diff` then shows each difference",
+                path=project_dir,
+            )
+        rendering = Rendering(files=dict(new), state={})
     plan = UpdatePlan(
         project_dir=project_dir,
         old_version=old_version,
@@ -656,6 +679,7 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
         if migrated != data
         else manifest_text,
         new_rendering=new,
+        adopted=adopted,
     )
     plan.changes = plan_merge(project_dir, rendering.files, new, label=f"blueprint {bp.name} {bp.version}")
     if plan.manifest_after != manifest_text:
@@ -663,27 +687,29 @@ def plan_update(project_dir: str | Path) -> UpdatePlan:
     answers = _read(project_dir / ANSWERS)
     if answers is not None and answers_text(answers, bp) != answers:
         plan.extra[ANSWERS] = answers_text(answers, bp)
-    unedited = _sha(manifest_text) == rendering.state.get("manifest_sha256")
+    # an adopted project's manifest counts as scaffold's own (it cannot know better)
+    unedited = adopted is not None or _sha(manifest_text) == rendering.state.get("manifest_sha256")
     sha = _sha(plan.manifest_after) if unedited else rendering.state.get("manifest_sha256")
     plan.state = _state(bp, migrated, manifest_sha256=sha)
     plan.state_changed = plan.state != rendering.state or new != rendering.files
     return plan
 
 
-def update_project(project_dir: str | Path, *, dry_run: bool = False) -> str:
+def update_project(project_dir: str | Path, *, dry_run: bool = False, adopt: bool = False) -> str:
     """``scaffold update``: move a project to the installed blueprint version, keeping every edit.
 
     With ``dry_run``, returns what would change (one line per file and a unified diff) and writes
     nothing. Conflicts are written inline with markers; build and test refuse until they are gone.
+    ``adopt``: a project without a record of its last rendering is taken in (see :func:`plan_update`).
     """
     project_dir = Path(project_dir)
     if dry_run:
         recover(project_dir)
-        plan = plan_update(project_dir)
+        plan = plan_update(project_dir, adopt=True)
         return _describe(plan, dry_run=True)
     recover(project_dir)
     with project_locked(project_dir):
-        plan = plan_update(project_dir)
+        plan = plan_update(project_dir, adopt=adopt)
         if not plan.nothing_to_do():
             commit(project_dir, plan.changes, plan.new_rendering, plan.state, plan.extra)
     return _describe(plan, dry_run=False)
@@ -693,11 +719,17 @@ def _describe(plan: UpdatePlan, *, dry_run: bool) -> str:
     where = plan.project_dir
     if plan.nothing_to_do():
         return f"up to date: {where} is at blueprint {plan.blueprint} {plan.new_version}"
-    head = (
-        f"{'would update' if dry_run else 'updated'} {where}: blueprint {plan.blueprint} "
-        f"{plan.old_version} -> {plan.new_version}"
+    verb = (
+        ("would take in" if dry_run else "took in")
+        if plan.adopted is not None
+        else ("would update" if dry_run else "updated")
     )
+    head = f"{verb} {where}: blueprint {plan.blueprint} {plan.old_version} -> {plan.new_version}"
     lines = [head, *(f"  {line}" for line in plan.report())]
+    if plan.adopted and dry_run:
+        lines.append(
+            f"(made before scaffold kept its renderings: `scaffold update {where} --adopt` does this)"
+        )
     if not plan.report():
         lines.append("  (no file changes; the record of the last rendering is refreshed)")
     conflicts = [c for c in plan.changes if c.action == "conflict"]
@@ -730,7 +762,8 @@ def status(project_dir: str | Path) -> str:
     if rendering is None:
         raise ProjectError(
             f"no record of the project's last rendering ({STORE_DIR}/{RENDERED_DIR}): it was made by an older "
-            "scaffold, so edits cannot be told apart",
+            f"scaffold, so edits cannot be told apart; `scaffold update {project_dir} --dry-run` shows how "
+            "taking it in would go",
             path=project_dir,
         )
     version = str((data.get("project") or {}).get("blueprint_version"))

@@ -408,3 +408,48 @@ def test_build_killed_while_re_rendering_leaves_the_project_whole(projects: Path
     assert r.stderr.strip() == "README.md: updated (manifest changed)"
     assert leftovers(projects) == []
     assert_edits_kept(project)
+
+
+# -- projects made before scaffold kept its renderings ---------------------------------------------
+
+
+def test_update_takes_in_a_project_without_a_record(projects: Path):
+    """A project without .scaffold/ builds as it is; `update` refuses to guess which differences are edits
+    until --adopt, which keeps every file as it is and tracks the project from then on."""
+    project = new_project(projects)
+    shutil.rmtree(project / ".scaffold")
+    user_edits(project)
+    before = snapshot(project)
+    r = invoke("update", project)
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"error: {project}: made before scaffold kept a record of its last rendering")
+    assert f"{MODELING} differs from what blueprint llama" in r.stderr and "--adopt" in r.stderr
+    dry = invoke("update", project, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert f"would take in {project}" in dry.stdout and f"{MODELING}: kept as it is" in dry.stdout
+    assert snapshot(project) == before
+    r = invoke("update", project, "--adopt")
+    assert r.exit_code == 0, r.output
+    assert f"took in {project}" in r.stdout
+    assert_edits_kept(project)
+    assert {k: v for k, v in snapshot(project).items() if not k.startswith(".scaffold/")} == before
+    status = invoke("diff", project)
+    assert status.exit_code == 0, status.output
+    assert "edited since the last rendering: modeling_llama.py" in status.stdout
+    assert "+# my note: the init bound is 2.5 here" in status.stdout
+    # tracked now: a structural change re-renders and merges with the kept edits
+    edit(project / "scaffold.toml", "[model]\n", "[model]\nmlp_bias = true\n")
+    b = invoke("build", project)
+    assert b.exit_code == 0, b.output
+    assert_edits_kept(project)
+    assert "bias=True" in (project / MODELING).read_text()
+
+
+def test_update_adopts_an_unedited_project_without_asking(projects: Path):
+    project = new_project(projects)
+    shutil.rmtree(project / ".scaffold")
+    r = invoke("update", project)
+    assert r.exit_code == 0, r.output
+    assert f"took in {project}" in r.stdout and "kept as it is" not in r.stdout
+    assert (project / ".scaffold" / "rendering.json").is_file()
+    assert invoke("diff", project).stdout.splitlines()[1] == "no edits to the generated files"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from scaffold import manifest
@@ -180,6 +181,26 @@ def test_bpe_training_is_cached(tmp_path, text_file, train_calls):
     kept = build(load_project(project))
     assert "kept the project's tokenizer" in kept.message and not kept.built
     assert train_calls == [1, 1]
+
+
+def test_test_notices_changed_training_text(tmp_path, text_file, train_calls):
+    """`scaffold test` brings the project's tokenizer up to date before it decides whether the build it
+    runs on is current: changed training text retrains it and makes that build stale."""
+    from scaffold.build import build_for_test
+
+    project = new(tmp_path, "fortest", kind="bpe", files=[str(text_file)], vocab_size=320)
+    assert build_for_test(load_project(project)).built
+    assert not build_for_test(load_project(project)).built and train_calls == [1]
+    text_file.write_text(corpus(200) + "Entirely new words: zebra zebra zebra.\n", encoding="utf-8")
+    with pytest.raises(
+        ProjectError, match=r"stale build.*changed sources: tokenizer-source\.json, tokenizer\.json"
+    ):
+        build_for_test(load_project(project))
+    assert train_calls == [1, 1]
+    rebuilt = build_for_test(load_project(project), force=True)
+    assert rebuilt.built and train_calls == [1, 1]
+    loaded = AutoTokenizer.from_pretrained(rebuilt.output_dir)
+    assert loaded.backend_tokenizer.to_str() == Tokenizer.from_file(str(project / "tokenizer.json")).to_str()
 
 
 def test_rerender_reuses_the_tokenizer(tmp_path, text_file, train_calls):
