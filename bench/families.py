@@ -7,7 +7,9 @@ that ``model_type`` is made with one small shape, saved, and turned into a scaff
 loaded as a user would (``AutoModelForCausalLM.from_config``, ``trust_remote_code=True``). The
 transformers weights are loaded into it with ``strict=True`` and the logits compared, then both
 train (forward with labels, backward, AdamW) on the same batch, one step each per round in
-alternating order. The ratio is the median over rounds of the paired ratio of transformers' step
+alternating order, with the attention ``--attn`` names: sdpa by default, eager for a family whose
+transformers class or generated class has no sdpa path (Gemma 2, whose soft-capped scores sdpa cannot
+compute), as its output line and the table's attention column say. The ratio is the median over rounds of the paired ratio of transformers' step
 time over the generated model's (above 1 = generated faster); on the CPU with one thread (the
 default) it is taken from the timing thread's CPU time, so time spent descheduled on a shared
 machine does not count; the wall-time ratio is reported beside it.
@@ -63,10 +65,28 @@ def reproduced_families() -> dict[str, str]:
     return out
 
 
+def choose_attention(requested: str, classes: dict[str, type]) -> tuple[str, str]:
+    """The attention both sides run, and why when it is not ``requested``: sdpa falls back to eager when
+    either class has no sdpa path (Gemma 2: sdpa cannot soft-cap scores, in transformers either)."""
+    if requested != "sdpa":
+        return requested, ""
+    without = [
+        f"{side} {cls.__name__}" for side, cls in classes.items() if not getattr(cls, "_supports_sdpa", False)
+    ]
+    if not without:
+        return requested, ""
+    return (
+        "eager",
+        f"eager attention: {' and '.join(without)} {'has' if len(without) == 1 else 'have'} no sdpa path",
+    )
+
+
 def make_pair(family: str, model_type: str, work: Path, dtype, device, attn: str, shape: dict[str, Any]):
-    """transformers' model of ``model_type`` and the generated one imported from it, same weights."""
+    """transformers' model of ``model_type`` and the generated one imported from it, same weights, both
+    on the attention ``choose_attention`` picks; returns them, the logits difference and that choice."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     from scaffold.build import build, load_project
     from scaffold.importer import import_project
@@ -75,11 +95,15 @@ def make_pair(family: str, model_type: str, work: Path, dtype, device, attn: str
     config = AutoConfig.for_model(model_type, **shape)
     if getattr(config, "pad_token_id", None) is not None and config.pad_token_id >= shape["vocab_size"]:
         config.pad_token_id = None  # a default pad id (Phi-3's 32000) past the small vocabulary
-    hf = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
     source = work / f"hf-{family}"
     hf.save_pretrained(source)
     project = import_project(source, name=family, projects_dir=work / "projects", force=True)
     out = build(load_project(project), work / "models" / family, force=True).output_dir
+    gen_config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    gen_class = get_class_from_dynamic_module(gen_config.auto_map["AutoModelForCausalLM"], out)
+    attn, note = choose_attention(attn, {"transformers'": type(hf), "the generated": gen_class})
+    hf.set_attn_implementation(attn)
     gen_config = AutoConfig.from_pretrained(out, trust_remote_code=True, attn_implementation=attn)
     gen = AutoModelForCausalLM.from_config(gen_config, trust_remote_code=True, dtype=torch.float32)
     # from the checkpoint transformers wrote: its names on disk can differ from those in memory (GPT-NeoX's
@@ -98,7 +122,7 @@ def make_pair(family: str, model_type: str, work: Path, dtype, device, attn: str
     atol = 1e-5 if dtype == torch.float32 else 5e-2
     if not diff <= atol:
         raise RuntimeError(f"{family}: generated and transformers' logits differ by {diff:.3g} (> {atol})")
-    return gen, hf, float(diff)
+    return gen, hf, float(diff), attn, note
 
 
 def measure(
@@ -119,7 +143,7 @@ def measure(
     import torch
 
     dev, dt = torch.device(device), getattr(torch, dtype)
-    gen, hf, diff = make_pair(family, model_type, work, dt, dev, attn, shape or SHAPE)
+    gen, hf, diff, attn, note = make_pair(family, model_type, work, dt, dev, attn, shape or SHAPE)
     trainers = {
         "generated": C.Trainer(gen, batch=batch, seq=seq),
         "transformers": C.Trainer(hf, batch=batch, seq=seq),
@@ -149,6 +173,8 @@ def measure(
         "transformers": model_type,
         "parameters": n_params,
         "batch x seq": f"{batch}x{seq}",
+        "attention": attn,
+        "attention note": note,
         "logits max diff": diff,
         "generated tok/s": batch * seq / C.median(wall["generated"]),
         "transformers tok/s": batch * seq / C.median(wall["transformers"]),
@@ -165,6 +191,7 @@ COLUMNS = [
     ("transformers", "transformers model_type"),
     ("parameters", "parameters"),
     ("batch x seq", "batch x seq"),
+    ("attention", "attention"),
     ("logits max diff", "logits max diff"),
     ("generated tok/s", "generated tok/s"),
     ("transformers tok/s", "transformers tok/s"),
@@ -181,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", help="comma-separated families (default: every reproduced family)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--attn", default="sdpa")
+    ap.add_argument(
+        "--attn",
+        default="sdpa",
+        help="attention of both sides; sdpa falls back to eager where a side has none",
+    )
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=2)
@@ -214,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             rounds=args.rounds,
         )
-        print(f"  ratio {row['ratio']:.3f} (wall {row['ratio (wall)']:.3f})", flush=True)
+        note = f"; {row['attention note']}" if row["attention note"] else ""
+        print(f"  ratio {row['ratio']:.3f} (wall {row['ratio (wall)']:.3f}){note}", flush=True)
         rows.append(row)
     tag = args.device.split(":")[0]
     C.write_json(

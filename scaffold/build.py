@@ -328,6 +328,26 @@ def make_config(project: Project, tokenizer) -> Any:
     return config
 
 
+def stamp_configuration(out: Path, configuration_file: str, code: Mapping[str, str]) -> None:
+    """End the model directory's configuration file with the sha256 of each other code file beside it.
+
+    In a running Python process, transformers reuses a configuration class while its file's bytes (and
+    the folder's name) are unchanged, and keeps the model class it first loaded registered for that
+    class, taking it for local code: a model directory rebuilt with a changed modeling file would load
+    the old model class again. With the line, changed code is a changed configuration module, so the
+    next ``from_pretrained`` imports the new code (a notebook, the Python API, ``CliRunner`` tests).
+    """
+    lines = [
+        f"# built with {name} sha256 {sha256_file(out / name)}"
+        for name in sorted(code)
+        if name != configuration_file
+    ]
+    path = out / configuration_file
+    text = path.read_text(encoding="utf-8")
+    note = "# (a new model file makes a new configuration class: a running Python process loads the new code)"
+    path.write_text(text.rstrip("\n") + "\n\n" + "\n".join([*lines, note]) + "\n", encoding="utf-8")
+
+
 def write_model_dir(
     project: Project, out: Path, *, save_weights: bool = False, weights: WeightOptions | None = None
 ) -> None:
@@ -343,6 +363,7 @@ def write_model_dir(
     config.save_pretrained(out)
     for name, text in project.code.items():
         (out / name).write_text(text, encoding="utf-8")
+    stamp_configuration(out, project.blueprint.meta["configuration_file"], project.code)
     tokenizer.save_pretrained(out)
     special = {k: v for k, v in tokenizer.special_tokens_map.items()}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")

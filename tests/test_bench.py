@@ -135,3 +135,21 @@ def test_family_bench_compares_the_same_function(tmp_path):
     assert row["logits max diff"] <= 1e-5
     assert len(row["cpu"]["generated"]) == len(row["cpu"]["transformers"]) == 2
     assert row["ratio"] > 0 and row["parameters"] > 0
+    assert row["attention"] == "sdpa" and row["attention note"] == ""
+
+
+def test_family_bench_picks_eager_where_a_side_has_no_sdpa():
+    """Gemma 2's soft-capped scores have no sdpa path (transformers' class says so, and ours): the
+    family bench runs it on eager by itself and says why; others keep the attention asked for."""
+    import families
+    from transformers import Gemma2ForCausalLM, LlamaForCausalLM
+
+    attn, note = families.choose_attention(
+        "sdpa", {"transformers'": Gemma2ForCausalLM, "ours": LlamaForCausalLM}
+    )
+    assert attn == "eager" and note == "eager attention: transformers' Gemma2ForCausalLM has no sdpa path"
+    assert families.choose_attention("sdpa", {"transformers'": LlamaForCausalLM}) == ("sdpa", "")
+    assert families.choose_attention("flex_attention", {"transformers'": Gemma2ForCausalLM}) == (
+        "flex_attention",
+        "",
+    )

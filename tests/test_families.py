@@ -356,7 +356,7 @@ def _xavier_bound(w: torch.Tensor, gain: float) -> float:
 
 
 def test_deepone_init_is_deepnets(workdir):
-    from scaffold.parts.blocks import deepnet_beta
+    from scaffold.parts.deepnet import deepnet_beta
 
     model = load(built_dir(workdir, "deepone", "4m", tiny=False, num_hidden_layers=8))
     beta = deepnet_beta(8)

@@ -49,7 +49,7 @@ def test_loadcheck_really_blocks_scaffold(tmp_path):
         text=True,
     )
     assert proc.returncode != 0 and "import of scaffold halted" in proc.stderr
-    assert "sys.modules[\"scaffold\"] = None" in LOADCHECK.read_text()
+    assert 'sys.modules["scaffold"] = None' in LOADCHECK.read_text()
 
 
 def test_saved_tied_checkpoint_stores_the_embedding_once(tmp_path):
@@ -60,3 +60,31 @@ def test_saved_tied_checkpoint_stores_the_embedding_once(tmp_path):
     with safe_open(model_dir / "model.safetensors", "pt") as f:
         keys = set(f.keys())
     assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+
+
+def test_a_rebuilt_model_with_edited_code_loads_fresh_in_the_same_process(tmp_path):
+    """A notebook's loop: load, edit the modeling file, rebuild the same folder, load again. transformers
+    keeps the model class it registered for the configuration class the first time; the rebuilt
+    directory's configuration file carries the modeling file's sha256, so the new code is loaded."""
+    import torch
+    from click.testing import CliRunner
+    from transformers import AutoModelForCausalLM
+
+    from scaffold.cli import cli
+
+    project = make_project(tmp_path)
+    model_dir = build_project(project, save_weights=True)
+    ids = torch.tensor([[5, 6, 7]])
+    first = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+    assert first(ids).logits.abs().sum() > 0
+    modeling = project / "modeling_llama.py"
+    line = "logits = self.lm_head(hidden[:, keep, :])"
+    assert line in modeling.read_text()
+    modeling.write_text(modeling.read_text().replace(line, "logits = 0 * self.lm_head(hidden[:, keep, :])"))
+    build_project(project, save_weights=True, force=True)
+    second = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+    assert torch.equal(second(ids).logits, torch.zeros(1, 3, 300)), "the old model class was loaded"
+    stamp = (model_dir / "configuration_llama.py").read_text().splitlines()
+    assert any(s.startswith("# built with modeling_llama.py sha256 ") for s in stamp)
+    result = CliRunner().invoke(cli, ["verify", str(model_dir)])
+    assert result.exit_code == 0 and result.output.startswith("OK "), result.output

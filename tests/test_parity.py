@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from ._parity import assert_family_checks, assert_parity, scaffold_model, tiny_hf_model
 
@@ -170,3 +171,74 @@ def test_auto_classes_never_fall_back_to_transformers_own_llama(tmp_path):
     assert type(config).__name__ == "ScaffoldLlamaConfig" and type(model).__name__ == "LlamaForCausalLM"
     with pytest.raises(ValueError, match="Unrecognized configuration class"):
         AutoModelForQuestionAnswering.from_config(config, trust_remote_code=True)  # not in auto_map
+
+
+# -- the residual stream of each layout, read off the generated decoder layer ------------------------
+
+# Each layout's decoder layer in formulas over its input x, the attention's output a and the MLP's
+# output m (n_in, n_pa, n_pf, n_ff: input, post-attention, post-feedforward and pre-feedforward norms).
+# The pre, parallel, sandwich and post_sublayer layouts are also compared whole with transformers'
+# Llama, GPT-NeoX, Gemma 2 and OLMo 2; post and deepnorm have no transformers twin.
+LAYOUTS = {
+    "pre": {"norm_position": "pre"},
+    "parallel": {"norm_position": "pre", "parallel_residual": True},
+    "post": {"norm_position": "post"},
+    "sandwich": {"norm_position": "sandwich"},
+    "post_sublayer": {"norm_position": "post_sublayer"},
+    "deepnorm": {"norm_position": "deepnorm"},
+}
+
+
+def _expected_stream(layout: str, layer, x, a, m, layers: int):
+    """(attention input, MLP input, layer output) as the layout's formula has them."""
+    n_in = getattr(layer, "input_layernorm", None)
+    n_pa = layer.post_attention_layernorm
+    n_pf = getattr(layer, "post_feedforward_layernorm", None)
+    n_ff = getattr(layer, "pre_feedforward_layernorm", None)
+    if layout == "pre":
+        h = x + a
+        return n_in(x), n_pa(h), h + m
+    if layout == "parallel":
+        return n_in(x), n_pa(x), x + a + m
+    if layout == "post":
+        h = n_pa(x + a)
+        return x, h, n_pf(h + m)
+    if layout == "sandwich":
+        h = x + n_pa(a)
+        return n_in(x), n_ff(h), h + n_pf(m)
+    if layout == "post_sublayer":
+        h = x + n_pa(a)
+        return x, h, h + n_pf(m)
+    alpha = (2 * layers) ** 0.25  # DeepNet's residual scale for a decoder-only model
+    h = n_pa(alpha * x + a)
+    return x, h, n_pf(alpha * h + m)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+def test_decoder_layer_writes_its_layouts_residual_stream(tmp_path, layout):
+    """Every norm placement: what the attention and the MLP read and what the layer returns are the
+    layout's formula, with hidden dropout off in eval and acting on the sublayers' outputs in training."""
+    model = scaffold_model(tmp_path, "decoder", {**TINY, "hidden_dropout": 0.5, **LAYOUTS[layout]})
+    with torch.no_grad():  # norms off their identity init, so that a misplaced norm shows
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.empty_like(p).uniform_(-0.5, 0.5))
+    layer = model.model.layers[1]
+    seen = {}
+    layer.register_forward_pre_hook(lambda mod, args: seen.update(x=args[0]))
+    layer.register_forward_hook(lambda mod, args, out: seen.update(out=out))
+    layer.self_attn.register_forward_hook(lambda mod, args, out: seen.update(attn_in=args[0], a=out))
+    layer.mlp.register_forward_hook(lambda mod, args, out: seen.update(mlp_in=args[0], m=out))
+    ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.eval()(ids)
+        attn_in, mlp_in, out = _expected_stream(
+            layout, layer, seen["x"], seen["a"], seen["m"], TINY["num_hidden_layers"]
+        )
+        torch.testing.assert_close(seen["attn_in"], attn_in)
+        torch.testing.assert_close(seen["mlp_in"], mlp_in)
+        torch.testing.assert_close(seen["out"], out)
+        torch.manual_seed(0)
+        model.train()(ids)
+        *_, out = _expected_stream(layout, layer, seen["x"], seen["a"], seen["m"], TINY["num_hidden_layers"])
+        assert not torch.allclose(seen["out"], out, atol=1e-3), "hidden dropout does not act in training"

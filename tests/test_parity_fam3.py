@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scaffold.parts.attention import (
@@ -14,8 +13,6 @@ from scaffold.parts.attention import (
     split_qkv,
     split_qkv_per_head,
 )
-from scaffold.parts.blocks import ParallelBlock
-from scaffold.parts.mlp import FusedGatedMLP
 from scaffold.parts.rotary import (
     RotaryEmbedding,
     apply_partial_rotary_pos_emb,
@@ -164,72 +161,6 @@ def test_phi3_qkv_proj_is_stacked_with_grouped_kv_heads():
     out, _ = eager_attention_forward(attn, q, k, v, mask, scaling=8**-0.5)
     ours = attn.o_proj(out.reshape(b, t, -1))
     torch.testing.assert_close(ours, _hf_attention_out(attn, x, 8), atol=1e-6, rtol=1e-6)
-
-
-def test_fused_gated_mlp_matches_phi3():
-    from transformers import Phi3Config
-    from transformers.models.phi3.modeling_phi3 import Phi3MLP
-
-    theirs = Phi3MLP(Phi3Config(hidden_size=32, intermediate_size=48, pad_token_id=0))
-    ours = FusedGatedMLP(32, 48, act_fn=F.silu)
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    x = torch.randn(2, 5, 32)
-    torch.testing.assert_close(ours(x), theirs(x), atol=1e-6, rtol=1e-6)
-    # [gate; up]: the first half goes through the activation
-    gate, up = ours.gate_up_proj.weight.split(48)
-    torch.testing.assert_close(ours(x), ours.down_proj(F.silu(x @ gate.T) * (x @ up.T)), atol=1e-6, rtol=1e-6)
-
-
-class _HFAttention(nn.Module):
-    """GPT-NeoX's attention module as a block sublayer: (x, mask, **kwargs) -> output."""
-
-    def __init__(self, attn: nn.Module):
-        super().__init__()
-        self.attn = attn
-
-    def forward(self, x, attention_mask=None, **kwargs):
-        return self.attn(x, attention_mask=attention_mask, **kwargs)[0]
-
-
-def test_parallel_block_matches_gpt_neox_layer():
-    from transformers import GPTNeoXConfig
-    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
-
-    config = GPTNeoXConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=1)
-    config._attn_implementation = "eager"
-    layer = GPTNeoXLayer(config, 0).eval()
-    for norm in (layer.input_layernorm, layer.post_attention_layernorm):  # not the identity-like init
-        nn.init.normal_(norm.weight, 1.0, 0.2)
-        nn.init.normal_(norm.bias, 0.0, 0.2)
-    block = ParallelBlock(
-        _HFAttention(layer.attention), layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
-    ).eval()
-    x = torch.randn(2, 6, 32)
-    t = x.shape[1]
-    mask = torch.full((t, t), float("-inf")).triu(1)[None, None]
-    rope = _identity_rope(2, t, 2)
-    expected = layer(x, attention_mask=mask, position_embeddings=rope)
-    torch.testing.assert_close(block(x, mask, position_embeddings=rope), expected, atol=1e-6, rtol=1e-6)
-    # not the sequential pre-norm stream
-    config.use_parallel_residual = False
-    sequential = GPTNeoXLayer(config, 0).eval()
-    sequential.load_state_dict(layer.state_dict())
-    assert not torch.allclose(
-        sequential(x, attention_mask=mask, position_embeddings=rope), expected, atol=1e-3
-    )
-
-
-def test_parallel_block_dropout_applies_in_training_only():
-    torch.manual_seed(3)
-    block = ParallelBlock(_Const(), _Const(), nn.Identity(), nn.Identity(), dropout=0.5)
-    x = torch.ones(4, 64)
-    assert torch.equal(block.eval()(x), 3 * x)
-    assert not torch.equal(block.train()(x), 3 * x)
-
-
-class _Const(nn.Module):
-    def forward(self, x, *args, **kwargs):
-        return x
 
 
 # --------------------------------------------------------------------------------------------- families

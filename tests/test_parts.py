@@ -17,8 +17,7 @@ from scaffold.parts.alibi import (
     alibi_slopes,
 )
 from scaffold.parts.attention import eager_attention_forward, mha_eager_attention_forward
-from scaffold.parts.blocks import DeepNormBlock, PostNormBlock, PreNormBlock, deepnet_alpha, deepnet_beta
-from scaffold.parts.mlp import MLP, GatedMLP
+from scaffold.parts.deepnet import deepnet_alpha, deepnet_beta
 from scaffold.parts.norms import RMSNorm
 from scaffold.parts.rotary import RotaryEmbedding, apply_rotary_pos_emb, rope_inv_freq
 from scaffold.parts.sinusoidal import SinusoidalPositionEmbedding
@@ -314,65 +313,7 @@ def test_eager_attention_forwards_match_sdpa():
     torch.testing.assert_close(out_gqa, ref_gqa, atol=1e-6, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------------------------- feed-forward
-
-
-def test_mlp_and_glu_compute_their_formulas():
-    x = torch.randn(2, 3, 16)
-    mlp = MLP(16, 40, act_fn=F.relu)
-    assert mlp.up_proj.bias is not None and mlp.down_proj.bias is not None
-    ref = F.linear(
-        F.relu(F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)), mlp.down_proj.weight, mlp.down_proj.bias
-    )
-    torch.testing.assert_close(mlp(x), ref)
-    glu = GatedMLP(16, 40, act_fn=F.relu)
-    assert all(p.bias is None for p in (glu.gate_proj, glu.up_proj, glu.down_proj))
-    ref = (F.relu(x @ glu.gate_proj.weight.T) * (x @ glu.up_proj.weight.T)) @ glu.down_proj.weight.T
-    torch.testing.assert_close(glu(x), ref)
-
-
-# --------------------------------------------------------------------------------------------- blocks
-
-
-class _Scale(nn.Module):
-    """A sublayer with a known output, taking (x, attention_mask, **kwargs) like an attention does."""
-
-    def __init__(self, factor: float):
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x, attention_mask=None, **kwargs):
-        return self.factor * x + (0 if attention_mask is None else attention_mask)
-
-
-def _norm(x):
-    return F.layer_norm(x, (x.shape[-1],))
-
-
-def test_block_layouts_compute_their_residual_streams():
-    x = torch.randn(2, 3, 8)
-    ln1, ln2 = nn.LayerNorm(8, elementwise_affine=False), nn.LayerNorm(8, elementwise_affine=False)
-    mlp = nn.Linear(8, 8)
-    pre = PreNormBlock(_Scale(2.0), mlp, ln1, ln2)
-    h = x + 2.0 * _norm(x)
-    torch.testing.assert_close(pre(x), h + mlp(_norm(h)))
-    post = PostNormBlock(_Scale(2.0), mlp, ln1, ln2, dropout=0.5).eval()  # dropout off in eval
-    h = _norm(x + 2.0 * x)
-    torch.testing.assert_close(post(x), _norm(h + mlp(h)))
-    alpha = deepnet_alpha(4)
-    deep = DeepNormBlock(_Scale(2.0), mlp, ln1, ln2, alpha=alpha)
-    h = _norm(alpha * x + 2.0 * x)
-    torch.testing.assert_close(deep(x), _norm(alpha * h + mlp(h)))
-    # the attention mask reaches the attention sublayer
-    torch.testing.assert_close(pre(x, torch.ones(1)), pre(x) + torch.ones(1))
-
-
-def test_post_norm_dropout_applies_in_training_only():
-    torch.manual_seed(3)
-    block = PostNormBlock(_Scale(1.0), nn.Identity(), nn.Identity(), nn.Identity(), dropout=0.5)
-    x = torch.ones(4, 64)
-    assert torch.equal(block.eval()(x), 4 * x)
-    assert not torch.equal(block.train()(x), 4 * x)
+# --------------------------------------------------------------------------------------------- DeepNet
 
 
 @pytest.mark.parametrize(
@@ -396,8 +337,8 @@ def test_part_sources_are_whole_definitions():
         "SinusoidalPositionEmbedding",
         "AlibiSlopes",
         "alibi_attention_mask",
-        "MLP",
-        "DeepNormBlock",
+        "deepnet_alpha",
+        "RMSNorm",
     ):
         src = sources[name]
         assert src.startswith(("class ", "def ")) and f" {name}" in src.splitlines()[0]
@@ -422,3 +363,17 @@ def test_truncated_normal_leaves_loaded_tensors_alone():
     loaded = torch.ones(4)
     loaded._is_hf_initialized = True
     assert torch.equal(truncated_normal_(loaded, std=0.02), torch.ones(4))
+
+
+def test_every_part_is_pasted_by_a_shipped_family():
+    """A part no family's structure pastes is dead code: delete it rather than keep testing it."""
+    from scaffold import schema
+    from scaffold.blueprints import builtin_names, load
+    from scaffold.render import plan_parts
+
+    pasted = set()
+    for name in builtin_names():
+        bp = load(name)
+        model = {**bp.defaults.get("model", {}), **bp.preset(bp.default_preset)["model"], **bp.structure}
+        pasted |= set(plan_parts(schema.structure_of(model)))
+    assert set(part_sources()) - pasted == set()

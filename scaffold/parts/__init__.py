@@ -5,8 +5,11 @@ template pastes the *source* of the parts it uses (``{{ parts.RMSNorm }}``), so 
 directory never imports scaffold. Parts therefore use only ``math``, ``torch``, ``torch.nn as nn``
 and ``torch.nn.functional as F`` (plus ``transformers.initialization as init`` where they
 initialise), names that every generated modeling file imports at its top, and the few transformers
-names a part imports itself (``GradientCheckpointingLayer``, ``ALL_ATTENTION_FUNCTIONS``,
-``compile_friendly_flex_attention``), which the modeling templates using that part import too.
+names a part imports itself (``ALL_ATTENTION_FUNCTIONS``, ``compile_friendly_flex_attention``),
+which the modeling templates using that part import too.
+
+The decoder layer, attention and MLP classes are not parts: the shared templates write them, because
+their attribute names are each family's parameter names (docs/architecture.md, section 4).
 
 :func:`part_sources` reads the sources without importing torch, so rendering stays fast.
 """
@@ -25,8 +28,8 @@ PART_MODULES = (
     "attention",
     "softcap",
     "alibi",
-    "mlp",
-    "blocks",
+    "activations",
+    "deepnet",
     "init",
 )
 
