@@ -417,7 +417,7 @@ def save_weights_with(out: Path, project: Project, opts: WeightOptions) -> None:
 
     from .checkpoint import load_checkpoint, save_checkpoint
     from .construct import construct
-    from .smoke import resolve_device, resolve_dtype
+    from .devices import resolve_device, resolve_dtype
 
     device = resolve_device(opts.device or "cpu")
     dtype = resolve_dtype(opts.dtype) if opts.dtype else None

@@ -338,8 +338,9 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     import tempfile
 
     from .build import build_for_test
+    from .devices import resolve_device, resolve_dtype
     from .runs import record_options, recording
-    from .smoke import TestOptions, precision, resolve_device, resolve_dtype, run
+    from .smoke import TestOptions, precision, run
 
     nproc, parallel, timeout, compare = (flags.pop(k) for k in ("nproc", "parallel", "timeout", "compare"))
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}

@@ -155,7 +155,7 @@ def launch(
     ``save_to``: after training, the full state dict is gathered on rank 0 and saved there with
     :func:`scaffold.checkpoint.save_checkpoint` (ddp and fsdp2).
     """
-    from .smoke import resolve_device
+    from .devices import resolve_device
 
     device = resolve_device(opts.device)
     model_dir = Path(model_dir)
@@ -392,11 +392,12 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
 
     from . import smoke
     from .atomic import fault_point
+    from .devices import resolve_dtype
 
     opts = TestOptions(**spec["options"])
     opts.device = str(device)
     parallel = spec["parallel"]
-    dtype = smoke.resolve_dtype(opts.dtype)
+    dtype = resolve_dtype(opts.dtype)
     model_dir = Path(spec["model_dir"])
     tokenizer = smoke.load_tokenizer(model_dir)
     data = (

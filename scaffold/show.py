@@ -71,7 +71,7 @@ def describe(project: Project, opts: ShowOptions) -> str:
 
     from .build import prepare_code
     from .construct import alias_groups, construct
-    from .smoke import resolve_device, resolve_dtype
+    from .devices import resolve_device, resolve_dtype
 
     prepare_code(project)
 
