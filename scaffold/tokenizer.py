@@ -25,12 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .atomic import sha256_file
 from .errors import DataError, one_line
 
@@ -395,21 +395,7 @@ def write(made: MadeTokenizer, project_dir: Path) -> None:
     """Write tokenizer.json and its record into ``project_dir``, each file replaced atomically."""
     record = json.dumps(made.source, indent=2, sort_keys=True) + "\n"
     for name, text in ((TOKENIZER_FILE, made.json), (SOURCE_FILE, record)):
-        _atomic_write(Path(project_dir) / name, text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic.write_text(Path(project_dir) / name, text)
 
 
 def ensure_project_tokenizer(project_dir: Path, manifest: Mapping[str, Any]) -> str | None:

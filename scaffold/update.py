@@ -327,9 +327,7 @@ def _fsync_written(staging: Path, written: list[Path]) -> None:
 
 def _write_state(project_dir: Path, state: Mapping[str, Any]) -> None:
     """Replace rendering.json alone (atomically): the rendering did not change, only its record."""
-    from .tokenizer import _atomic_write
-
-    _atomic_write(project_dir / STORE_DIR / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    atomic.write_text(project_dir / STORE_DIR / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 # -- build: re-render when the manifest changed ---------------------------------------------------
