@@ -6,7 +6,8 @@ torch and transformers are imported inside the commands that need them, never at
 
 Where each command lives (the pipeline, top to bottom):
   new         render.py     blueprint + manifest -> project folder (code, tokenizer, .scaffold/ last rendering)
-  build       build.py      Project (project.py) -> model directory + record; re-render first (update.py)
+  build       build.py      Project (project.py) -> prepare: code re-rendered (update.py), tokenizer remade
+                            if its inputs changed (tokenizer.py) -> model directory + record
   import      importer.py   a local transformers model's config.json -> the manifest of a project reproducing it
   test        smoke.py      the build, loaded through the Auto classes, trained for a few steps;
                             devices.py answers which device, which dtype, how much memory
