@@ -65,9 +65,19 @@ def hf_config(path: Path):
     from transformers import LlamaConfig
 
     c = json.loads((path / "config.json").read_text())
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-            "rope_parameters")
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "rope_parameters",
+    )
     return LlamaConfig(**{k: c[k] for k in keys})
 
 
@@ -96,12 +106,16 @@ def construction(work: Path, repeat: int, skip_7b: bool) -> list[tuple[str, str,
         cases = [
             ("scaffold, meta device", lambda cfg=ours: construct(cfg, device="meta")),
             ("scaffold, no_init_weights, float32", lambda cfg=ours: construct(cfg, init_weights=False)),
-            ("scaffold, no_init_weights, bfloat16",
-             lambda cfg=ours: construct(cfg, init_weights=False, dtype=torch.bfloat16)),
+            (
+                "scaffold, no_init_weights, bfloat16",
+                lambda cfg=ours: construct(cfg, init_weights=False, dtype=torch.bfloat16),
+            ),
             ("transformers LlamaForCausalLM, meta device", hf_meta),
             ("transformers LlamaForCausalLM, its no_init_weights, float32", hf_noinit),
-            ("transformers LlamaForCausalLM, its no_init_weights, bfloat16",
-             lambda: hf_noinit(dtype=torch.bfloat16)),
+            (
+                "transformers LlamaForCausalLM, its no_init_weights, bfloat16",
+                lambda: hf_noinit(dtype=torch.bfloat16),
+            ),
         ]
         for label, fn in cases:
             seconds = timed(fn, repeat)
@@ -112,10 +126,14 @@ def construction(work: Path, repeat: int, skip_7b: bool) -> list[tuple[str, str,
         ours = AutoConfig.from_pretrained(path, trust_remote_code=True)
         theirs = hf_config(path)
         for label, fn in [
-            ("scaffold, from_config with init",
-             lambda cfg=ours: AutoModelForCausalLM.from_config(cfg, trust_remote_code=True)),
-            ("transformers LlamaForCausalLM, from_config with init",
-             lambda cfg=theirs: AutoModelForCausalLM.from_config(cfg)),
+            (
+                "scaffold, from_config with init",
+                lambda cfg=ours: AutoModelForCausalLM.from_config(cfg, trust_remote_code=True),
+            ),
+            (
+                "transformers LlamaForCausalLM, from_config with init",
+                lambda cfg=theirs: AutoModelForCausalLM.from_config(cfg),
+            ),
         ]:
             seconds = timed(fn, repeat)
             rows.append((preset, label, seconds))
@@ -140,14 +158,26 @@ def checkpoints(work: Path, repeat: int) -> list[tuple[str, str, float]]:
             shutil.rmtree(d, ignore_errors=True)
             shutil.copytree(path, d)
         cases = [
-            (f"save_checkpoint ({tag})", lambda d=ours_dir, s=shard: save_checkpoint(d, model, max_shard_size=s)),
-            (f"save_pretrained ({tag})", lambda d=hf_dir, s=shard: model.save_pretrained(d, max_shard_size=s)),
-            (f"load_checkpoint into a meta model ({tag})",
-             lambda d=ours_dir: load_checkpoint(d, construct(path, device="meta"))),
-            (f"load_checkpoint into a no-init model ({tag})",
-             lambda d=ours_dir: load_checkpoint(d, construct(path, init_weights=False))),
-            (f"from_pretrained ({tag})",
-             lambda d=hf_dir: AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True)),
+            (
+                f"save_checkpoint ({tag})",
+                lambda d=ours_dir, s=shard: save_checkpoint(d, model, max_shard_size=s),
+            ),
+            (
+                f"save_pretrained ({tag})",
+                lambda d=hf_dir, s=shard: model.save_pretrained(d, max_shard_size=s),
+            ),
+            (
+                f"load_checkpoint into a meta model ({tag})",
+                lambda d=ours_dir: load_checkpoint(d, construct(path, device="meta")),
+            ),
+            (
+                f"load_checkpoint into a no-init model ({tag})",
+                lambda d=ours_dir: load_checkpoint(d, construct(path, init_weights=False)),
+            ),
+            (
+                f"from_pretrained ({tag})",
+                lambda d=hf_dir: AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True),
+            ),
         ]
         for label, fn in cases:
             seconds = timed(fn, repeat)
@@ -160,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--skip-7b", action="store_true", help="leave out llama2_7b")
-    parser.add_argument("--work-dir", type=Path, help="where projects and checkpoints go (default: a temp dir)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where projects and checkpoints go (default: a temp dir)"
+    )
     parser.add_argument("--only", choices=["construct", "checkpoint"], help="run one part")
     args = parser.parse_args(argv)
     import torch
@@ -168,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads"
+    )
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="construct-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

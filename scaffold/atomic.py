@@ -49,6 +49,7 @@ def sha256_file(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+
 LOCK_TIMEOUT_ENV = "SCAFFOLD_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 600.0
 # Test hook: SCAFFOLD_FAULT=<point>:kill|stop makes the process SIGKILL or SIGSTOP itself when it
@@ -86,7 +87,9 @@ def _lock_timeout() -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise ProjectError(f"must be a finite number of seconds, 0 or more; got {raw!r}", key=LOCK_TIMEOUT_ENV)
+        raise ProjectError(
+            f"must be a finite number of seconds, 0 or more; got {raw!r}", key=LOCK_TIMEOUT_ENV
+        )
     return value
 
 
@@ -120,7 +123,10 @@ def locked(target: str | Path, *, timeout: float | None = None) -> Iterator[Path
                     path=target,
                 ) from None
             if not told:
-                print(f"waiting for another scaffold process{_holder(path)} writing {target} ...", file=sys.stderr)
+                print(
+                    f"waiting for another scaffold process{_holder(path)} writing {target} ...",
+                    file=sys.stderr,
+                )
                 told = True
             time.sleep(0.1)
             continue

@@ -51,8 +51,18 @@ DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers' save_pretrained default
 MAX_LISTED = 10  # names listed per kind of problem before "and N more"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 
 
 def parse_size(size: int | str) -> int:
@@ -258,7 +268,9 @@ def find_checkpoint(path: str | Path) -> CheckpointFiles:
         if not index and not single:
             others = sorted(p.name for p in path.glob("*.safetensors"))
             hint = f" (found {', '.join(others[:5])})" if others else ""
-            raise CheckpointError(f"no checkpoint here: neither {WEIGHTS_NAME} nor {INDEX_NAME}{hint}", path=path)
+            raise CheckpointError(
+                f"no checkpoint here: neither {WEIGHTS_NAME} nor {INDEX_NAME}{hint}", path=path
+            )
     else:
         raise UsageError("no such checkpoint folder or file", path=path)
     if single is not None:
@@ -269,7 +281,9 @@ def find_checkpoint(path: str | Path) -> CheckpointFiles:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"not a readable index: {err}", path=index) from None
     wmap = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
+    if not isinstance(wmap, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()
+    ):
         raise CheckpointError("weight_map is missing or not a table of tensor name -> file name", path=index)
     bad = sorted({v for v in wmap.values() if Path(v).name != v or v in (".", "..")})
     if bad:
@@ -277,7 +291,9 @@ def find_checkpoint(path: str | Path) -> CheckpointFiles:
     shards = sorted({folder / v for v in wmap.values()})
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
-        raise CheckpointError(f"shard file(s) named in the index are missing: {_listing(missing)}", path=index)
+        raise CheckpointError(
+            f"shard file(s) named in the index are missing: {_listing(missing)}", path=index
+        )
     return CheckpointFiles(folder, index, shards, {k: folder / v for k, v in wmap.items()})
 
 
@@ -305,9 +321,13 @@ def open_checkpoint(files: CheckpointFiles) -> Iterator[tuple[dict[str, TensorIn
                 for key in keys:
                     s = f.get_slice(key)
                     name = s.get_dtype()
-                    infos.setdefault(key, TensorInfo(key, shard, tuple(s.get_shape()), safetensors_dtype(name), name))
+                    infos.setdefault(
+                        key, TensorInfo(key, shard, tuple(s.get_shape()), safetensors_dtype(name), name)
+                    )
             except Exception as err:  # safetensors raises its own error type for every corruption
-                raise CheckpointError(f"corrupt or truncated safetensors file: {one_line(err)}", path=shard) from None
+                raise CheckpointError(
+                    f"corrupt or truncated safetensors file: {one_line(err)}", path=shard
+                ) from None
             handles[shard] = f
         if files.index is not None:
             wrong = sorted(k for k, p in files.weight_map.items() if k not in infos or infos[k].shard != p)
@@ -320,7 +340,6 @@ def open_checkpoint(files: CheckpointFiles) -> Iterator[tuple[dict[str, TensorIn
                 )
             infos = {k: v for k, v in infos.items() if k in files.weight_map}
         yield infos, handles
-
 
 
 @dataclass

@@ -116,6 +116,8 @@ _MISSING = object()
 def _patch_module(mod: Any, name: str, value: Any) -> None:
     _undo.append((mod, name, getattr(mod, name)))
     setattr(mod, name, value)
+
+
 RESET_METHODS = ("reset_parameters", "_reset_parameters")
 
 

@@ -436,7 +436,6 @@ def _saved_texts(source: DatasetSource) -> Iterator[str]:
         raise DataError(f"no text in column {column!r}: the dataset has no documents", path=path)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------

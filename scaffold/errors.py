@@ -57,7 +57,9 @@ class ManifestError(UsageError):
         self.path = str(path) if path is not None else None
         self.key = self.problems[0][0] if self.problems else None
         where = f"{self.path}: " if self.path else ""
-        self.message = "\n".join(f"{where}{key}: {msg}" if key else f"{where}{msg}" for key, msg in self.problems)
+        self.message = "\n".join(
+            f"{where}{key}: {msg}" if key else f"{where}{msg}" for key, msg in self.problems
+        )
         Exception.__init__(self, self.message)
 
     def _format(self) -> str:  # pragma: no cover - the message is built in __init__
@@ -97,7 +99,9 @@ def file_access_error(err: OSError, operation: str | None = None) -> FileAccessE
         errno.EPERM: "operation not permitted",
     }.get(err.errno, err.strerror or str(err))
     if operation is None:
-        operation = "write" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else "access"
+        operation = (
+            "write" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else "access"
+        )
     where = err.filename if err.filename is not None else None
     if err.filename2 is not None:
         where = f"{err.filename} -> {err.filename2}"

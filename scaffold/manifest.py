@@ -425,7 +425,9 @@ def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, A
     return problems
 
 
-def _score_checks(model: Mapping[str, Any], structure: Mapping[str, Any], backend: Any) -> list[tuple[str, str]]:
+def _score_checks(
+    model: Mapping[str, Any], structure: Mapping[str, Any], backend: Any
+) -> list[tuple[str, str]]:
     """Soft-capping and query_pre_attn_scalar against the attention they act on and its backend."""
     problems: list[tuple[str, str]] = []
     if structure["attn_logit_softcapping"] is not None and backend == "sdpa":
@@ -441,5 +443,7 @@ def _score_checks(model: Mapping[str, Any], structure: Mapping[str, Any], backen
             if structure[key] is not None:
                 problems.append((f"model.{key}", "single_head attention scores by its own rule; unset it"))
     elif structure["position_embedding"] == "alibi" and structure["attn_logit_softcapping"] is not None:
-        problems.append(("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it"))
+        problems.append(
+            ("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it")
+        )
     return problems

@@ -155,7 +155,9 @@ class Overrides:
 
     def flags_given(self) -> list[str]:
         names = list(self.given.values())
-        names += [f"--{d.replace('_', '-')}" for d in ("device", "dtype", "attn_implementation") if getattr(self, d)]
+        names += [
+            f"--{d.replace('_', '-')}" for d in ("device", "dtype", "attn_implementation") if getattr(self, d)
+        ]
         if self.no_init_weights:
             names.append("--no-init-weights")
         if self.checkpoint is not None:
@@ -185,12 +187,17 @@ class Overrides:
         except ManifestError as err:
             problems = []
             for key, msg in err.problems:
-                flag = next((f for path, f in self.given.items() if key == path or key.startswith(path + ".")), None)
+                flag = next(
+                    (f for path, f in self.given.items() if key == path or key.startswith(path + ".")), None
+                )
                 if flag is None:
                     problems.append((key, msg))
                 elif msg.startswith("unknown key for this blueprint"):
                     problems.append(
-                        (key, f"given by {flag}, but this project's blueprint has no such key: the flag would change nothing")
+                        (
+                            key,
+                            f"given by {flag}, but this project's blueprint has no such key: the flag would change nothing",
+                        )
                     )
                 else:
                     problems.append((key, f"{msg} (from {flag})"))

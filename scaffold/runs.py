@@ -57,16 +57,9 @@ def new_run_id(now: datetime | None = None) -> str:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON so that readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .atomic import write_text
+
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 class RunRecorder:

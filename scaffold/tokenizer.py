@@ -213,7 +213,6 @@ def _vocab_of(text: str, path: Path) -> dict[str, int]:
         raise DataError(f"not a tokenizers tokenizer.json: {one_line(err)}", path=path) from None
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Making a project's tokenizer, cached by the content of its inputs
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +373,11 @@ def _training_texts(spec: Mapping[str, Any], base_dir: Path) -> Iterator[str]:
     names = spec.get("files") or []
     for name in names:
         if not isinstance(name, str):
-            raise DataError(f"must list file names (strings), got {type(name).__name__} {name!r}", path=manifest, key="tokenizer.files")
+            raise DataError(
+                f"must list file names (strings), got {type(name).__name__} {name!r}",
+                path=manifest,
+                key="tokenizer.files",
+            )
     files = [resolve_path(base_dir, f) for f in names]
     for f in files:
         _check_suffix(f, path=manifest, key="tokenizer.files")

@@ -34,7 +34,9 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """The build record of ``path``, or the problem that keeps it from being read."""
     stamp_path = path / STAMP_FILE
     if not stamp_path.is_file():
-        return None, [(stamp_path, "missing; this folder was not written by `scaffold build`, so there is no record")]
+        return None, [
+            (stamp_path, "missing; this folder was not written by `scaffold build`, so there is no record")
+        ]
     try:
         stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -88,11 +90,15 @@ def check_weights(path: Path) -> tuple[list[Problem], int]:
         except (SafetensorError, OSError) as err:
             problems.append((p, f"does not load: {' '.join(str(err).split())}"))
     for index_path in sorted(path.rglob(f"*{INDEX_SUFFIX}")):
-        problems += _check_index(path, index_path, keys_of, {p.relative_to(path).as_posix() for p, _ in problems})
+        problems += _check_index(
+            path, index_path, keys_of, {p.relative_to(path).as_posix() for p, _ in problems}
+        )
     return problems, sum(len(k) for k in keys_of.values())
 
 
-def _check_index(path: Path, index_path: Path, keys_of: Mapping[str, set[str]], broken: set[str]) -> list[Problem]:
+def _check_index(
+    path: Path, index_path: Path, keys_of: Mapping[str, set[str]], broken: set[str]
+) -> list[Problem]:
     problems: list[Problem] = []
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
@@ -109,22 +115,33 @@ def _check_index(path: Path, index_path: Path, keys_of: Mapping[str, set[str]], 
             continue
         if shard not in keys_of:
             problems.append(
-                (path / shard, f"missing: {index_path.name} names this shard for {len(keys)} tensors ({_names(keys)})")
+                (
+                    path / shard,
+                    f"missing: {index_path.name} names this shard for {len(keys)} tensors ({_names(keys)})",
+                )
             )
             continue
         absent = sorted(set(keys) - keys_of[shard])
         if absent:
-            problems.append((path / shard, f"tensors named by {index_path.name} are not in this file: {_names(absent)}"))
+            problems.append(
+                (path / shard, f"tensors named by {index_path.name} are not in this file: {_names(absent)}")
+            )
         unlisted = sorted(keys_of[shard] - set(keys))
         if unlisted:
-            problems.append((path / shard, f"tensors in this file are not in {index_path.name}: {_names(unlisted)}"))
+            problems.append(
+                (path / shard, f"tensors in this file are not in {index_path.name}: {_names(unlisted)}")
+            )
     for shard in sorted(set(keys_of) - set(by_shard)):
         if Path(shard).parent == base:
-            problems.append((path / shard, f"weight file not named by {index_path.name} (left from another save?)"))
+            problems.append(
+                (path / shard, f"weight file not named by {index_path.name} (left from another save?)")
+            )
     return problems
 
 
-def check_model_dir(path: str | Path, stamp: Mapping[str, Any] | None = None, *, deep: bool = True) -> list[Problem]:
+def check_model_dir(
+    path: str | Path, stamp: Mapping[str, Any] | None = None, *, deep: bool = True
+) -> list[Problem]:
     """Every problem of the model directory ``path`` measured against its build record.
 
     ``deep`` also compares every checksum and lists files the build did not write; without it only
@@ -143,7 +160,10 @@ def _check(path: Path, stamp: Mapping[str, Any] | None, *, deep: bool) -> tuple[
     flagged = {p for p, _ in problems}
     recorded: Any = stamp.get("files", {})
     if not isinstance(recorded, Mapping):
-        return [*problems, (path / STAMP_FILE, "has no `files` table; rebuild with `scaffold build --force`")], tensors
+        return [
+            *problems,
+            (path / STAMP_FILE, "has no `files` table; rebuild with `scaffold build --force`"),
+        ], tensors
     for name, entry in sorted(recorded.items()):
         p = path / name
         bad = _bad_entry(name, entry)

@@ -26,7 +26,9 @@ TINY_LLAMA = {
 }
 
 
-def make_project(tmp_path: Path, name: str = "tiny", blueprint: str = "llama", model: dict | None = None, **sections):
+def make_project(
+    tmp_path: Path, name: str = "tiny", blueprint: str = "llama", model: dict | None = None, **sections
+):
     """Create a project with the real `scaffold new` code path; returns its folder."""
     from scaffold.render import create_project
 

@@ -73,7 +73,9 @@ def test_round_trip_layout_and_ties(dirs, tmp_path, which, shard):
     total = sum(t.numel() * t.element_size() for t in unique.values())
     assert report.total_size == total
     tied = which == "tied"
-    assert ("lm_head.weight" in stored_names(folder)) != tied, "a tied head is stored once, under the embedding"
+    assert ("lm_head.weight" in stored_names(folder)) != tied, (
+        "a tied head is stored once, under the embedding"
+    )
     if shard:
         index = json.loads((folder / INDEX_NAME).read_text())
         assert index["metadata"]["total_size"] == total
@@ -223,7 +225,9 @@ def test_missing_and_unexpected_keys_are_listed(dirs, tmp_path):
     report = load_checkpoint(tmp_path / "c", fresh, strict=False)
     assert sorted(report.missing) == ["model.layers.1.mlp.up_proj.weight", "model.norm.weight"]
     assert report.unexpected == ["model.extra.weight"]
-    assert torch.equal(fresh.model.layers[0].self_attn.q_proj.weight, model.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(
+        fresh.model.layers[0].self_attn.q_proj.weight, model.model.layers[0].self_attn.q_proj.weight
+    )
     assert torch.all(fresh.model.norm.weight == 1), "a missing tensor of a meta model is initialised"
 
 
@@ -295,13 +299,17 @@ def test_corrupt_shard_is_named(dirs, sharded, damage):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match=rf"{shard.name}: corrupt or truncated"):
         load_checkpoint(sharded, model)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a failed load changed the model"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), (
+        "a failed load changed the model"
+    )
 
 
 def test_missing_shard_is_named(dirs, sharded):
     shard = second_shard(sharded)
     shard.unlink()
-    with pytest.raises(CheckpointError, match=rf"{INDEX_NAME}: shard file\(s\) named in the index are missing: {shard.name}"):
+    with pytest.raises(
+        CheckpointError, match=rf"{INDEX_NAME}: shard file\(s\) named in the index are missing: {shard.name}"
+    ):
         load_checkpoint(sharded, construct(dirs["untied"], device="meta"))
 
 
@@ -315,7 +323,9 @@ def test_index_listing_a_tensor_its_shard_lacks(dirs, sharded):
         load_checkpoint(sharded, construct(dirs["untied"], device="meta"))
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"weight_map": 3}', '{"weight_map": {"a": "../x.safetensors"}}'])
+@pytest.mark.parametrize(
+    "text", ["{not json", '{"weight_map": 3}', '{"weight_map": {"a": "../x.safetensors"}}']
+)
 def test_bad_index(dirs, sharded, text):
     (sharded / INDEX_NAME).write_text(text)
     with pytest.raises(CheckpointError, match=INDEX_NAME):
@@ -369,7 +379,11 @@ def test_save_that_dies_half_way_leaves_the_previous_checkpoint(dirs, tmp_path, 
     save_checkpoint(target, model)  # the previous checkpoint: one file
     before = snapshot(target)
     code = DIE_HALF_WAY.format(
-        tests=str(REPO / "tests"), how=how, model_dir=str(dirs["untied"]), target=str(target), shard=SMALL_SHARDS
+        tests=str(REPO / "tests"),
+        how=how,
+        model_dir=str(dirs["untied"]),
+        target=str(target),
+        shard=SMALL_SHARDS,
     )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -83,7 +83,11 @@ def test_new_build_test(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert "up to date, kept" in result.output
     assert "step 1/2  loss" in result.output and "step 2/2  loss" in result.output
-    assert "parameters 112,448 |" in result.output and "tokens/s" in result.output and "peak memory" in result.output
+    assert (
+        "parameters 112,448 |" in result.output
+        and "tokens/s" in result.output
+        and "peak memory" in result.output
+    )
 
 
 def test_new_from_a_blueprint_path(runner, tmp_path):
@@ -123,13 +127,19 @@ def test_names_that_escape_are_refused_before_writing(runner, tmp_path, name):
 
 def test_unknown_blueprint_and_preset(runner):
     result = invoke(runner, "new", "p", "--from", "nosuch")
-    assert result.exit_code == EXIT_USAGE and "built-in blueprints: " in result.output and "llama" in result.output
+    assert (
+        result.exit_code == EXIT_USAGE
+        and "built-in blueprints: " in result.output
+        and "llama" in result.output
+    )
     result = invoke(runner, "new", "p", "--from", "llama", "--preset", "9t")
     assert result.exit_code == EXIT_USAGE and "no preset '9t'" in result.output
 
 
 def test_bad_set_reports_every_problem(runner, tmp_path):
-    result = invoke(runner, "new", "p", "--from", "llama", "--set", "hidden_size=-1", "--set", "test.dtype=int8")
+    result = invoke(
+        runner, "new", "p", "--from", "llama", "--set", "hidden_size=-1", "--set", "test.dtype=int8"
+    )
     assert result.exit_code == EXIT_USAGE
     assert "model.hidden_size: must be positive" in result.output
     assert "test.dtype: must be one of" in result.output

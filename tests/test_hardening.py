@@ -208,7 +208,9 @@ def test_blueprint_file_names_that_leave_the_project_are_refused(tmp_path: Path,
     toml = bp / "blueprint.toml"
     text = toml.read_text()
     assert 'class_prefix = "Llama"\n' in text
-    toml.write_text(text.replace('class_prefix = "Llama"\n', f'class_prefix = "Llama"\nmodeling_file = "{value}"\n'))
+    toml.write_text(
+        text.replace('class_prefix = "Llama"\n', f'class_prefix = "Llama"\nmodeling_file = "{value}"\n')
+    )
     r = invoke("new", "p", "--from", bp, "--projects-dir", tmp_path / "projects", *sets(TINY))
     assert r.exit_code == 2
     assert one_error(r.stderr) == (

@@ -131,7 +131,9 @@ def test_sliding_window_limits_what_a_token_sees(tmp_path):
         torch.testing.assert_close(a[0, 4:], b[0, 4:])  # position 0 is outside every later window
         assert not torch.allclose(a[0, :4], b[0, :4])
         kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=1)
-        assert torch.equal(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
+        assert torch.equal(
+            model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw)
+        )
 
 
 def test_rope_table_stays_exact_across_dtype_moves(tiny_llama_dir):

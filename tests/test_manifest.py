@@ -98,7 +98,10 @@ def test_null_removes_a_key(llama):
 
 def test_parse_sets_reads_toml_values():
     layer = manifest.parse_sets(['rope_scaling={rope_type="linear", factor=2.0}', "tie_word_embeddings=true"])
-    assert layer["model"] == {"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "tie_word_embeddings": True}
+    assert layer["model"] == {
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+        "tie_word_embeddings": True,
+    }
     with pytest.raises(UsageError, match="no such manifest key"):
         manifest.parse_sets(["hiden_size=3"])
     with pytest.raises(UsageError, match="key=value"):

@@ -25,10 +25,15 @@ def preset_dirs(tmp_path_factory):
 
     bp = load("llama")
     # a project's vocabulary follows its (byte) tokenizer unless given: give the preset's, as published
-    vocab = {preset: {"model": {"vocab_size": bp.preset(preset)["model"]["vocab_size"]}} for preset in LLAMA_PRESETS}
+    vocab = {
+        preset: {"model": {"vocab_size": bp.preset(preset)["model"]["vocab_size"]}}
+        for preset in LLAMA_PRESETS
+    }
     return {
         preset: build_project(
-            create_project(f"llama_{preset}", "llama", projects_dir=tmp, preset=preset, overrides=vocab[preset])
+            create_project(
+                f"llama_{preset}", "llama", projects_dir=tmp, preset=preset, overrides=vocab[preset]
+            )
         )
         for preset in LLAMA_PRESETS
     }
@@ -64,6 +69,10 @@ def test_llama3_preset_is_tied_and_scaled(preset_dirs):
 def test_117m_trains_a_step_on_cpu(preset_dirs):
     from scaffold.smoke import TestOptions, run
 
-    report = run(preset_dirs["117m"], TestOptions(device="cpu", steps=1, batch_size=1, sequence_length=16), log=lambda _: None)
+    report = run(
+        preset_dirs["117m"],
+        TestOptions(device="cpu", steps=1, batch_size=1, sequence_length=16),
+        log=lambda _: None,
+    )
     assert 118e6 < report.parameters < 120e6
     assert report.losses[0] == pytest.approx(torch.log(torch.tensor(8000.0)).item(), rel=0.2)

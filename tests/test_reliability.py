@@ -105,7 +105,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
         if RUNS_DIR in p.relative_to(root).parts:
             continue
         if p.is_file() and not p.is_symlink():
-            out[p.relative_to(root).as_posix()] = (p.stat().st_mode & 0o777, hashlib.sha256(p.read_bytes()).hexdigest())
+            out[p.relative_to(root).as_posix()] = (
+                p.stat().st_mode & 0o777,
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+            )
     return out
 
 
@@ -145,8 +148,10 @@ def reshard(model_dir: Path) -> list[str]:
     for shard, keys in zip(shards, halves):
         save_file({k: tensors[k] for k in keys}, model_dir / shard, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(keys, shard))
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-             "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+        "weight_map": weight_map,
+    }
     (model_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (model_dir / "model.safetensors").unlink()
     restamp(model_dir)
@@ -184,8 +189,11 @@ def test_two_builds_at_once_second_waits_then_refuses(proj: Path, tmp_path: Path
     before = snapshot(model)
     new_inputs = [*sets({"model.initializer_range": 0.05}), "--force", "--save-weights"]
     first = subprocess.Popen(
-        scaffold_cmd("build", proj, *new_inputs), env=proc_env(SCAFFOLD_FAULT="build-staged:stop"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        scaffold_cmd("build", proj, *new_inputs),
+        env=proc_env(SCAFFOLD_FAULT="build-staged:stop"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     waiter_err = tmp_path / "waiter.err"
     waiter = None
@@ -194,15 +202,22 @@ def test_two_builds_at_once_second_waits_then_refuses(proj: Path, tmp_path: Path
         second = invoke("build", proj, *new_inputs, env={"SCAFFOLD_LOCK_TIMEOUT": "1"})
         assert second.exit_code == 2, second.output
         line = one_error(second.stderr)
-        assert line.startswith(f"error: {model}: another scaffold process (pid {first.pid}) is writing this folder")
+        assert line.startswith(
+            f"error: {model}: another scaffold process (pid {first.pid}) is writing this folder"
+        )
         assert snapshot(model) == before  # the first build is staged but not yet swapped in
 
         with open(waiter_err, "w") as err:
             waiter = subprocess.Popen(
-                scaffold_cmd("build", proj, *new_inputs), env=proc_env(SCAFFOLD_LOCK_TIMEOUT="120"),
-                stdout=subprocess.PIPE, stderr=err, text=True,
+                scaffold_cmd("build", proj, *new_inputs),
+                env=proc_env(SCAFFOLD_LOCK_TIMEOUT="120"),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
-        wait_for(lambda: "waiting for another scaffold process" in waiter_err.read_text(), "the third to wait")
+        wait_for(
+            lambda: "waiting for another scaffold process" in waiter_err.read_text(), "the third to wait"
+        )
         assert waiter.poll() is None
     finally:
         os.kill(first.pid, signal.SIGCONT)
@@ -222,8 +237,11 @@ def test_two_news_at_once_second_refused(tmp_path: Path):
     projects = tmp_path / "projects"
     args = ["new", "other", "--from", "llama", "--projects-dir", projects, *sets(TINY)]
     first = subprocess.Popen(
-        scaffold_cmd(*args), env=proc_env(SCAFFOLD_FAULT="new-staged:stop"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        scaffold_cmd(*args),
+        env=proc_env(SCAFFOLD_FAULT="new-staged:stop"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: stopped(first.pid), "the first `new` to stop before its swap")
@@ -240,8 +258,10 @@ def test_two_news_at_once_second_refused(tmp_path: Path):
     made = snapshot(projects / "other")
     again = invoke(*args)
     assert again.exit_code == 2
-    assert one_error(again.stderr) == f"error: {projects / 'other'}: already exists; pass --force to replace it " \
+    assert (
+        one_error(again.stderr) == f"error: {projects / 'other'}: already exists; pass --force to replace it "
         "(its files will be lost)"
+    )
     assert snapshot(projects / "other") == made
     assert leftovers(projects) == []
 
@@ -296,12 +316,16 @@ def test_build_killed_from_outside_while_writing(proj: Path):
     before = snapshot(model)
     big = sets({"model.intermediate_size": 8192, "model.hidden_size": 256})  # ~50 MB of weights
     proc = subprocess.Popen(
-        scaffold_cmd("build", proj, *big, "--force", "--save-weights"), env=proc_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        scaffold_cmd("build", proj, *big, "--force", "--save-weights"),
+        env=proc_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
     def writing_weights() -> bool:
-        return any(p.suffix == ".safetensors" or p.name.startswith("config") for p in proj.glob(".model.build-*/*"))
+        return any(
+            p.suffix == ".safetensors" or p.name.startswith("config") for p in proj.glob(".model.build-*/*")
+        )
 
     try:
         wait_for(lambda: writing_weights() or proc.poll() is not None, "the build to start writing")
@@ -321,8 +345,17 @@ def test_new_killed_leaves_previous_project(proj: Path):
     """Row: build killed half way, for `scaffold new --force` over a project."""
     projects = proj.parent
     before = snapshot(proj)
-    killed = run("new", "tiny", "--from", "llama", "--projects-dir", projects, "--force", *sets(TINY),
-                 fault="new-staged:kill")
+    killed = run(
+        "new",
+        "tiny",
+        "--from",
+        "llama",
+        "--projects-dir",
+        projects,
+        "--force",
+        *sets(TINY),
+        fault="new-staged:kill",
+    )
     assert killed.returncode == -signal.SIGKILL
     assert snapshot(proj) == before
     assert any(projects.glob(".tiny.new-*"))
@@ -362,7 +395,10 @@ def _garble_header(p: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
-        (_truncate, "does not load: Error while deserializing header: incomplete metadata, file not fully covered"),
+        (
+            _truncate,
+            "does not load: Error while deserializing header: incomplete metadata, file not fully covered",
+        ),
         (_garble_header, "does not load: Error while deserializing header: invalid UTF-8 in header"),
     ],
     ids=["truncated", "corrupt-header"],
@@ -423,7 +459,10 @@ def test_verify_names_missing_changed_and_extra_files(proj: Path):
 def test_verify_ok_line_and_no_record(proj: Path, tmp_path: Path):
     r = invoke("verify", proj / "model")
     assert r.exit_code == 0
-    assert r.stdout.strip() == f"OK {proj / 'model'}: 10 files match {STAMP_FILE}; 1 weight file(s), 21 tensors load"
+    assert (
+        r.stdout.strip()
+        == f"OK {proj / 'model'}: 10 files match {STAMP_FILE}; 1 weight file(s), 21 tensors load"
+    )
     bare = tmp_path / "bare"
     bare.mkdir()
     r = invoke("verify", bare)
@@ -450,7 +489,9 @@ def test_missing_shard_named_by_verify_and_test(proj: Path):
     ), line
     t = run("test", proj)
     assert t.returncode == 3, t.stderr
-    assert one_error(t.stderr).startswith(f"error: {model / shards[1]}: missing: model.safetensors.index.json")
+    assert one_error(t.stderr).startswith(
+        f"error: {model / shards[1]}: missing: model.safetensors.index.json"
+    )
     assert snapshot(proj) == before
 
 
@@ -506,12 +547,22 @@ def _edit_manifest(proj: Path, old: str, new: str) -> None:
     ("old", "new", "expected"),
     [
         ("hidden_size = 32", "hidden_size = 32\nhidden_sise = 32", ["model.hidden_sise: unknown key"]),
-        ("[model]", "[modle]\nx = 1\n\n[model]",
-         ["modle: unknown section; expected one of project, model, tokenizer, generation, test"]),
+        (
+            "[model]",
+            "[modle]\nx = 1\n\n[model]",
+            ["modle: unknown section; expected one of project, model, tokenizer, generation, test"],
+        ),
         ("hidden_size = 32", 'hidden_size = "32"', ["model.hidden_size: must be an integer, got str '32'"]),
-        ("num_hidden_layers = 2", "num_hidden_layers = -2", ["model.num_hidden_layers: must be positive, got -2"]),
-        ("num_key_value_heads = 1", "num_key_value_heads = 3",
-         ["model.num_key_value_heads: 3 does not divide num_attention_heads = 2"]),
+        (
+            "num_hidden_layers = 2",
+            "num_hidden_layers = -2",
+            ["model.num_hidden_layers: must be positive, got -2"],
+        ),
+        (
+            "num_key_value_heads = 1",
+            "num_key_value_heads = 3",
+            ["model.num_key_value_heads: 3 does not divide num_attention_heads = 2"],
+        ),
         ("vocab_size = 300", "vocab_size = 0", ["model.vocab_size: must be positive, got 0"]),
         ("[model]", "[model", ["not valid TOML: Expected ']' at the end of a table declaration (at line"]),
         (
@@ -527,7 +578,16 @@ def _edit_manifest(proj: Path, old: str, new: str) -> None:
             ],
         ),
     ],
-    ids=["unknown-key", "unknown-section", "wrong-type", "negative", "kv-heads", "vocab-0", "bad-toml", "several"],
+    ids=[
+        "unknown-key",
+        "unknown-section",
+        "wrong-type",
+        "negative",
+        "kv-heads",
+        "vocab-0",
+        "bad-toml",
+        "several",
+    ],
 )
 def test_manifest_problems_listed_with_key_paths(proj: Path, old: str, new: str, expected: list[str]):
     """Row: manifest problems: every one listed at once, each with its TOML key path; nothing built."""
@@ -547,7 +607,9 @@ def test_manifest_problems_listed_with_key_paths(proj: Path, old: str, new: str,
 def test_heads_not_dividing_hidden(proj: Path):
     """Row: heads not dividing hidden (where the head width is derived, i.e. head_dim unset)."""
     before = snapshot(proj)
-    r = invoke("build", proj, *sets({"model.num_attention_heads": 3}), "--set", "model.head_dim=null", "--force")
+    r = invoke(
+        "build", proj, *sets({"model.num_attention_heads": 3}), "--set", "model.head_dim=null", "--force"
+    )
     assert r.exit_code == 2
     assert one_error(r.stderr) == (
         f"error: {proj / 'scaffold.toml'}: model.num_attention_heads: 3 does not divide hidden_size = 32; "
@@ -558,8 +620,15 @@ def test_heads_not_dividing_hidden(proj: Path):
 
 def test_manifest_problems_at_new_write_nothing(tmp_path: Path):
     projects = tmp_path / "projects"
-    r = invoke("new", "p", "--from", "llama", "--projects-dir", projects,
-               *sets({"model.vocab_size": 0, "model.hidden_size": -4, "model.num_key_value_heads": 3}))
+    r = invoke(
+        "new",
+        "p",
+        "--from",
+        "llama",
+        "--projects-dir",
+        projects,
+        *sets({"model.vocab_size": 0, "model.hidden_size": -4, "model.num_key_value_heads": 3}),
+    )
     assert r.exit_code == 2
     assert error_lines(r.stderr) == [
         "error: p/scaffold.toml: model.vocab_size: must be positive, got 0",
@@ -647,7 +716,10 @@ def test_new_over_edited_project_refused_edits_kept(proj: Path):
     before = snapshot(proj)
     r = invoke("new", "tiny", "--from", "llama", "--projects-dir", proj.parent, *sets(TINY))
     assert r.exit_code == 2
-    assert one_error(r.stderr) == f"error: {proj}: already exists; pass --force to replace it (its files will be lost)"
+    assert (
+        one_error(r.stderr)
+        == f"error: {proj}: already exists; pass --force to replace it (its files will be lost)"
+    )
     assert snapshot(proj) == before
 
 
@@ -659,7 +731,13 @@ def test_new_over_edited_project_refused_edits_kept(proj: Path):
     [
         ("README.md.jinja", "{{ project_name }}", "{{ project_nme }}", 8, "project_nme"),
         ("README.md.jinja", "manifest.model.hidden_size", "manifest.model.hiden_size", 11, "hiden_size"),
-        ("modeling_{{ family }}.py.jinja", "{{ blueprint_version }}", "{{ blueprint_verison }}", 3, "blueprint_verison"),
+        (
+            "modeling_{{ family }}.py.jinja",
+            "{{ blueprint_version }}",
+            "{{ blueprint_verison }}",
+            3,
+            "blueprint_verison",
+        ),
     ],
 )
 def test_misspelt_template_variable_names_file_and_variable(
@@ -694,8 +772,18 @@ def test_tokenizer_larger_than_vocab_caught_at_build(proj: Path, tmp_path: Path)
     assert leftovers(proj) == []
     # the same for a project created with too small a vocabulary: no model folder appears
     projects = tmp_path / "fresh"
-    assert invoke("new", "small", "--from", "llama", "--projects-dir", projects,
-                  *sets({**TINY, "model.vocab_size": 100})).exit_code == 0
+    assert (
+        invoke(
+            "new",
+            "small",
+            "--from",
+            "llama",
+            "--projects-dir",
+            projects,
+            *sets({**TINY, "model.vocab_size": 100}),
+        ).exit_code
+        == 0
+    )
     r = invoke("test", projects / "small")
     assert r.exit_code == 2
     assert "model.vocab_size: the tokenizer has 262 tokens" in one_error(r.stderr)
@@ -717,7 +805,9 @@ def test_non_finite_loss_stops_with_step_and_parameter(proj: Path, fused: bool):
     r = invoke(*args)
     assert r.exit_code == 4, r.output
     msg = one_error(r.stderr)
-    param = r"((model|lm_head)\.\S+|none \(the parameters are finite; the input or the computation overflowed\))"
+    param = (
+        r"((model|lm_head)\.\S+|none \(the parameters are finite; the input or the computation overflowed\))"
+    )
     assert re.fullmatch(
         rf"error: step 2: (loss is (nan|inf|-inf); first bad parameter: {param}"
         rf"|non-finite gradient(; first bad parameter:| in parameter) {param})",
@@ -765,7 +855,9 @@ def test_debug_shows_traceback_and_plain_run_does_not(tmp_path: Path):
     debug = run("--debug", "build", tmp_path / "nope")
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr
-    assert debug.stderr.rstrip().endswith(f"scaffold.errors.ProjectError: {tmp_path / 'nope'}: no such project folder")
+    assert debug.stderr.rstrip().endswith(
+        f"scaffold.errors.ProjectError: {tmp_path / 'nope'}: no such project folder"
+    )
 
 
 def test_help_documents_exit_codes():

@@ -51,7 +51,9 @@ def test_non_finite_loss_stops_with_step_and_parameter(tiny_llama_dir):
     model = load_model(tiny_llama_dir)
     with torch.no_grad():
         model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
-    with pytest.raises(TestFailure, match=r"step 1: loss is nan; first bad parameter: model.layers.1.mlp.up_proj.weight"):
+    with pytest.raises(
+        TestFailure, match=r"step 1: loss is nan; first bad parameter: model.layers.1.mlp.up_proj.weight"
+    ):
         train(model, TestOptions(steps=2), iter(fixed_batches()), log=lambda _: None)
 
 
@@ -59,14 +61,22 @@ def test_non_finite_gradient_is_caught_in_fused_mode(tiny_llama_dir):
     model = load_model(tiny_llama_dir)
     hook = model.model.norm.weight.register_hook(lambda g: g * float("inf"))
     with pytest.raises(TestFailure, match=r"step 1: non-finite gradient; first bad parameter: "):
-        train(model, TestOptions(steps=2, fuse_optim_with_backward=True), iter(fixed_batches()), log=lambda _: None)
+        train(
+            model,
+            TestOptions(steps=2, fuse_optim_with_backward=True),
+            iter(fixed_batches()),
+            log=lambda _: None,
+        )
     hook.remove()
 
 
 def test_gradient_checkpointing_option_trains(tiny_llama_dir):
     model = load_model(tiny_llama_dir)
     report = train(
-        model, TestOptions(steps=3, lr=1e-2, gradient_checkpointing=True), itertools.cycle(fixed_batches(1)), log=lambda _: None
+        model,
+        TestOptions(steps=3, lr=1e-2, gradient_checkpointing=True),
+        itertools.cycle(fixed_batches(1)),
+        log=lambda _: None,
     )
     assert model.model.layers[0].gradient_checkpointing
     assert report.losses[-1] < report.losses[0]

@@ -33,7 +33,9 @@ def test_shipped_project_matches_its_blueprint(project, tmp_path):
     fresh = rerender(project, tmp_path / project.name)
     assert tree(fresh) == tree(project)
     differing = [f for f in sorted(tree(project)) if not filecmp.cmp(project / f, fresh / f, shallow=False)]
-    assert not differing, f"re-render {project.name} with `scaffold new {project.name} --from ... --force`: {differing}"
+    assert not differing, (
+        f"re-render {project.name} with `scaffold new {project.name} --from ... --force`: {differing}"
+    )
 
 
 def test_a_hand_edit_is_caught(tmp_path):
