@@ -56,6 +56,15 @@ def weighted_dir(workdir: Path, family: str) -> Path:
     return _WEIGHTED[family]
 
 
+def _readme_block(marker: str) -> str:
+    """The README's python block holding ``marker``: the tests run README's snippets as written."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
 def _load(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,8 +82,6 @@ def _is_ours(model) -> bool:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pipeline_generates_what_generate_does(workdir, family):
-    from transformers import pipeline
-
     path = weighted_dir(workdir, family)
     tokenizer, model = _load(path)
     expected = []
@@ -84,10 +91,10 @@ def test_pipeline_generates_what_generate_does(workdir, family):
         expected.append(out[0].tolist())
     assert len({*expected[0][-6:], *expected[1][-6:]}) > 3  # not one token repeated: a broken cache shows
 
-    # README: "Using the model with transformers' pipeline"
-    generator = pipeline("text-generation", model=str(path), trust_remote_code=True)
+    scope = {"path": str(path)}
+    exec(_readme_block('pipeline("text-generation"'), scope)
+    generator, batch = scope["generator"], scope["outputs"]
     one = [generator(p, max_new_tokens=6, do_sample=False, return_tensors=True) for p in PROMPTS]
-    batch = generator(PROMPTS, batch_size=2, max_new_tokens=6, do_sample=False, return_tensors=True)
 
     assert _is_ours(generator.model)
     assert [r[0]["generated_token_ids"] for r in one] == expected
@@ -102,40 +109,18 @@ def test_pipeline_generates_what_generate_does(workdir, family):
 # ------------------------------------------------------------------------------------------- Trainer
 
 
-def _token_dataset(vocab: int = 262):
-    from datasets import Dataset
-
-    ids = torch.randint(6, vocab, (8, 16), generator=torch.Generator().manual_seed(0))
-    return Dataset.from_dict({"input_ids": ids.tolist()})
-
-
-def _trainer(path: Path, output_dir: Path, **options):
-    # README: "Using the model with transformers' Trainer"
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForLanguageModeling,
-        Trainer,
-        TrainingArguments,
-    )
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
-    options = {"save_strategy": "steps", "save_steps": 2, **options}
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=4,
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        **options,
-    )
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    return Trainer(model=model, args=args, train_dataset=_token_dataset(), data_collator=collator)
+def _trainer(path: Path, output_dir: Path, options: str = ""):
+    """README's Trainer snippet up to ``trainer.train()``, with ``options`` added to its TrainingArguments."""
+    block = _readme_block("TrainingArguments(")
+    assert block.rstrip().endswith("trainer.train()")
+    block = block.rstrip().removesuffix("trainer.train()")
+    if options:
+        assert "use_cpu=True)" in block
+        block = block.replace("use_cpu=True)", f"use_cpu=True, {options})")
+    token_ids = torch.randint(6, 262, (8, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    scope = {"path": str(path), "output_dir": str(output_dir), "token_ids": token_ids}
+    exec(block, scope)
+    return scope["trainer"]
 
 
 def _losses(trainer) -> list[float]:
@@ -237,9 +222,7 @@ def _saved_for_backward(model, ids: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trainer_gradient_checkpointing(workdir, family, tmp_path):
-    trainer = _trainer(
-        weighted_dir(workdir, family), tmp_path, gradient_checkpointing=True, save_strategy="no"
-    )
+    trainer = _trainer(weighted_dir(workdir, family), tmp_path, "gradient_checkpointing=True")
     trainer.train()
     torch.testing.assert_close(_losses(trainer), trained(workdir, family)[1], atol=1e-5, rtol=1e-5)
     model, ids = trainer.model.train(), _probe(trainer.model.config.vocab_size)
@@ -254,30 +237,50 @@ def test_trainer_gradient_checkpointing(workdir, family, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trl_sft_trainer_trains(workdir, family, tmp_path):
     pytest.importorskip("trl")
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
     path = weighted_dir(workdir, family)
-    # README: "Using the model with TRL"
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)  # the model, not its path
-    dataset = Dataset.from_dict({"text": ["the cat sat on the mat", "a dog ran", "hello world", "tiny"]})
-    config = SFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        max_length=32,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer.train()
+    scope = {"path": str(path), "output_dir": str(tmp_path)}
+    exec(_readme_block("SFTTrainer("), scope)
+    trainer = scope["trainer"]
+    _, before = _load(path)
+    before = dict(before.named_parameters())
     assert trainer.state.global_step == 2 and _is_ours(trainer.model)
     losses = _losses(trainer)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    assert all(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    assert all(not torch.equal(p.detach(), before[n]) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trl_packing_keeps_documents_apart(workdir, family, tmp_path):
+    """SFTConfig(packing=True) concatenates documents into one row with restarting position_ids and
+    no attention mask: each document's logits in the packed row equal those of the document alone."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer, model = _load(weighted_dir(workdir, family))
+    dataset = Dataset.from_dict({"text": ["the cat sat on the mat", "a dog ran", "hello world", "tiny"]})
+    config = SFTConfig(
+        output_dir=str(tmp_path),
+        packing=True,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        max_length=64,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    assert ids.shape[0] == 1 and "attention_mask" not in batch
+    starts = (positions[0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == 4  # four documents in one row
+    model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=positions).logits[0]
+        for start, end in zip(starts, [*starts[1:], ids.shape[1]]):
+            alone = model(ids[:, start:end]).logits[0]
+            torch.testing.assert_close(packed[start:end], alone, atol=1e-4, rtol=1e-4)
+    trainer.train()
+    assert trainer.state.global_step == 1
