@@ -699,7 +699,12 @@ def _describe(plan: UpdatePlan, *, dry_run: bool) -> str:
         if plan.adopted is not None
         else ("would update" if dry_run else "updated")
     )
-    head = f"{verb} {where}: blueprint {plan.blueprint} {plan.old_version} -> {plan.new_version}"
+    versions = (
+        plan.new_version
+        if plan.old_version == plan.new_version
+        else f"{plan.old_version} -> {plan.new_version}"
+    )
+    head = f"{verb} {where}: blueprint {plan.blueprint} {versions}"
     lines = [head, *(f"  {line}" for line in plan.report())]
     if plan.adopted and dry_run:
         lines.append(
@@ -713,8 +718,10 @@ def _describe(plan: UpdatePlan, *, dry_run: bool) -> str:
             f"resolve the conflicts in {', '.join(c.name for c in conflicts)}, then `scaffold build {where}`"
         )
     if dry_run:
-        lines.append("nothing written (--dry-run); the changes:")
-        lines.append(plan.diff().rstrip("\n"))
+        diff = plan.diff().rstrip("\n")
+        lines.append("nothing written (--dry-run)" + ("; the changes:" if diff else ""))
+        if diff:
+            lines.append(diff)
     return "\n".join(lines)
 
 

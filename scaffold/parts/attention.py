@@ -25,9 +25,7 @@ def mha_eager_attention_forward(
     """softmax(q k^T * scaling + mask) v for multi-head attention (as many KV heads as query heads)."""
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
     if attention_mask is not None:
-        scores = (
-            scores + attention_mask
-        )  # additive float mask: 0 (or a bias) where allowed, -inf-like elsewhere
+        scores = scores + attention_mask  # additive float mask: 0 (or a bias) where allowed, -inf-like elsewhere
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
