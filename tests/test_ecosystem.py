@@ -197,9 +197,9 @@ def test_trainer_checkpoints_load_without_scaffold(workdir, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_trainer_resumes_from_checkpoint(workdir, family):
+def test_trainer_resumes_from_checkpoint(workdir, family, tmp_path):
     first, losses = trained(workdir, family)
-    trainer = _trainer(weighted_dir(workdir, family), Path(first.args.output_dir))
+    trainer = _trainer(weighted_dir(workdir, family), tmp_path)
     trainer.train(resume_from_checkpoint=str(Path(first.args.output_dir) / "checkpoint-2"))
     assert trainer.state.global_step == 4
     assert _losses(trainer)[2:] == losses[2:]  # steps 3 and 4 again, as the uninterrupted run took them
@@ -208,7 +208,7 @@ def test_trainer_resumes_from_checkpoint(workdir, family):
 
 
 def _saved_for_backward(model, ids: torch.Tensor) -> int:
-    """How many tensors one training forward keeps for backward."""
+    """How many tensor elements one training step keeps for backward."""
     count = []
 
     def pack(t):
