@@ -3,8 +3,8 @@
 Each family is built with ``scaffold new`` / ``scaffold build`` at tiny size, given weights (a seeded
 init, spread so that greedy decoding does not repeat one token) with ``save_pretrained``, and then used
 only through the tools' own entry points with ``trust_remote_code=True``, as README's "Using the model
-with..." section shows. lm-eval is checked by ``bench/ecosystem.py`` (its dependencies are too heavy
-for the dev extra).
+with..." section shows. lm-eval's ``HFLM`` is checked by ``bench/ecosystem.py`` (its dependencies are
+too heavy for the dev extra), which the last test runs where lm-eval is installed.
 """
 
 from __future__ import annotations
@@ -284,3 +284,19 @@ def test_trl_packing_keeps_documents_apart(workdir, family, tmp_path):
             torch.testing.assert_close(packed[start:end], alone, atol=1e-4, rtol=1e-4)
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+# -------------------------------------------------------------------------------------------- lm-eval
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lm_eval_loglikelihood_equals_the_logits(workdir, family):
+    """bench/ecosystem.py's check, where lm-eval is installed (it is not in the dev extra: too heavy)."""
+    pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install lm-eval)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ecosystem import check
+
+    module, theirs, ours = check(weighted_dir(workdir, family))
+    assert module.startswith("transformers_modules")  # HFLM loaded the generated code
+    assert len(set(theirs)) == len(theirs)  # four different requests, four different scores
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-5)
