@@ -24,6 +24,8 @@ from scaffold.build import build, load_project
 from scaffold.parts import part_sources
 from scaffold.render import create_project, rerender
 
+from .conftest import skip_unreliable_flex
+
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("causal_lm", "deepone", "single_head")
 TINY = {"num_hidden_layers": 2, "intermediate_size": 96, "vocab_size": 300}
@@ -70,6 +72,7 @@ def skip_unrunnable(family: str, backend: str, *, backward: bool = False) -> Non
         pytest.skip("this torch has no flex_attention")
     if backend == "flex_attention" and backward and not torch.cuda.is_available():
         pytest.skip("flex_attention has no backward on CPU")
+    skip_unreliable_flex(backend)
 
 
 @contextlib.contextmanager
