@@ -32,3 +32,20 @@ def build_model_dir(
     out = work_dir / "models" / name
     build(load_project(project), out, force=True)
     return out
+
+
+def build_shapes(out_dir: Path, shapes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Build each of ``shapes`` (name -> preset, model, batch, seq) into ``out_dir/NAME`` (replacing an
+    older one); returns the plan the GPU scripts run, ``{"shapes": {NAME: {dir, batch, seq}}}``."""
+    import shutil
+
+    plan: dict[str, Any] = {"shapes": {}}
+    for name, shape in shapes.items():
+        model_dir = build_model_dir(out_dir / ".work", name, shape["preset"], shape["model"])
+        target = out_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        model_dir.rename(target)
+        plan["shapes"][name] = {"dir": name, "batch": shape["batch"], "seq": shape["seq"]}
+        print(f"built {target}")
+    return plan

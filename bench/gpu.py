@@ -156,17 +156,9 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16 datash
 
 
 def prepare(out_dir: Path) -> None:
-    from _build import build_model_dir
+    from _build import build_shapes
 
-    plan = {"shapes": {}}
-    for name, shape in SHAPES.items():
-        model_dir = build_model_dir(out_dir / ".work", name, shape["preset"], shape["model"])
-        target = out_dir / name
-        if target.exists():
-            shutil.rmtree(target)
-        model_dir.rename(target)
-        plan["shapes"][name] = {"dir": name, "batch": shape["batch"], "seq": shape["seq"]}
-        print(f"built {target}")
+    plan = build_shapes(out_dir, SHAPES)
     # every reproduced family at the 160M-class shape, beside its transformers config (bench/families.py)
     import families
     from transformers import AutoConfig

@@ -55,17 +55,9 @@ PARALLEL = ("fsdp2", "ddp", "tp")
 
 
 def prepare(out_dir: Path) -> None:
-    from _build import build_model_dir
+    from _build import build_shapes
 
-    plan = {"shapes": {}}
-    for name, shape in SHAPES.items():
-        model_dir = build_model_dir(out_dir / ".work", name, shape["preset"], shape["model"])
-        target = out_dir / name
-        if target.exists():
-            shutil.rmtree(target)
-        model_dir.rename(target)
-        plan["shapes"][name] = {"dir": name, "batch": shape["batch"], "seq": shape["seq"]}
-        print(f"built {target}")
+    plan = build_shapes(out_dir, SHAPES)
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
     (out_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     print(f"wrote {out_dir / 'plan.json'}; on the GPU machine: python bench/gpu_dist.py --run {out_dir}")

@@ -142,6 +142,22 @@ def build(
     option = "--output-dir" if output_dir is not None else ""
     atomic.check_replaceable(out, protect=(project.path,), option=option, contents=False)
     note = prepare(project)
+    return _build_prepared(
+        project, out, note, force=force, save_weights=save_weights, weights=weights, option=option
+    )
+
+
+def _build_prepared(
+    project: Project,
+    out: Path,
+    note: str | None,
+    *,
+    force: bool,
+    save_weights: bool = False,
+    weights: WeightOptions | None = None,
+    option: str = "",
+) -> BuildResult:
+    """:func:`build` once the target is known to be replaceable and the project is prepared."""
     record = inputs_record(project, save_weights, weights)
     with atomic.locked(out):  # a second build of the same folder waits here
         atomic.sweep(out)  # what an interrupted build left beside the folder
@@ -225,9 +241,8 @@ def build_for_test(
     made is kept as it is (its weights are what gets tested); anything else builds as usual (``force``:
     a stale or damaged build is rebuilt, as ``scaffold build --force`` does)."""
     out = Path(output_dir) if output_dir is not None else default_output_dir(project)
-    atomic.check_replaceable(
-        out, protect=(project.path,), option="--output-dir" if output_dir else "", contents=False
-    )
+    option = "--output-dir" if output_dir is not None else ""
+    atomic.check_replaceable(out, protect=(project.path,), option=option, contents=False)
     note = prepare(project)  # first: a tokenizer remade here makes the build below stale, as it should
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
@@ -242,10 +257,7 @@ def build_for_test(
                 return BuildResult(out, False, f"up to date, kept: {out}")
             if not force:
                 raise damage
-    result = build(project, output_dir, force=force)
-    if note:
-        result.message = f"{note}\n{result.message}"
-    return result
+    return _build_prepared(project, out, note, force=force, option=option)
 
 
 def _damage(out: Path, stamp: Mapping[str, Any]) -> IntegrityError | None:
@@ -328,8 +340,9 @@ def make_config(project: Project, tokenizer) -> Any:
     return config
 
 
-def stamp_configuration(out: Path, configuration_file: str, code: Mapping[str, str]) -> None:
-    """End the model directory's configuration file with the sha256 of each other code file beside it.
+def stamped_code(code: Mapping[str, str], configuration_file: str) -> dict[str, str]:
+    """The code files as a build writes them: the configuration file ends with the sha256 of each other
+    code file beside it.
 
     In a running Python process, transformers reuses a configuration class while its file's bytes (and
     the folder's name) are unchanged, and keeps the model class it first loaded registered for that
@@ -338,14 +351,16 @@ def stamp_configuration(out: Path, configuration_file: str, code: Mapping[str, s
     next ``from_pretrained`` imports the new code (a notebook, the Python API, ``CliRunner`` tests).
     """
     lines = [
-        f"# built with {name} sha256 {sha256_file(out / name)}"
-        for name in sorted(code)
+        f"# built with {name} sha256 {hashlib.sha256(text.encode('utf-8')).hexdigest()}"
+        for name, text in sorted(code.items())
         if name != configuration_file
     ]
-    path = out / configuration_file
-    text = path.read_text(encoding="utf-8")
     note = "# (a new model file makes a new configuration class: a running Python process loads the new code)"
-    path.write_text(text.rstrip("\n") + "\n\n" + "\n".join([*lines, note]) + "\n", encoding="utf-8")
+    out = dict(code)
+    out[configuration_file] = (
+        code[configuration_file].rstrip("\n") + "\n\n" + "\n".join([*lines, note]) + "\n"
+    )
+    return out
 
 
 def write_model_dir(
@@ -361,9 +376,8 @@ def write_model_dir(
     check_vocab(project, tokenizer)
     config = make_config(project, tokenizer)
     config.save_pretrained(out)
-    for name, text in project.code.items():
+    for name, text in stamped_code(project.code, project.blueprint.meta["configuration_file"]).items():
         (out / name).write_text(text, encoding="utf-8")
-    stamp_configuration(out, project.blueprint.meta["configuration_file"], project.code)
     tokenizer.save_pretrained(out)
     special = {k: v for k, v in tokenizer.special_tokens_map.items()}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
