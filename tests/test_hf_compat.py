@@ -153,29 +153,17 @@ def test_attentions_and_scores_equal_transformers_llama(tmp_path):
     """The generated Llama's attention weights and sequence scores equal transformers' own classes'."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from ._parity import scaffold_model
+    from ._parity import TINY_HF, scaffold_model
 
     hf_config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        max_position_embeddings=128,
+        **TINY_HF,
         pad_token_id=1,
         num_labels=3,
     )
     torch.manual_seed(0)
     theirs = LlamaForCausalLM._from_config(hf_config, attn_implementation="eager").eval()
     table = {
-        "vocab_size": 300,
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 96,
-        "max_position_embeddings": 128,
+        **TINY_HF,
         "rms_norm_eps": hf_config.rms_norm_eps,
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,
