@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, atomic, manifest
+from .arch.hf_config import to_hf
 from .atomic import sha256_file
 from .errors import IntegrityError, ProjectError, writing
 from .project import Project as Project  # re-exported: the Python API has imported it from here
@@ -306,20 +307,7 @@ def make_config(project: Project, tokenizer) -> Any:
     """The model configuration: the manifest's [model] table plus the tokenizer's special ids."""
     meta = project.blueprint.meta
     config_cls = import_config_class(project)
-    model = dict(project.manifest["model"])
-    if "rope_theta" in model:  # transformers 5.x keeps RoPE settings in one rope_parameters table
-        scaling = dict(model.pop("rope_scaling", None) or {})
-        kind = scaling.pop("rope_type", scaling.pop("type", "default"))
-        model["rope_parameters"] = {
-            "rope_type": kind,
-            "rope_theta": float(model.pop("rope_theta")),
-            **scaling,
-        }
-        # as transformers keeps it: in the RoPE table, and only there (transformers would copy a
-        # top-level partial_rotary_factor into the table of some RoPE types and not of others)
-        factor = model.pop("partial_rotary_factor", 1.0)
-        if factor < 1:
-            model["rope_parameters"]["partial_rotary_factor"] = float(factor)
+    model = to_hf(project.architecture, project.manifest["model"])
     config = config_cls(
         **model,
         bos_token_id=tokenizer.bos_token_id,

@@ -1,12 +1,11 @@
 """The architecture as a picture: a decoder's structure as a Mermaid diagram and as compact text.
 
-Everything here is a pure function of a *structure*: a plain mapping of the manifest's structural
-``[model]`` keys (norm type and placement, residual paths, position encoding, qk-norm, MLP kind,
-biases, softcaps, per-layer attention types) plus the sizes the labels show. :func:`structure_of`
-makes one from a manifest's ``[model]`` table and the family's structural defaults (its
-``blueprint.toml`` ``[structure]``), so a structural key set in the manifest wins over the family's
-choice. Keys the generated code does not offer yet (qk-norm, softcaps, parallel residual, ...) are
-drawn all the same, so the drawing is ready for them.
+Everything here is a pure function of the resolved architecture (``scaffold.arch``):
+:func:`diagram_structure` reads an :class:`~scaffold.arch.Architecture` into the view the drawings
+label (the structural keys as the manifest spells them, the sizes, each layer's attention type), and
+:func:`structure_of` resolves a ``[model]`` table over a family's ``[structure]`` first, so a
+structural key set in the manifest wins over the family's choice. There are no defaults here: they
+are the schema's, applied once when the architecture is resolved.
 
 :func:`mermaid` draws one decoder layer and the whole stack (the model card embeds it; the Hugging
 Face hub and GitHub render it). Node ids are fixed and each structural key decides its own nodes and
@@ -19,45 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Every structural key with its value when neither the manifest nor the family says otherwise
-# (a Llama-style decoder): scaffold.schema.STRUCTURE's keys and those still to come.
-STRUCTURE_DEFAULTS: dict[str, Any] = {
-    "norm_type": "rmsnorm",  # rmsnorm | layernorm | rmsnorm_unit_offset
-    "norm_bias": True,  # LayerNorm's bias
-    "norm_position": "pre",  # pre | post | sandwich | post_sublayer | deepnorm
-    "parallel_residual": False,
-    "attention": "multi_head",  # multi_head | single_head (one head, x W_qk x^T scores, no o_proj)
-    "position_embedding": "rope",  # rope | alibi | sinusoidal | learned | none
-    "partial_rotary_factor": 1.0,
-    "qk_norm": "none",  # none | head | full
-    "attention_bias": False,
-    "qkv_bias": False,
-    "mlp_bias": False,
-    "lm_head_bias": False,
-    "mlp": "gated",  # gated | plain
-    "hidden_act": "silu",
-    "attn_logit_softcapping": None,
-    "final_logit_softcapping": None,
-    "query_pre_attn_scalar": None,
-    "embedding_scale": "none",  # none | sqrt_hidden
-    "layer_types": None,  # one of full_attention | sliding_attention per layer; None: all full
-    "sliding_window": None,
-}
-STRUCTURE_KEYS = tuple(STRUCTURE_DEFAULTS)
-
-SIZE_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "intermediate_size",
-    "tie_word_embeddings",
-    "rope_theta",
-    "alibi_trainable",
-    "alibi_slope_init",
-)
+from .arch import Architecture, resolve
 
 NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "rmsnorm_unit_offset": "RMSNorm (1 + w)"}
 POSITION_NAMES = {
@@ -69,38 +30,40 @@ POSITION_NAMES = {
 }
 
 
+def diagram_structure(a: Architecture) -> dict[str, Any]:
+    """What the drawings read, from the resolved architecture alone: every structural key, the sizes
+    the labels show, each layer's attention type and the window."""
+    s: dict[str, Any] = dict(a.structure)
+    s.update(
+        vocab_size=a.vocab_size,
+        hidden_size=a.hidden_size,
+        intermediate_size=a.mlp.intermediate_size,
+        num_hidden_layers=a.num_hidden_layers,
+        num_attention_heads=1 if a.attention.single_head else a.attention.num_heads or 1,
+        num_key_value_heads=1 if a.attention.single_head else a.attention.num_kv_heads or 1,
+        head_dim=a.hidden_size if a.attention.single_head else a.attention.head_dim,
+        tie_word_embeddings=a.tie_word_embeddings,
+        alibi_trainable=a.alibi_trainable,
+        final_norm=a.norm.final,  # post-norm blocks already end in a norm
+        layer_types=a.layer_types,
+        sliding_window=a.sliding_window,
+    )
+    if a.rope is not None:
+        s["rope_theta"] = a.rope.theta
+    return s
+
+
 def structure_of(
     model: Mapping[str, Any], family_defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The structure of a decoder: structural keys from ``model`` (a manifest's ``[model]`` table) over
-    ``family_defaults`` over :data:`STRUCTURE_DEFAULTS`, plus the sizes the diagrams label."""
-    family = dict(family_defaults or {})
-    s: dict[str, Any] = dict(STRUCTURE_DEFAULTS)
-    for key in s:
-        if key in model:
-            s[key] = model[key]
-        elif key in family:
-            s[key] = family[key]
-    layers = int(model.get("num_hidden_layers", family.get("num_hidden_layers", 1)))
-    heads = 1 if s["attention"] == "single_head" else model.get("num_attention_heads", 1)
-    hidden = model.get("hidden_size", 0)
-    s.update({k: model[k] for k in SIZE_KEYS if k in model})
-    s["num_hidden_layers"] = layers
-    s["num_attention_heads"] = heads
-    s.setdefault("num_key_value_heads", heads)
-    s.setdefault("head_dim", hidden // heads if heads else hidden)
-    s.setdefault("tie_word_embeddings", False)
-    s["final_norm"] = s["norm_position"] != "post"  # post-norm blocks already end in a norm
-    if s["layer_types"] is None:
-        kind = "sliding_attention" if s["sliding_window"] else "full_attention"
-        s["layer_types"] = [kind] * layers
-    return s
+    """The drawn structure of a ``[model]`` table over a family's ``[structure]`` defaults."""
+    return diagram_structure(resolve({**dict(family_defaults or {}), **model}, model_keys=model))
 
 
 def project_structure(
     manifest: Mapping[str, Any], family_defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The structure of a manifest (a resolved one holds every structural key its family sets);
+    """The drawn structure of a manifest (a resolved one holds every structural key its family sets);
     ``family_defaults``: the family's ``[structure]`` table, for the keys the manifest lacks."""
     return structure_of(manifest.get("model", {}), family_defaults)
 

@@ -11,37 +11,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import schema
+from . import arch, schema
+from .arch.hf_config import from_hf
 from .blueprints import Blueprint
 from .errors import DataError, UsageError
 
 
 def accepted_keys(bp: Blueprint, structure: Mapping[str, Any]) -> set[str]:
     """The ``[model]`` keys ``bp`` accepts with ``structure`` (as ``manifest.validate`` does)."""
-    return (
-        set(bp.model_keys)
-        | set(schema.STRUCTURE)
-        | set(schema.UNIVERSAL_MODEL_KEYS)
-        | set(schema.companions(structure))
-    )
+    return arch.accepted_keys(bp.model_keys, structure)
 
 
 def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
     """The ``[model]`` table that reproduces a transformers config of ``bp``'s family: its sizes and
     every structural key it sets; the family's structure fills the rest."""
-    config = dict(config)
-    # keys the family's transformers config spells its own way (GPT-NeoX: use_parallel_residual, rotary_pct)
-    for theirs, ours in bp.meta.get("import_renames", {}).items():
-        if theirs in config:
-            config.setdefault(ours, config.pop(theirs))
-    rope = dict(config.get("rope_parameters") or {})
-    if rope or "rope_theta" in config:
-        config["rope_theta"] = float(rope.pop("rope_theta", config.get("rope_theta", 10000.0)))
-        scaling = dict(config.get("rope_scaling") or rope)
-        # transformers keeps the rotated fraction of each head in the RoPE table; the manifest has a key
-        config.setdefault("partial_rotary_factor", scaling.pop("partial_rotary_factor", 1.0))
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        config["rope_scaling"] = {"rope_type": kind, **scaling} if kind != "default" else None
+    config = from_hf(config, bp.meta.get("import_renames", {}))
     structure = schema.structure_of(
         {**bp.structure, **{k: config[k] for k in schema.STRUCTURE if k in config}}
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import tomli_w
 
-from . import schema
+from . import arch, schema
 from .errors import ManifestError, UsageError
 
 if sys.version_info >= (3, 11):
@@ -140,8 +140,7 @@ def validate(
     model = manifest.get("model")
     if allowed_model is not None and isinstance(model, Mapping):
         # every family accepts the structural keys, and the number keys its structure needs
-        allowed_model |= set(schema.STRUCTURE) | set(schema.UNIVERSAL_MODEL_KEYS)
-        allowed_model |= set(schema.companions(schema.structure_of(model)))
+        allowed_model = arch.accepted_keys(allowed_model, schema.structure_of(model))
     for section, values in manifest.items():
         if section not in schema.SECTIONS:
             problems.append((section, f"unknown section; expected one of {', '.join(schema.SECTIONS)}"))
@@ -274,7 +273,7 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
         k.startswith("generation.") for k in skip
     ):
         problems.extend(generation_problems(generation))
-    problems.extend(_structure_checks(m, model))
+    problems.extend(arch.problems(model, m.get("test")))
     tok = section("tokenizer")
     kind = tok.get("kind", "byte")
     files = tok.get("files")
@@ -293,78 +292,6 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
     if kind == "pretrained" and not tok.get("path"):
         problems.append(
             ("tokenizer.path", "a pretrained tokenizer needs a path to a tokenizer.json or folder")
-        )
-    return problems
-
-
-def _structure_checks(m: Mapping[str, Any], model: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Combinations of structural keys the generated code cannot express, each named."""
-    structure = schema.structure_of(model)
-    problems: list[tuple[str, str]] = []
-    position = structure["position_embedding"]
-    if structure["attention"] == "single_head" and position != "alibi":
-        problems.append(
-            (
-                "model.attention",
-                f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}",
-            )
-        )
-    if structure["parallel_residual"] and structure["norm_position"] != "pre":
-        problems.append(
-            (
-                "model.parallel_residual",
-                f"needs norm_position = pre; norm_position is {structure['norm_position']!r}",
-            )
-        )
-    factor = structure["partial_rotary_factor"]
-    if isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor < 1:
-        if position != "rope":
-            problems.append(
-                (
-                    "model.partial_rotary_factor",
-                    f"partial rotary needs position_embedding = rope, not {position!r}",
-                )
-            )
-    layout = structure["qkv_layout"]
-    if layout != "separate" and structure["attention"] != "multi_head":
-        problems.append(("model.qkv_layout", f"{layout} needs attention = multi_head"))
-    if layout != "separate" and structure["qk_norm"] != "none":
-        problems.append(
-            ("model.qk_norm", f"a q/k norm needs qkv_layout = separate; qkv_layout is {layout!r}")
-        )
-    if layout == "fused_per_head":
-        heads, kv = model.get("num_attention_heads"), model.get("num_key_value_heads")
-        if kv is not None and kv != heads:
-            problems.append(
-                (
-                    "model.qkv_layout",
-                    f"fused_per_head interleaves one k and one v per query head; num_key_value_heads = {kv} "
-                    f"differs from num_attention_heads = {heads}",
-                )
-            )
-    if structure["mlp_layout"] == "fused" and structure["mlp"] != "gated":
-        problems.append(
-            ("model.mlp_layout", "fused stores a gated MLP's gate and up projections; mlp is 'plain'")
-        )
-    for key in ("qkv_layout", "mlp_layout"):
-        if structure["init"] == "deepnet" and structure[key] != "separate":
-            problems.append(
-                (f"model.{key}", f"init = deepnet sets a gain per projection; it needs {key} = separate")
-            )
-    if position != "rope" and model.get("rope_scaling"):
-        problems.append(
-            ("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing")
-        )
-    problems.extend(_attention_layout_checks(model, structure))
-    test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
-    backend = test.get("attn_implementation")
-    problems.extend(_score_checks(model, structure, backend))
-    if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
-        problems.append(
-            (
-                "test.attn_implementation",
-                f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa",
-            )
         )
     return problems
 
@@ -393,57 +320,3 @@ def generation_problems(table: Mapping[str, Any]) -> list[tuple[str, str]]:
     finally:
         hf_logging.set_verbosity(verbosity)
     return []
-
-
-def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """qk-norm, sliding windows and per-layer attention types against the attention they act on."""
-    problems: list[tuple[str, str]] = []
-    single = structure["attention"] == "single_head"
-    if single and structure["qk_norm"] != "none":
-        problems.append(
-            ("model.qk_norm", "single_head attention has no separate queries and keys to normalise")
-        )
-    if single and structure["qkv_bias"]:
-        problems.append(("model.qkv_bias", "single_head attention has no query and key projections"))
-    windowed = model.get("sliding_window") is not None or model.get("layer_types") is not None
-    if windowed and (single or structure["position_embedding"] == "alibi"):
-        key = "model.sliding_window" if model.get("sliding_window") is not None else "model.layer_types"
-        problems.append(
-            (key, "sliding windows need multi_head attention without ALiBi (its bias spans every key)")
-        )
-    types = model.get("layer_types")
-    if isinstance(types, list):
-        layers = model.get("num_hidden_layers")
-        if isinstance(layers, int) and not isinstance(layers, bool) and len(types) != layers:
-            problems.append(
-                ("model.layer_types", f"has {len(types)} entries for num_hidden_layers = {layers}")
-            )
-        if "sliding_attention" in types and model.get("sliding_window") is None:
-            problems.append(
-                ("model.layer_types", "names sliding_attention layers but model.sliding_window is not set")
-            )
-    return problems
-
-
-def _score_checks(
-    model: Mapping[str, Any], structure: Mapping[str, Any], backend: Any
-) -> list[tuple[str, str]]:
-    """Soft-capping and query_pre_attn_scalar against the attention they act on and its backend."""
-    problems: list[tuple[str, str]] = []
-    if structure["attn_logit_softcapping"] is not None and backend == "sdpa":
-        problems.append(
-            (
-                "test.attn_implementation",
-                "sdpa cannot soft-cap attention scores (model.attn_logit_softcapping is set); "
-                "use eager, flex_attention or flash_attention_2",
-            )
-        )
-    if structure["attention"] == "single_head":
-        for key in ("attn_logit_softcapping", "query_pre_attn_scalar"):
-            if structure[key] is not None:
-                problems.append((f"model.{key}", "single_head attention scores by its own rule; unset it"))
-    elif structure["position_embedding"] == "alibi" and structure["attn_logit_softcapping"] is not None:
-        problems.append(
-            ("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it")
-        )
-    return problems

@@ -23,7 +23,7 @@ How a projection may be split follows from the layout:
 - The output head is split on the vocabulary and gathered (``colwise_rep``), which also matches an
   input embedding tied to it (transformers splits ``embed_tokens`` on the vocabulary).
 
-The layout follows from the resolved structure and the family's parameter names (``[names]``); the
+The layout follows from the resolved architecture and its family's module names (``[names]``); the
 ``[parallel]`` table of a blueprint.toml may set any :class:`Layout` field on top, the style of any
 projection included (``styles``).
 """
@@ -34,11 +34,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from . import schema
+from .arch import Architecture
 from .errors import BlueprintError
 
 # The styles a plan here may use: present in every transformers 5.x release scaffold supports.
 STYLES = ("colwise", "rowwise", "colwise_rep", "rowwise_rep", "replicate")
-QK_NORMS = ("none", "head", "full")  # as scaffold/schema.py spells them
 QKV_LAYOUTS = ("interleaved", "blocks")
 HEADS = ("split", "whole")
 
@@ -80,7 +81,7 @@ def layout_from(data: Mapping[str, Any], *, path: Any = None) -> Layout:
             raise BlueprintError(
                 f"unknown key; known: {', '.join(sorted(known))}", path=path, key=f"parallel.{key}"
             )
-    for key, allowed in (("qk_norm", QK_NORMS), ("qkv_layout", QKV_LAYOUTS), ("heads", HEADS)):
+    for key, allowed in (("qk_norm", schema.QK_NORMS), ("qkv_layout", QKV_LAYOUTS), ("heads", HEADS)):
         if key in data and data[key] not in allowed:
             raise BlueprintError(
                 f"{data[key]!r} is not one of {', '.join(allowed)}", path=path, key=f"parallel.{key}"
@@ -194,21 +195,22 @@ def render_plans(layout: Layout) -> RenderedPlans:
     return RenderedPlans(config=config, causal_lm=causal_lm)
 
 
-def layout_for(structure: Mapping[str, Any], names: Mapping[str, str]) -> Layout:
-    """The layout a resolved structure (``schema.structure_of``) and a family's parameter names give.
+def layout_for(a: Architecture) -> Layout:
+    """The layout of a resolved architecture, with its family's module names.
 
-    ALiBi (one slope vector over all heads) and single-head attention keep whole heads; a q/k norm
-    (``qk_norm``: "head" or "full") and a fused qkv projection (``qkv``: "interleaved" or "blocks") are
-    read when the structure has them; a post-norm decoder has no final norm; a plain MLP no gate.
+    ALiBi (one slope vector over all heads) and single-head attention keep whole heads; a q/k norm over
+    the full width gathers; a fused qkv projection is split by heads when it is interleaved per head
+    (``qkv_layout = fused_per_head``: GPT-NeoX) and gathered when stored as [q; k; v] blocks
+    (``fused``: Phi-3); a fused [gate; up] projection is gathered; a post-norm decoder has no final
+    norm; a plain MLP no gate.
     """
-    single = structure.get("attention") == "single_head"
-    qkv = structure.get("qkv", "separate")
-    fused = qkv in QKV_LAYOUTS
-    whole = single or structure.get("position_embedding") == "alibi"
+    names = a.names
+    single = a.attention.single_head
+    fused = a.attention.fused
     return Layout(
         embed_tokens=names["embed_tokens"],
         layers=names["layers"],
-        norm=names["norm"] if structure.get("norm_position") != "post" else "",
+        norm=names["norm"] if a.norm.final else "",
         lm_head=names["lm_head"],
         attention=names["self_attn"],
         q_proj="" if fused else names["qk_proj"] if single else names["q_proj"],
@@ -216,23 +218,22 @@ def layout_for(structure: Mapping[str, Any], names: Mapping[str, str]) -> Layout
         v_proj="" if fused else names["v_proj"],
         o_proj="" if single else names["o_proj"],
         qkv_proj=names["qkv_proj"] if fused else "",
-        qkv_layout=qkv if fused else "blocks",
-        qk_norm=structure.get("qk_norm", "none"),
-        heads="whole" if whole else "split",
+        qkv_layout="interleaved" if a.attention.qkv_layout == "fused_per_head" else "blocks",
+        qk_norm=a.attention.qk_norm,
+        heads="whole" if single or a.alibi else "split",
         mlp=names["mlp"],
-        gate_proj=names["gate_proj"] if structure.get("mlp") == "gated" else "",
-        up_proj=names["up_proj"],
+        gate_proj=names["gate_proj"] if a.mlp.gated and not a.mlp.fused else "",
+        up_proj="" if a.mlp.fused else names["up_proj"],
         down_proj=names["down_proj"],
+        gate_up_proj=names["gate_up_proj"] if a.mlp.fused else "",
     )
 
 
-def plans_for(blueprint: Any, model: Mapping[str, Any]) -> RenderedPlans:
-    """The rendered plans of a family's project: its structure and names, with the ``[parallel]``
-    table of its blueprint.toml (any :class:`Layout` field) on top."""
+def plans_for(blueprint: Any, a: Architecture) -> RenderedPlans:
+    """The rendered plans of a family's project: its architecture, with the ``[parallel]`` table of its
+    blueprint.toml (any :class:`Layout` field) on top."""
     from dataclasses import asdict
 
-    from .schema import structure_of
-
-    derived = asdict(layout_for(structure_of(model), blueprint.names))
+    derived = asdict(layout_for(a))
     layout = layout_from({**derived, **blueprint.parallel}, path=blueprint.path / "blueprint.toml")
     return render_plans(layout)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest, schema
+from .arch import Architecture, for_blueprint
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .errors import ManifestError, ProjectError
@@ -56,6 +57,11 @@ class Project:
         return schema.structure_of(self.manifest.get("model", {})) != schema.structure_of(
             self.file_manifest.get("model", {})
         )
+
+    @cached_property
+    def architecture(self) -> Architecture:
+        """The resolved architecture of this project as resolved (command line included)."""
+        return for_blueprint(self.blueprint, self.manifest.get("model", {}))
 
     @cached_property
     def rendering(self) -> dict[str, str]:

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, atomic, manifest
+from .arch import Architecture, for_blueprint
 from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
-from .diagram import mermaid_block, project_structure
+from .diagram import diagram_structure, mermaid_block
 from .errors import BlueprintError, ProjectError, UsageError, one_line
 from .parts import part_sources
 from .plans import plans_for
@@ -106,41 +107,36 @@ CONFIG_COMMENTS = {
 }
 
 
-def partial_rotary(arch: Mapping[str, Any]) -> bool:
-    """Whether RoPE turns only the first features of each head (partial_rotary_factor below 1)."""
-    return arch["position_embedding"] == "rope" and arch["partial_rotary_factor"] < 1
-
-
-def plan_parts(arch: Mapping[str, Any]) -> list[str]:
+def plan_parts(a: Architecture) -> list[str]:
     """The parts a structure uses, in the order the modeling file pastes them (dependencies first)."""
-    parts = [NORM_CLASSES[arch["norm_type"]]] if arch["norm_type"] != "layernorm" else []
-    if arch["embedding_scale"] == "sqrt_hidden":
+    parts = [NORM_CLASSES[a.norm.type]] if a.norm.type != "layernorm" else []
+    if a.embedding_scale == "sqrt_hidden":
         parts += ["ScaledWordEmbedding"]
-    position = arch["position_embedding"]
-    if position == "rope":
+    single = a.attention.single_head
+    if a.rope is not None:
         parts += ["rope_inv_freq", "yarn_inv_freq", "rope_attention_factor", "RotaryEmbedding"]
         parts += ["rotate_half", "apply_rotary_pos_emb"]
-        parts += ["apply_partial_rotary_pos_emb"] if partial_rotary(arch) else []
-    elif position == "sinusoidal":
+        parts += ["apply_partial_rotary_pos_emb"] if a.rope.partial else []
+    elif a.position_embedding == "sinusoidal":
         parts += ["SinusoidalPositionEmbedding"]
-    elif position == "alibi":
-        parts += ["alibi_slopes"] if arch["attention"] == "multi_head" else []
+    elif a.alibi:
+        parts += ["alibi_slopes"] if not single else []
         parts += ["AlibiSlopes", "alibi_attention_mask"]
     parts += ["repeat_kv", "mha_eager_attention_forward", "eager_attention_forward"]
-    if position == "alibi":
+    if a.alibi:
         parts += ["flex_alibi_attention_forward", "alibi_attention_forward"]
-    parts += {"fused": ["split_qkv"], "fused_per_head": ["split_qkv_per_head"]}.get(arch["qkv_layout"], [])
-    if arch["attn_logit_softcapping"] is not None or arch["final_logit_softcapping"] is not None:
+    parts += {"fused": ["split_qkv"], "fused_per_head": ["split_qkv_per_head"]}.get(a.attention.qkv_layout, [])
+    if a.attention.softcap is not None or a.final_logit_softcapping is not None:
         parts += ["logit_softcap"]
-    if arch["attn_logit_softcapping"] is not None and arch["attention"] == "multi_head":
+    if a.attention.softcap is not None and not single:
         parts += ["softcap_eager_attention_forward"]
-    if arch["hidden_act"] == "gelu_pytorch_tanh":
+    if a.mlp.act == "gelu_pytorch_tanh":
         parts += ["gelu_pytorch_tanh"]
-    if arch["norm_position"] == "deepnorm":
+    if a.norm.position == "deepnorm":
         parts += ["deepnet_alpha"]
-    if arch["init"] == "deepnet":
+    if a.init == "deepnet":
         parts += ["deepnet_beta"]
-    if arch["init"] == "scaled_normal":
+    if a.init == "scaled_normal":
         parts += ["truncated_normal_"]
     return parts
 
@@ -167,28 +163,29 @@ def _annotation(key: str, default: Any) -> str:
     return f"{text} | None" if default is None else text
 
 
-def config_fields(bp: Blueprint, arch: Mapping[str, Any]) -> list[dict[str, str]]:
+def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
     """The number fields of the configuration class: what the family and its structure understand, with
     the family's defaults. Depends on the family and the structure only, never on a project's numbers
     (so a build with other numbers needs no new code)."""
     from . import schema
 
+    arch = a.structure
     # the number-valued structural keys that are set: their code reads the value, so it is config
     numeric = {k: arch[k] for k in schema.NUMERIC_STRUCTURE if arch[k] is not None}
     defaults = {**schema.companions(arch), **bp.defaults.get("model", {}), **numeric}
     keys = (set(bp.model_keys) | set(schema.companions(arch)) | set(schema.UNIVERSAL_MODEL_KEYS)) - set(arch)
     keys |= set(numeric)
-    if arch["attention"] == "multi_head":
+    if not a.attention.single_head:
         keys |= {"num_attention_heads", "num_key_value_heads", "head_dim"}
-    if arch["position_embedding"] == "rope":
+    if a.rope is not None:
         keys = (keys - {"rope_theta", "rope_scaling"}) | {"rope_parameters"}
     else:
         keys -= {"rope_theta", "rope_scaling"}
-    if arch["position_embedding"] != "alibi":
+    if not a.alibi:
         keys -= {"alibi_trainable"}
-    if arch["attention"] != "single_head":
+    if not a.attention.single_head:
         keys -= {"alibi_slope_init"}
-    if arch["init"] not in ("scaled_normal", "normal"):
+    if a.init not in ("scaled_normal", "normal"):
         keys -= {"initializer_range"} - set(bp.defaults.get("model", {}))
     ordered = [k for k in CONFIG_ORDER if k in keys] + sorted(keys - set(CONFIG_ORDER))
     fields = []
@@ -215,93 +212,95 @@ def _wrap(text: str, width: int = 100) -> str:
     return "\n".join(textwrap.wrap(text, width=width, break_long_words=False, break_on_hyphens=False))
 
 
-def _mlp_doc(arch: Mapping[str, Any]) -> str:
-    act = arch["hidden_act"]
-    if arch["mlp"] == "gated":
+def _mlp_doc(a: Architecture) -> str:
+    act = a.mlp.act
+    if a.mlp.gated:
         named = {"silu": "SwiGLU", "relu": "GLU-ReLU", "gelu": "GeGLU", "gelu_pytorch_tanh": "GeGLU (tanh)"}
         kind = named.get(act, f"gated {act}") + " feed-forward"
-        kind += " (gate and up fused in one projection)" if arch["mlp_layout"] == "fused" else ""
+        kind += " (gate and up fused in one projection)" if a.mlp.fused else ""
     else:
         kind = f"{act} MLP"
-    return kind + (" with biases" if arch["mlp_bias"] else "")
+    return kind + (" with biases" if a.mlp.bias else "")
 
 
-def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
+BLOCK_FORMULAS = {
+    "pre": "Pre-norm blocks, ``x = x + attn({n}(x)); x = x + mlp({n}(x))``",
+    "post": "Post-norm blocks, ``x = {n}(x + attn(x)); x = {n}(x + mlp(x))``",
+    "deepnorm": "DeepNorm blocks (Wang et al., 2022), ``x = {n}(alpha * x + attn(x)); "
+    "x = {n}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
+    "post_sublayer": "Post-sublayer-norm blocks, ``x = x + {n}(attn(x)); x = x + {n}(mlp(x))``",
+    "sandwich": "Sandwich-norm blocks, ``x = x + {n}(attn({n}(x))); x = x + {n}(mlp({n}(x)))``",
+}
+POSITION_DOCS = {
+    "rope": "rotary position embeddings",
+    "alibi": "ALiBi attention biases instead of position embeddings",
+    "sinusoidal": "fixed sinusoidal position encodings added to the embeddings (computed, never stored)",
+    "learned": "learned absolute position embeddings added to the token embeddings",
+    "none": "no position information besides the causal mask",
+}
+
+
+def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
     """A title line and a paragraph saying what the structure is, for the modeling file and the card."""
-    norm = {"rmsnorm": "rmsnorm", "layernorm": "layernorm", "rmsnorm_unit_offset": "rmsnorm"}[
-        arch["norm_type"]
-    ]
-    norm_name = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "rmsnorm_unit_offset": "RMSNorm"}[
-        arch["norm_type"]
-    ]
-    if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
+    norm = "layernorm" if a.norm.type == "layernorm" else "rmsnorm"
+    norm_name = "LayerNorm" if a.norm.type == "layernorm" else "RMSNorm"
+    no_bias = a.norm.type == "layernorm" and not a.norm.bias
+    if no_bias:
         norm_name += " without bias"
-    blocks = {
-        "pre": f"Pre-norm blocks, ``x = x + attn({norm}(x)); x = x + mlp({norm}(x))``",
-        "post": f"Post-norm blocks, ``x = {norm}(x + attn(x)); x = {norm}(x + mlp(x))``",
-        "deepnorm": f"DeepNorm blocks (Wang et al., 2022), ``x = {norm}(alpha * x + attn(x)); "
-        f"x = {norm}(alpha * x + mlp(x))`` with alpha = (2L)^(1/4)",
-        "post_sublayer": f"Post-sublayer-norm blocks, ``x = x + {norm}(attn(x)); x = x + {norm}(mlp(x))``",
-        "sandwich": f"Sandwich-norm blocks, ``x = x + {norm}(attn({norm}(x))); x = x + {norm}(mlp({norm}(x)))``",
-    }[arch["norm_position"]]
-    if arch["parallel_residual"]:
+    blocks = BLOCK_FORMULAS[a.norm.position].format(n=norm)
+    if a.norm.parallel_residual:
         blocks = (
             f"Parallel-residual blocks, ``x = x + attn({norm}(x)) + mlp({norm}(x))`` (a norm for each): "
             "attention and the feed-forward read the same input"
         )
-    position = {
-        "rope": "rotary position embeddings",
-        "alibi": "ALiBi attention biases instead of position embeddings",
-        "sinusoidal": "fixed sinusoidal position encodings added to the embeddings (computed, never stored)",
-        "learned": "learned absolute position embeddings added to the token embeddings",
-        "none": "no position information besides the causal mask",
-    }[arch["position_embedding"]]
-    if partial_rotary(arch):
-        position = f"rotary position embeddings on the first {arch['partial_rotary_factor']:g} of each head's features"
-    if arch["attention"] == "single_head":
+    position = POSITION_DOCS[a.position_embedding]
+    if a.rope is not None and a.rope.partial:
+        position = f"rotary position embeddings on the first {a.rope.partial_rotary_factor:g} of each head's features"
+    att = a.attention
+    if att.single_head:
         attention = "one attention head with a fused query-key matrix and no output projection"
     else:
-        kind = "multi-head" if arch["qkv_layout"] == "fused_per_head" else "grouped-query"
+        kind = "multi-head" if att.qkv_layout == "fused_per_head" else "grouped-query"
         attention = f"{kind} attention"
-        if arch["attention_bias"]:
+        if att.bias:
             attention += " with biases"
-        elif arch["qkv_bias"]:
+        elif att.qkv_bias:
             attention += " with query, key and value biases"
-        if arch["qk_norm"] != "none":
-            width = "each head" if arch["qk_norm"] == "head" else "all heads at once"
+        if att.qk_norm != "none":
+            width = "each head" if att.qk_norm == "head" else "all heads at once"
             attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
         attention += {
             "fused": " (q, k and v from one projection stored [q; k; v])",
             "fused_per_head": " (q, k and v from one projection, interleaved per head)",
-        }.get(arch["qkv_layout"], "")
-    parts = [f"{blocks}, with {position}, {attention} and a {_mlp_doc(arch)}"]
-    if arch["norm_type"] == "layernorm" and not arch["norm_bias"]:
+        }.get(att.qkv_layout, "")
+    parts = [f"{blocks}, with {position}, {attention} and a {_mlp_doc(a)}"]
+    if no_bias:
         parts[0] += " (layer norms without bias)"
-    if arch["norm_position"] != "post":
+    if a.norm.final:
         parts[0] += f", and a final {norm_name.split()[0]}"
     parts[0] += "."
-    if arch["norm_type"] == "rmsnorm_unit_offset":
+    if a.norm.type == "rmsnorm_unit_offset":
         parts.append(
             "The RMS norms scale by (1 + w), computed in float32, with w starting at zero (Gemma's)."
         )
-    if arch["query_pre_attn_scalar"] is not None:
+    if att.query_pre_attn_scalar is not None:
         parts.append("Attention scores are scaled by query_pre_attn_scalar^-0.5.")
-    if arch["attn_logit_softcapping"] is not None:
+    if att.softcap is not None:
         parts.append("Attention scores are soft-capped, ``c * tanh(s / c)``, before the mask.")
-    if arch["final_logit_softcapping"] is not None:
+    if a.final_logit_softcapping is not None:
         parts.append("The output logits are soft-capped the same way.")
-    if arch["embedding_scale"] == "sqrt_hidden":
+    if a.embedding_scale == "sqrt_hidden":
         parts.append("Token embeddings are scaled by sqrt(d), rounded to the weights' dtype.")
-    if arch["lm_head_bias"]:
+    if a.lm_head_bias:
         parts.append("The output head has a bias.")
-    if arch["init"] == "deepnet":
+    if a.init == "deepnet":
         parts.append("Projections are initialised with DeepNet's gain beta = (8L)^(-1/4).")
     hf = bp.meta.get("transformers_class")
     if hf:
         parts.append(
             f"Parameter names are those of transformers' ``{hf}``, so its checkpoints load here unchanged."
         )
-    if arch["position_embedding"] == "alibi":
+    if a.alibi:
         parts.append(
             "Attention runs on eager, sdpa or flex_attention, with ALiBi as a float bias (eager, sdpa) or a score "
             "modifier (flex); masks (padding, packed sequences) come from transformers' mask builders. "
@@ -317,83 +316,74 @@ def describe(bp: Blueprint, arch: Mapping[str, Any]) -> tuple[str, str]:
     return f"A {bp.prefix}-family decoder-only language model in one file.", _wrap(" ".join(parts))
 
 
-def lora_targets(arch: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+def lora_targets(a: Architecture) -> list[str]:
     """The names of the linear layers inside the decoder layers (attention and MLP projections): what
     PEFT's ``target_modules`` must list for a model type it does not know."""
-    if arch.get("attention") == "single_head":
+    names = a.names
+    if a.attention.single_head:
         attention = [names["qk_proj"], names["v_proj"]]
-    elif arch.get("qkv_layout", "separate") != "separate":
+    elif a.attention.fused:
         attention = [names["qkv_proj"], names["o_proj"]]
     else:
         attention = [names[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    if arch.get("mlp") == "plain":
+    if not a.mlp.gated:
         mlp = [names["up_proj"], names["down_proj"]]
-    elif arch.get("mlp_layout", "separate") != "separate":
+    elif a.mlp.fused:
         mlp = [names["gate_up_proj"], names["down_proj"]]
     else:
         mlp = [names[k] for k in ("gate_proj", "up_proj", "down_proj")]
     return attention + mlp
 
 
-def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
-    """What the templates need besides the structure itself, derived from it here, once."""
+def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
+    """What the templates need besides the structure itself, derived from the architecture here, once."""
     from . import schema
 
-    arch = schema.structure_of(model)
-    act = arch["hidden_act"]
-    keys = set(bp.model_keys) | set(model)
-    parts = plan_parts(arch)
+    act = a.mlp.act
+    parts = plan_parts(a)
     sources = part_sources()
-    title, doc = describe(bp, arch)
-    multi = arch["attention"] == "multi_head"
+    title, doc = describe(bp, a)
+    multi = not a.attention.single_head
     if multi:
-        heads = model.get("num_attention_heads")
-        kv = model.get("num_key_value_heads", heads)
-        heads_text = f"{heads} query heads and {kv} key/value heads, "
+        heads_text = f"{a.attention.num_heads} query heads and {a.attention.num_kv_heads} key/value heads, "
     else:
         heads_text = "one attention head, "
-    sliding = "sliding_window" in keys and multi and arch["position_embedding"] != "alibi"
-    writers = (f"{bp.names['o_proj']} and " if multi else f"{bp.names['v_proj']} and ") + bp.names[
-        "down_proj"
-    ]
+    writers = (f"{a.names['o_proj']} and " if multi else f"{a.names['v_proj']} and ") + a.names["down_proj"]
+    mlp_doc = _mlp_doc(a)
     return {
         "title": title,
         "doc": doc,
         "heads_text": heads_text,
         "attention_doc": (
-            ("Multi-head" if arch["qkv_layout"] == "fused_per_head" else "Grouped-query")
+            ("Multi-head" if a.attention.qkv_layout == "fused_per_head" else "Grouped-query")
             + " self-attention"
-            + (" with RoPE" if arch["position_embedding"] == "rope" else "")
-            + (" with ALiBi biases" if arch["position_embedding"] == "alibi" else "")
+            + (" with RoPE" if a.rope is not None else "")
+            + (" with ALiBi biases" if a.alibi else "")
         ),
-        "mlp_doc": _mlp_doc(arch)[0].upper() + _mlp_doc(arch)[1:],
+        "mlp_doc": mlp_doc[0].upper() + mlp_doc[1:],
         "model_doc": (
-            "Embeddings, the decoder layers and the final norm"
-            if arch["norm_position"] != "post"
-            else "Embeddings and the decoder layers"
+            "Embeddings, the decoder layers and the final norm" if a.norm.final else "Embeddings and the decoder layers"
         ),
         "parts": parts,
-        "needs_math": arch["init"] == "scaled_normal" or any("math." in sources[p] for p in parts),
-        "norm": NORM_CLASSES[arch["norm_type"]],
-        "norm_eps": NORM_EPS[arch["norm_type"]],
+        "needs_math": a.init == "scaled_normal" or any("math." in sources[p] for p in parts),
+        "norm": NORM_CLASSES[a.norm.type],
+        "norm_eps": a.norm.eps_key,
         "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
         "act2fn": act not in TORCH_ACTIVATIONS,
-        "sliding_window": sliding,
+        "sliding_window": a.windowed,
         # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
-        "layer_types": bool({"layer_types", "sliding_window_pattern"} & keys)
-        and multi
-        and arch["position_embedding"] != "alibi",
-        "model_keys": sorted(keys),
+        "layer_types": a.per_layer_types,
+        "model_keys": sorted(a.model_keys),
         "numeric_structure": list(schema.NUMERIC_STRUCTURE),
-        "hidden_dropout": "hidden_dropout" in keys,
-        "final_norm": arch["norm_position"] != "post",
-        "positions": arch["position_embedding"] in ("rope", "sinusoidal", "learned"),
-        "partial_rotary": partial_rotary(arch),
-        "padding_idx": arch["init"] in ("scaled_normal", "normal"),
+        "hidden_dropout": "hidden_dropout" in a.model_keys,
+        "final_norm": a.norm.final,
+        "positions": a.rope is not None or a.absolute_positions,
+        "partial_rotary": a.rope is not None and a.rope.partial,
+        "padding_idx": a.init in ("scaled_normal", "normal"),
         "residual_writers": writers,
-        "linear_bias": arch["attention_bias"] or arch["mlp_bias"] or arch["lm_head_bias"],
-        "config_fields": config_fields(bp, arch),
-        "lora_targets": lora_targets(arch, bp.names),
+        "linear_bias": a.attention.bias or a.mlp.bias or a.lm_head_bias,
+        "config_fields": config_fields(bp, a),
+        "lora_targets": lora_targets(a),
     }
 
 
@@ -401,9 +391,8 @@ def template_data(
     bp: Blueprint, m: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The data Copier renders a family's templates with (docs/architecture.md, section 4)."""
-    from . import schema
-
     project = m.get("project", {})
+    a = for_blueprint(bp, m.get("model", {}))
     return {
         "project_name": project.get("name", ""),
         "preset": project.get("preset") or bp.default_preset,
@@ -413,7 +402,7 @@ def template_data(
         "manifest": m,
         "manifest_toml": manifest.dumps(m).rstrip(),
         "parts": part_sources(),
-        "architecture_mermaid": mermaid_block(project_structure(m, bp.structure)).rstrip(),
+        "architecture_mermaid": mermaid_block(diagram_structure(a)).rstrip(),
         "scaffold_version": __version__,
         "blueprint_name": bp.name,
         "blueprint_version": bp.version,
@@ -421,10 +410,12 @@ def template_data(
         "family": bp.name,
         "prefix": bp.prefix,
         "config_class": bp.meta["config_class"],
-        "arch": schema.structure_of(m.get("model", {})),
+        # the structural keys as the manifest spells them (the configuration class lists them)
+        "arch": dict(a.structure),
+        "architecture": a,
         "names": bp.names,
-        "plan": plan(bp, m.get("model", {})),
-        "plans": plans_for(bp, m.get("model", {})),  # tensor- and pipeline-parallel plans
+        "plan": plan(bp, a),
+        "plans": plans_for(bp, a),  # tensor- and pipeline-parallel plans
     }
 
 

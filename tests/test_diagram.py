@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from scaffold import schema
 from scaffold.blueprints import load as load_blueprint
 from scaffold.diagram import (
-    STRUCTURE_KEYS,
     mermaid,
     parameter_breakdown,
     project_structure,
@@ -21,6 +21,8 @@ from scaffold.diagram import (
 from .conftest import ROOT, TINY_LLAMA, make_project
 
 LLAMA = load_blueprint("llama").structure
+# what a drawing shows of the structure: every structural key, each layer's attention, the window
+STRUCTURE_KEYS = (*schema.STRUCTURE, "layer_types", "sliding_window")
 
 # What a reader must see in each shipped family's drawing (Mermaid and text alike).
 FAMILY_FEATURES = {
@@ -134,7 +136,9 @@ ONE_KEY_CHANGES = [
 )
 def test_one_structural_key_changes_one_place(key, value, where, shows, rows):
     """Two manifests differing in one structural key: the diagrams differ there and nowhere else."""
-    model = {**TINY_LLAMA, "sliding_window": 64}
+    # ALiBi and single-head attention cannot slide (their layers are all full): no window to compare
+    windowless = (key, value) in (("position_embedding", "alibi"), ("attention", "single_head"))
+    model = {**TINY_LLAMA, **({} if windowless else {"sliding_window": 64})}
     before = structure_of(model, LLAMA)
     after = structure_of({**model, key: value}, LLAMA)
     assert {k for k in STRUCTURE_KEYS if before[k] != after[k]} == {key}

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from scaffold.arch import for_blueprint
 from scaffold.blueprints import load as load_blueprint
 from scaffold.build import build, load_project
 from scaffold.construct import construct, default_dtype
@@ -178,7 +179,7 @@ def test_shipped_projects_carry_the_plans_of_their_structure(family):
 
     bp = load_blueprint(family)
     project = ROOT / "projects" / f"{family}_4m"
-    plans = plans_for(bp, manifest.load(project)["model"])
+    plans = plans_for(bp, for_blueprint(bp, manifest.load(project)["model"]))
     assert plans.config in (project / bp.meta["configuration_file"]).read_text()
     assert plans.causal_lm in (project / bp.meta["modeling_file"]).read_text()
 
@@ -187,13 +188,13 @@ def test_a_structural_change_changes_the_plan():
     """Llama's heads split; with ALiBi (one slope vector over all heads) they are gathered instead, and a
     post-norm decoder with a plain MLP has no final norm and no gate in its plans."""
     llama = load_blueprint("llama")
-    assert "colwise_rep" not in plans_for(llama, {}).config
-    alibi = plans_for(llama, {"position_embedding": "alibi"}).config
+    assert "colwise_rep" not in plans_for(llama, for_blueprint(llama, {})).config
+    alibi = plans_for(llama, for_blueprint(llama, {"position_embedding": "alibi"})).config
     assert (
         '"layers.*.self_attn.q_proj": "colwise_rep"' in alibi
         and '"layers.*.self_attn.o_proj": "rowwise_rep"' in alibi
     )
-    post = plans_for(llama, {"norm_position": "post", "mlp": "plain"}).config
+    post = plans_for(llama, for_blueprint(llama, {"norm_position": "post", "mlp": "plain"})).config
     assert "gate_proj" not in post and '"norm":' not in post
 
 

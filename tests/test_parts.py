@@ -370,7 +370,7 @@ def test_truncated_normal_leaves_loaded_tensors_alone():
 
 def test_every_part_is_pasted_by_a_shipped_family():
     """A part no family's structure pastes is dead code: delete it rather than keep testing it."""
-    from scaffold import schema
+    from scaffold.arch import for_blueprint
     from scaffold.blueprints import builtin_names, load
     from scaffold.render import plan_parts
 
@@ -378,5 +378,5 @@ def test_every_part_is_pasted_by_a_shipped_family():
     for name in builtin_names():
         bp = load(name)
         model = {**bp.defaults.get("model", {}), **bp.preset(bp.default_preset)["model"], **bp.structure}
-        pasted |= set(plan_parts(schema.structure_of(model)))
+        pasted |= set(plan_parts(for_blueprint(bp, model)))
     assert set(part_sources()) - pasted == set()

@@ -1,0 +1,54 @@
+"""The architecture's numbers as transformers spells them, both directions.
+
+``to_hf``: a resolved ``[model]`` table -> the keyword arguments of the generated configuration class
+(what ``config.json`` holds). ``from_hf``: a transformers ``config.json`` -> ``[model]`` keys. RoPE
+has one representation on the transformers side, transformers 5's ``rope_parameters``
+(:meth:`Rope.parameters`); the manifest keeps ``rope_theta``, ``rope_scaling`` and
+``partial_rotary_factor`` as users write them. These two functions are the only converters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .model import Architecture
+
+ROPE_MANIFEST_KEYS = ("rope_theta", "rope_scaling", "partial_rotary_factor")
+
+
+def to_hf(arch: Architecture, model: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration class's keyword arguments for ``model`` (resolved, with architecture ``arch``):
+    the manifest's keys, RoPE folded into ``rope_parameters``."""
+    out = dict(model)
+    if arch.rope is not None and "rope_theta" in out:
+        # as transformers keeps it: in the RoPE table, and only there (transformers would copy a
+        # top-level partial_rotary_factor into the table of some RoPE types and not of others)
+        for key in ROPE_MANIFEST_KEYS:
+            out.pop(key, None)
+        out["rope_parameters"] = arch.rope.parameters()
+    return out
+
+
+def from_hf(config: Mapping[str, Any], renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``[model]`` keys from a transformers config: the family's own spellings renamed (GPT-NeoX's
+    ``use_parallel_residual``, ``rotary_pct``), ``rope_parameters`` (or the older ``rope_theta`` /
+    ``rope_scaling``) unfolded into the manifest's RoPE keys. Other keys are copied as they are."""
+    config = dict(config)
+    for theirs, ours in (renames or {}).items():
+        if theirs in config:
+            config.setdefault(ours, config.pop(theirs))
+    rope = config.get("rope_parameters")
+    rope = dict(rope) if isinstance(rope, Mapping) else {}
+    if rope or "rope_theta" in config:
+        theta = rope.pop("rope_theta", config.get("rope_theta", 10000.0))
+        old = config.get("rope_scaling")
+        scaling = dict(old) if isinstance(old, Mapping) and old else rope
+        # transformers keeps the rotated fraction of each head in the RoPE table; the manifest has a key
+        config.setdefault("partial_rotary_factor", scaling.pop("partial_rotary_factor", 1.0))
+        # a value of the wrong type is kept as it is: validation then names the key
+        number = isinstance(theta, (int, float)) and not isinstance(theta, bool)
+        config["rope_theta"] = float(theta) if number else theta
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        config["rope_scaling"] = {"rope_type": kind, **scaling} if kind != "default" else None
+    return config

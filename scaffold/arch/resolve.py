@@ -1,0 +1,251 @@
+"""From a family and a resolved ``[model]`` table to an :class:`~scaffold.arch.model.Architecture`.
+
+Structural defaults live once, in :data:`scaffold.schema.STRUCTURE`; a family's ``[structure]`` is
+merged into its manifests before they reach here. Everything derived is derived here: the norm's
+epsilon key, RoPE's parameters, each layer's attention type and window. :func:`problems` holds the
+cross-checks of structural keys (combinations the generated code cannot express), each with its key
+path, for ``manifest.validate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .. import schema
+from .model import FULL, SLIDING, Architecture, Attention, Layer, Mlp, Norm, Rope, frozen_mapping
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def accepted_keys(model_keys: Iterable[str], structure: Mapping[str, Any]) -> set[str]:
+    """The ``[model]`` keys a family whose own keys are ``model_keys`` accepts with ``structure``:
+    its keys, every structural key, the universal ones and the number keys the structure needs."""
+    return (
+        set(model_keys)
+        | set(schema.STRUCTURE)
+        | set(schema.UNIVERSAL_MODEL_KEYS)
+        | set(schema.companions(structure))
+    )
+
+
+def rope_of(model: Mapping[str, Any]) -> Rope:
+    """The RoPE a ``[model]`` table asks for (rope_theta, rope_scaling, partial_rotary_factor)."""
+    scaling = dict(model.get("rope_scaling") or {})
+    kind = scaling.pop("rope_type", scaling.pop("type", "default"))
+    theta = model.get("rope_theta", schema.COMPANIONS[("position_embedding", "rope")]["rope_theta"])
+    return Rope(
+        theta=float(theta),
+        scaling=frozen_mapping(scaling),
+        type=str(kind),
+        partial_rotary_factor=float(model.get("partial_rotary_factor", 1.0)),
+    )
+
+
+def layer_types_of(model: Mapping[str, Any], layers: int, *, pattern_key: bool) -> list[str]:
+    """Each layer's attention type: ``layer_types`` as given; else, with a window, every layer slides,
+    or (a family with ``sliding_window_pattern``) every N-th layer attends fully, as the generated
+    configuration's ``__post_init__`` derives them."""
+    given = model.get("layer_types")
+    if isinstance(given, (list, tuple)) and len(given) == layers:
+        return [str(t) for t in given]
+    window = model.get("sliding_window")
+    if not window:
+        return [FULL] * layers
+    pattern = model.get("sliding_window_pattern") if pattern_key else None
+    if pattern:
+        return [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
+    return [SLIDING] * layers
+
+
+def resolve(
+    model: Mapping[str, Any],
+    *,
+    family: str = "",
+    names: Mapping[str, str] | None = None,
+    model_keys: Iterable[str] = (),
+) -> Architecture:
+    """The architecture of a resolved ``[model]`` table (the family's defaults and structure merged in)
+    of a family with module ``names`` and ``model_keys`` (its blueprint's number keys)."""
+    from ..blueprints import DEFAULT_NAMES
+
+    s = schema.structure_of(model)
+    keys = frozenset(set(model_keys) | set(model))
+    single = s["attention"] == "single_head"
+    heads = None if single else model.get("num_attention_heads")
+    kv = None if single else model.get("num_key_value_heads", heads)
+    hidden = model.get("hidden_size")
+    head_dim = None if single else model.get("head_dim")
+    if head_dim is None and not single and _number(hidden) and _number(heads) and heads:
+        head_dim = int(hidden) // int(heads)
+    layers = model.get("num_hidden_layers", 1)
+    layers = int(layers) if _number(layers) and layers > 0 else 1
+    alibi = s["position_embedding"] == "alibi"
+    per_layer = bool({"layer_types", "sliding_window_pattern"} & keys) and not single and not alibi
+    windowed = "sliding_window" in keys and not single and not alibi
+    types = layer_types_of(model, layers, pattern_key="sliding_window_pattern" in keys) if windowed else []
+    types = types or [FULL] * layers
+    window = model.get("sliding_window") if windowed else None
+    rope = rope_of(model) if s["position_embedding"] == "rope" else None
+    return Architecture(
+        family=family,
+        names=frozen_mapping({**DEFAULT_NAMES, **(names or {})}),
+        structure=frozen_mapping(s),
+        norm=Norm(
+            type=s["norm_type"],
+            bias=bool(s["norm_bias"]),
+            position=s["norm_position"],
+            parallel_residual=bool(s["parallel_residual"]),
+        ),
+        position_embedding=s["position_embedding"],
+        rope=rope,
+        attention=Attention(
+            kind=s["attention"],
+            num_heads=heads,
+            num_kv_heads=kv,
+            head_dim=head_dim,
+            qkv_layout=s["qkv_layout"],
+            qk_norm=s["qk_norm"],
+            bias=bool(s["attention_bias"]),
+            qkv_bias=bool(s["qkv_bias"]),
+            softcap=s["attn_logit_softcapping"],
+            query_pre_attn_scalar=s["query_pre_attn_scalar"],
+        ),
+        mlp=Mlp(
+            kind=s["mlp"],
+            act=s["hidden_act"],
+            bias=bool(s["mlp_bias"]),
+            layout=s["mlp_layout"],
+            intermediate_size=model.get("intermediate_size"),
+        ),
+        layers=tuple(
+            Layer(
+                index=i,
+                attention_type=kind,
+                sliding_window=window if kind == SLIDING else None,
+                rope=rope is not None,
+            )
+            for i, kind in enumerate(types)
+        ),
+        hidden_size=hidden,
+        vocab_size=model.get("vocab_size"),
+        embedding_scale=s["embedding_scale"],
+        lm_head_bias=bool(s["lm_head_bias"]),
+        tie_word_embeddings=bool(model.get("tie_word_embeddings", False)),
+        final_logit_softcapping=s["final_logit_softcapping"],
+        init=s["init"],
+        alibi_trainable=bool(model.get("alibi_trainable", False)),
+        per_layer_types=per_layer,
+        sliding_window_pattern=model.get("sliding_window_pattern") if per_layer else None,
+        model_keys=keys,
+    )
+
+
+def for_blueprint(bp: Any, model: Mapping[str, Any]) -> Architecture:
+    """The architecture of ``bp``'s family with the resolved ``[model]`` table ``model``."""
+    return resolve(model, family=bp.name, names=bp.names, model_keys=bp.model_keys)
+
+
+# -- cross-checks ----------------------------------------------------------------------------------
+
+
+def problems(model: Mapping[str, Any], test: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """Combinations of structural keys the generated code cannot express, each with its key path
+    (``test``: the manifest's [test] table, for the attention backend)."""
+    structure = schema.structure_of(model)
+    out: list[tuple[str, str]] = []
+    position = structure["position_embedding"]
+    if structure["attention"] == "single_head" and position != "alibi":
+        out.append(
+            (
+                "model.attention",
+                f"single_head attention takes its positions from ALiBi; position_embedding is {position!r}",
+            )
+        )
+    if structure["parallel_residual"] and structure["norm_position"] != "pre":
+        out.append(
+            (
+                "model.parallel_residual",
+                f"needs norm_position = pre; norm_position is {structure['norm_position']!r}",
+            )
+        )
+    factor = structure["partial_rotary_factor"]
+    if _number(factor) and 0 < factor < 1 and position != "rope":
+        out.append(
+            ("model.partial_rotary_factor", f"partial rotary needs position_embedding = rope, not {position!r}")
+        )
+    layout = structure["qkv_layout"]
+    if layout != "separate" and structure["attention"] != "multi_head":
+        out.append(("model.qkv_layout", f"{layout} needs attention = multi_head"))
+    if layout != "separate" and structure["qk_norm"] != "none":
+        out.append(("model.qk_norm", f"a q/k norm needs qkv_layout = separate; qkv_layout is {layout!r}"))
+    if layout == "fused_per_head":
+        heads, kv = model.get("num_attention_heads"), model.get("num_key_value_heads")
+        if kv is not None and kv != heads:
+            out.append(
+                (
+                    "model.qkv_layout",
+                    f"fused_per_head interleaves one k and one v per query head; num_key_value_heads = {kv} "
+                    f"differs from num_attention_heads = {heads}",
+                )
+            )
+    if structure["mlp_layout"] == "fused" and structure["mlp"] != "gated":
+        out.append(("model.mlp_layout", "fused stores a gated MLP's gate and up projections; mlp is 'plain'"))
+    for key in ("qkv_layout", "mlp_layout"):
+        if structure["init"] == "deepnet" and structure[key] != "separate":
+            out.append((f"model.{key}", f"init = deepnet sets a gain per projection; it needs {key} = separate"))
+    if position != "rope" and model.get("rope_scaling"):
+        out.append(("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing"))
+    out.extend(_attention_layout_checks(model, structure))
+    test = test if isinstance(test, Mapping) else {}
+    backend = test.get("attn_implementation")
+    out.extend(_score_checks(structure, backend))
+    if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
+        out.append(
+            ("test.attn_implementation", f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa")
+        )
+    return out
+
+
+def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """qk-norm, sliding windows and per-layer attention types against the attention they act on."""
+    out: list[tuple[str, str]] = []
+    single = structure["attention"] == "single_head"
+    if single and structure["qk_norm"] != "none":
+        out.append(("model.qk_norm", "single_head attention has no separate queries and keys to normalise"))
+    if single and structure["qkv_bias"]:
+        out.append(("model.qkv_bias", "single_head attention has no query and key projections"))
+    windowed = model.get("sliding_window") is not None or model.get("layer_types") is not None
+    if windowed and (single or structure["position_embedding"] == "alibi"):
+        key = "model.sliding_window" if model.get("sliding_window") is not None else "model.layer_types"
+        out.append((key, "sliding windows need multi_head attention without ALiBi (its bias spans every key)"))
+    types = model.get("layer_types")
+    if isinstance(types, list):
+        layers = model.get("num_hidden_layers")
+        if isinstance(layers, int) and not isinstance(layers, bool) and len(types) != layers:
+            out.append(("model.layer_types", f"has {len(types)} entries for num_hidden_layers = {layers}"))
+        if SLIDING in types and model.get("sliding_window") is None:
+            out.append(("model.layer_types", "names sliding_attention layers but model.sliding_window is not set"))
+    return out
+
+
+def _score_checks(structure: Mapping[str, Any], backend: Any) -> list[tuple[str, str]]:
+    """Soft-capping and query_pre_attn_scalar against the attention they act on and its backend."""
+    out: list[tuple[str, str]] = []
+    if structure["attn_logit_softcapping"] is not None and backend == "sdpa":
+        out.append(
+            (
+                "test.attn_implementation",
+                "sdpa cannot soft-cap attention scores (model.attn_logit_softcapping is set); "
+                "use eager, flex_attention or flash_attention_2",
+            )
+        )
+    if structure["attention"] == "single_head":
+        for key in ("attn_logit_softcapping", "query_pre_attn_scalar"):
+            if structure[key] is not None:
+                out.append((f"model.{key}", "single_head attention scores by its own rule; unset it"))
+    elif structure["position_embedding"] == "alibi" and structure["attn_logit_softcapping"] is not None:
+        out.append(("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it"))
+    return out
