@@ -125,7 +125,9 @@ def plan_parts(a: Architecture) -> list[str]:
     parts += ["repeat_kv", "mha_eager_attention_forward", "eager_attention_forward"]
     if a.alibi:
         parts += ["flex_alibi_attention_forward", "alibi_attention_forward"]
-    parts += {"fused": ["split_qkv"], "fused_per_head": ["split_qkv_per_head"]}.get(a.attention.qkv_layout, [])
+    parts += {"fused": ["split_qkv"], "fused_per_head": ["split_qkv_per_head"]}.get(
+        a.attention.qkv_layout, []
+    )
     if a.attention.softcap is not None or a.final_logit_softcapping is not None:
         parts += ["logit_softcap"]
     if a.attention.softcap is not None and not single:
@@ -362,7 +364,9 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         ),
         "mlp_doc": mlp_doc[0].upper() + mlp_doc[1:],
         "model_doc": (
-            "Embeddings, the decoder layers and the final norm" if a.norm.final else "Embeddings and the decoder layers"
+            "Embeddings, the decoder layers and the final norm"
+            if a.norm.final
+            else "Embeddings and the decoder layers"
         ),
         "parts": parts,
         "needs_math": a.init == "scaled_normal" or any("math." in sources[p] for p in parts),

@@ -174,7 +174,10 @@ def problems(model: Mapping[str, Any], test: Mapping[str, Any] | None = None) ->
     factor = structure["partial_rotary_factor"]
     if _number(factor) and 0 < factor < 1 and position != "rope":
         out.append(
-            ("model.partial_rotary_factor", f"partial rotary needs position_embedding = rope, not {position!r}")
+            (
+                "model.partial_rotary_factor",
+                f"partial rotary needs position_embedding = rope, not {position!r}",
+            )
         )
     layout = structure["qkv_layout"]
     if layout != "separate" and structure["attention"] != "multi_head":
@@ -195,16 +198,23 @@ def problems(model: Mapping[str, Any], test: Mapping[str, Any] | None = None) ->
         out.append(("model.mlp_layout", "fused stores a gated MLP's gate and up projections; mlp is 'plain'"))
     for key in ("qkv_layout", "mlp_layout"):
         if structure["init"] == "deepnet" and structure[key] != "separate":
-            out.append((f"model.{key}", f"init = deepnet sets a gain per projection; it needs {key} = separate"))
+            out.append(
+                (f"model.{key}", f"init = deepnet sets a gain per projection; it needs {key} = separate")
+            )
     if position != "rope" and model.get("rope_scaling"):
-        out.append(("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing"))
+        out.append(
+            ("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing")
+        )
     out.extend(_attention_layout_checks(model, structure))
     test = test if isinstance(test, Mapping) else {}
     backend = test.get("attn_implementation")
     out.extend(_score_checks(structure, backend))
     if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
         out.append(
-            ("test.attn_implementation", f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa")
+            (
+                "test.attn_implementation",
+                f"{backend} takes no ALiBi slopes (position_embedding = alibi); use sdpa",
+            )
         )
     return out
 
@@ -220,14 +230,18 @@ def _attention_layout_checks(model: Mapping[str, Any], structure: Mapping[str, A
     windowed = model.get("sliding_window") is not None or model.get("layer_types") is not None
     if windowed and (single or structure["position_embedding"] == "alibi"):
         key = "model.sliding_window" if model.get("sliding_window") is not None else "model.layer_types"
-        out.append((key, "sliding windows need multi_head attention without ALiBi (its bias spans every key)"))
+        out.append(
+            (key, "sliding windows need multi_head attention without ALiBi (its bias spans every key)")
+        )
     types = model.get("layer_types")
     if isinstance(types, list):
         layers = model.get("num_hidden_layers")
         if isinstance(layers, int) and not isinstance(layers, bool) and len(types) != layers:
             out.append(("model.layer_types", f"has {len(types)} entries for num_hidden_layers = {layers}"))
         if SLIDING in types and model.get("sliding_window") is None:
-            out.append(("model.layer_types", "names sliding_attention layers but model.sliding_window is not set"))
+            out.append(
+                ("model.layer_types", "names sliding_attention layers but model.sliding_window is not set")
+            )
     return out
 
 
