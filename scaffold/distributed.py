@@ -7,8 +7,8 @@ JOBDIR``, :func:`worker`) loads the model directory as the single-process test d
 :func:`scaffold.smoke.train` on it. gloo on the CPU, NCCL on CUDA (one GPU per process).
 
 - ``ddp``: DistributedDataParallel; the global batch is split across the ranks by rows.
-- ``fsdp2``: ``fully_shard`` on every decoder layer and on the root, parameters and compute in
-  ``--dtype``, gradients reduced in float32; the batch split as for ddp. On gloo the gradient
+- ``fsdp2``: ``fully_shard`` on every decoder layer and on the root, parameters gathered and computed
+  in ``--dtype``, gradients reduced in float32; the batch split as for ddp. On gloo the gradient
   reduce-scatter is forced to sum and divide (gloo's AVG reduce-scatter returns sums).
 - ``tp``: ``from_pretrained(tp_plan="auto")`` shards the projections by the plans the generated
   configuration carries (:mod:`scaffold.plans`); every rank trains on the whole batch.
@@ -17,7 +17,11 @@ Every rank sees the same data and seed as a single-process run; each rank's loss
 whole batch's mean (``num_items_in_batch``), so the losses printed (rank 0, summed over ranks) are the
 single-process ones up to reduction order. A failing rank writes its one-line error to the job folder;
 torchrun then stops the other ranks, and the CLI reports that rank's error with its exit code. A rank
-that hangs is stopped with all the others after ``timeout`` seconds and named.
+that hangs is stopped with all the others after ``timeout`` seconds and named (the one that got least
+far, by the marks each rank writes). float16 is mixed precision in every rank, as in one process.
+
+torchrun and the ranks die with the CLI however it dies (``PR_SET_PDEATHSIG`` on Linux); the job folder
+is a scratch folder (:func:`scaffold.atomic.scratch_dir`) that the next run sweeps if this one is killed.
 """
 
 from __future__ import annotations
