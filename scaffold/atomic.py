@@ -488,3 +488,65 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratch folders in the system's temporary directory
+# ---------------------------------------------------------------------------------------------
+
+# What scaffold creates under tempfile.gettempdir() and deletes when done: a multi-process run's job
+# folder (dist), a variant built for `scaffold test` (test), a rendering to compare or merge (render,
+# edits), `scaffold show`'s model directory (show). Each is named scaffold-KIND-PID-XXXXXXXX after the
+# process that made it: a process killed before it deleted its folder leaves it, and the next scaffold
+# run deletes it (sweep_scratch) once no process of that pid runs. A live run's folders are never touched.
+SCRATCH_KINDS = ("dist", "test", "render", "edits", "show")
+SCRATCH_RE = re.compile(rf"^scaffold-({'|'.join(SCRATCH_KINDS)})-(\d+)-[A-Za-z0-9_]{{8}}$")
+
+
+def make_scratch(kind: str) -> Path:
+    """A new folder ``scaffold-KIND-PID-XXXXXXXX`` in the temporary directory, for the caller to delete;
+    what killed runs left is swept first (:func:`sweep_scratch`)."""
+    if kind not in SCRATCH_KINDS:
+        raise ValueError(f"unknown scratch kind {kind!r}")
+    sweep_scratch()
+    return Path(tempfile.mkdtemp(prefix=f"scaffold-{kind}-{os.getpid()}-"))
+
+
+@contextlib.contextmanager
+def scratch_dir(kind: str) -> Iterator[Path]:
+    """:func:`make_scratch`, deleted on leaving (also on an exception, and on SIGTERM or SIGHUP, which
+    the command line turns into one)."""
+    tmp = make_scratch(kind)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_scratch(root: str | Path | None = None) -> list[Path]:
+    """Delete the scratch folders (:data:`SCRATCH_RE`) in ``root`` (default: the temporary directory)
+    whose process no longer runs; returns them. Folders of a running process, of another user, and
+    anything not named as scaffold names its folders are left alone."""
+    root = Path(root if root is not None else tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for entry in entries:
+        found = SCRATCH_RE.match(entry.name)
+        if not found:
+            continue
+        pid = int(found.group(2))
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or (uid is not None and st.st_uid != uid):
+            continue
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(Path(entry.path))
+    return removed

@@ -24,9 +24,13 @@ Every folder a command replaces (project, model directory, checkpoint) is writte
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +43,51 @@ from .overrides import Overrides, override_options
 DEBUG_ENV = "SCAFFOLD_DEBUG"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so that it unwinds as Ctrl-C does: every ``finally``
+    runs (worker processes stopped, temporary folders deleted, locks released)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_unwind() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while a command runs. A second signal acts at
+    once (the default disposition is back); a signal already ignored (``nohup``) or handled by the
+    program embedding scaffold is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        raise Terminated(signum)
+
+    for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if s is not None and signal.getsignal(s) is signal.SIG_DFL:
+            previous[s] = signal.SIG_DFL
+            signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class ScaffoldGroup(click.Group):
     """A click group that prints ScaffoldErrors as one-line messages with their exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .atomic import sweep_scratch
+
         try:
-            return super().invoke(ctx)
+            with signals_unwind():
+                sweep_scratch()  # what killed runs left in the temporary directory
+                return super().invoke(ctx)
         except ScaffoldError as err:
             if _debug(ctx):
                 raise
@@ -58,6 +101,9 @@ class ScaffoldGroup(click.Group):
 
             click.echo(f"error: {file_access_error(err)}", err=True)
             ctx.exit(EXIT_USAGE)
+        except Terminated as err:
+            click.echo(f"interrupted by {signal.Signals(err.signum).name}", err=True)
+            ctx.exit(128 + err.signum)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -336,8 +382,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     rate, tokens/s and memory, the summary and a loss-curve PNG) unless --no-record; `scaffold runs`
     lists and plots them. A progress bar shows when stderr is a terminal.
     """
-    import tempfile
-
+    from .atomic import scratch_dir
     from .build import build_for_test
     from .devices import resolve_device, resolve_dtype
     from .runs import record_options, recording
@@ -358,7 +403,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
         from .checkpoint import find_checkpoint
 
         find_checkpoint(overrides.checkpoint)  # a missing checkpoint is refused before building
-    with tempfile.TemporaryDirectory(prefix="scaffold-test-") as tmp:
+    with scratch_dir("test") as tmp:
         output_dir = overrides.output_dir
         if output_dir is None and overrides.changes_build:
             output_dir = Path(tmp) / "model"
@@ -376,7 +421,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
 
                 click.echo(
                     f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} "
-                    f"processes on {device.type}, {options.dtype}"
+                    f"processes on {device.type}, {precision(options)}"
                 )
                 report = launch(
                     result.output_dir,

@@ -7,8 +7,8 @@ JOBDIR``, :func:`worker`) loads the model directory as the single-process test d
 :func:`scaffold.smoke.train` on it. gloo on the CPU, NCCL on CUDA (one GPU per process).
 
 - ``ddp``: DistributedDataParallel; the global batch is split across the ranks by rows.
-- ``fsdp2``: ``fully_shard`` on every decoder layer and on the root, parameters and compute in
-  ``--dtype``, gradients reduced in float32; the batch split as for ddp. On gloo the gradient
+- ``fsdp2``: ``fully_shard`` on every decoder layer and on the root, parameters gathered and computed
+  in ``--dtype``, gradients reduced in float32; the batch split as for ddp. On gloo the gradient
   reduce-scatter is forced to sum and divide (gloo's AVG reduce-scatter returns sums).
 - ``tp``: ``from_pretrained(tp_plan="auto")`` shards the projections by the plans the generated
   configuration carries (:mod:`scaffold.plans`); every rank trains on the whole batch.
@@ -17,7 +17,11 @@ Every rank sees the same data and seed as a single-process run; each rank's loss
 whole batch's mean (``num_items_in_batch``), so the losses printed (rank 0, summed over ranks) are the
 single-process ones up to reduction order. A failing rank writes its one-line error to the job folder;
 torchrun then stops the other ranks, and the CLI reports that rank's error with its exit code. A rank
-that hangs is stopped with all the others after ``timeout`` seconds and named.
+that hangs is stopped with all the others after ``timeout`` seconds and named (the one that got least
+far, by the marks each rank writes). float16 is mixed precision in every rank, as in one process.
+
+torchrun and the ranks die with the CLI however it dies (``PR_SET_PDEATHSIG`` on Linux); the job folder
+is a scratch folder (:func:`scaffold.atomic.scratch_dir`) that the next run sweeps if this one is killed.
 """
 
 from __future__ import annotations
@@ -29,13 +33,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .atomic import scratch_dir
 from .errors import EXIT_INTERNAL, ScaffoldError, TestFailure, UsageError
 from .smoke import TestOptions, TestReport
 
@@ -93,6 +97,15 @@ class DistributedReport:
         return "\n".join(lines)
 
 
+def cpu_limit() -> int:
+    """The most processes ``--nproc`` starts on the CPU: the cores this process may run on (its
+    affinity where the system tells it, else ``os.cpu_count()``), one process per core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def backend_for(device_type: str) -> str:
     return "nccl" if device_type == "cuda" else "gloo"
 
@@ -100,6 +113,8 @@ def backend_for(device_type: str) -> str:
 def check(dist: DistributedOptions, opts: TestOptions, device, model_dir: Path | None = None) -> None:
     """Usage errors of a multi-process run, found before anything is launched."""
     import torch
+
+    from .devices import training_dtype_name
 
     if dist.parallel not in PARALLEL:
         raise UsageError(f"--parallel must be one of {', '.join(PARALLEL)}, got {dist.parallel!r}")
@@ -114,12 +129,25 @@ def check(dist: DistributedOptions, opts: TestOptions, device, model_dir: Path |
             f"--nproc {dist.nproc} needs {dist.nproc} GPUs (one per process); this machine has "
             f"{torch.cuda.device_count()}"
         )
+    if device.type == "cpu" and dist.nproc > cpu_limit():
+        raise UsageError(
+            f"--nproc {dist.nproc} starts more processes than the {cpu_limit()} CPU cores this process may "
+            "use: each loads torch and a whole copy of the model, and every step waits for the slowest, so "
+            f"processes beyond one per core only add memory and time; use --nproc {cpu_limit()} or fewer"
+        )
     if dist.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {dist.timeout}")
     if opts.fuse_optim_with_backward:
         raise UsageError(
             "--fuse-optim-with-backward steps each parameter before gradients are reduced "
             "across processes; it runs with one process only"
+        )
+    if dist.parallel == "tp" and training_dtype_name(opts.dtype) == "float16":
+        raise UsageError(
+            "--parallel tp cannot train in float16: float16 needs a GradScaler, and torch's cannot unscale "
+            "tensor parallelism's mix of sharded (DTensor) and whole gradients; use --dtype bfloat16 or "
+            "float32, or --parallel ddp or fsdp2",
+            key="test.dtype",
         )
     if dist.parallel != "tp" and opts.batch_size % dist.nproc:
         raise UsageError(
@@ -167,8 +195,7 @@ def launch(
         )
     if save_to is not None and dist.parallel == "tp":
         raise UsageError("saving the gathered state dict is offered for ddp and fsdp2")
-    with tempfile.TemporaryDirectory(prefix="scaffold-dist-") as tmp:
-        job = Path(tmp)
+    with scratch_dir("dist") as job:
         weights_dir = model_dir
         if dist.parallel == "tp" and not any(model_dir.glob("*.safetensors")):
             weights_dir = _with_initial_weights(model_dir, job / "model", opts)
@@ -225,12 +252,19 @@ def _run_torchrun(job: Path, dist: DistributedOptions, log: Callable[[str], None
         "--nnodes", "1", "--nproc-per-node", str(dist.nproc),
         "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",  # port 0: the OS picks a free one
         "--max-restarts", "0",
+        "--log-dir", str(job / "torchrun"),  # in the job folder, swept with it (default: a folder in /tmp)
         "-m", "scaffold.distributed", str(job),
     ]  # fmt: skip
     stderr_path = job / "stderr.txt"
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True, text=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
+            text=True,
+            preexec_fn=_child_dies_with(os.getpid()),
         )
         deadline = time.monotonic() + dist.timeout
         try:
@@ -238,7 +272,10 @@ def _run_torchrun(job: Path, dist: DistributedOptions, log: Callable[[str], None
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _stop(proc, job)
-            raise TestFailure(f"--nproc {dist.nproc}: {_hung(job, dist)}; every rank was stopped") from None
+            steps = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))["options"]["steps"]
+            raise TestFailure(
+                f"--nproc {dist.nproc}: {_hung(job, dist, steps)}; every rank was stopped"
+            ) from None
         except BaseException:
             _stop(proc, job)
             raise
@@ -264,21 +301,105 @@ def _run_torchrun(job: Path, dist: DistributedOptions, log: Callable[[str], None
     raise TestFailure(f"--nproc {dist.nproc}: torch.distributed.run exited with {proc.returncode}")
 
 
-def _hung(job: Path, dist: DistributedOptions) -> str:
-    """Which ranks a run that timed out waited for: those that got least far (the others wait for them)."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, loaded now (a child between fork and exec must not import), or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _child_dies_with(parent: int) -> Callable[[], None] | None:
+    """For ``Popen(preexec_fn=...)``: the child is SIGKILLed by the kernel when ``parent`` (this
+    process) dies, however it dies (``PR_SET_PDEATHSIG``); a parent already gone stops it at once.
+    torchrun runs in a session of its own (a terminal's signals are the CLI's to handle), so nothing
+    else would stop it."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return set_death_signal
+
+
+def _die_with_launcher(job: Path) -> None:
+    """In a worker: be SIGKILLed when torchrun (the parent) dies, as torchrun is when the CLI dies, so
+    that a killed ``scaffold test`` leaves no rank running (holding its ports and memory). A worker
+    whose torchrun is already gone (its parent is no longer the process running this job) exits."""
+    prctl = _prctl()
+    if prctl is None:
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            launcher = str(job).encode() in f.read()
+    except OSError:
+        launcher = False
+    if not launcher:
+        os._exit(1)
+
+
+def _hung(job: Path, dist: DistributedOptions, steps: int | None = None) -> str:
+    """Which rank a run that timed out waited for: the one that got least far (:func:`_mark`), since
+    every collective keeps the others at most one stage ahead of it, waiting."""
     done = {r for r in range(dist.nproc) if (job / f"done-{r}.json").is_file()}
-    progress = {}
+    stage: dict[int, int] = {}
     for r in range(dist.nproc):
-        path = job / f"progress-{r}"
-        progress[r] = int(path.read_text(encoding="ascii") or 0) if path.is_file() else 0
+        try:
+            stage[r] = int((job / f"progress-{r}").read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            stage[r] = -1  # started, no mark yet
     waiting = [r for r in range(dist.nproc) if r not in done]
     if not waiting:
         return f"torch.distributed.run did not exit within {dist.timeout:g} s after every rank finished"
-    least = min(progress[r] for r in waiting)
-    stuck = [r for r in waiting if progress[r] == least]
-    where = f"after {least} step{'s' * (least != 1)}" if least else "before its first step"
+    least = min(stage[r] for r in waiting)
+    stuck = [r for r in waiting if stage[r] == least]
     ranks = ", ".join(map(str, stuck))
-    return f"rank {ranks} did not finish within {dist.timeout:g} s (stuck {where})"
+    return f"rank {ranks} did not finish within {dist.timeout:g} s (stuck {_stage_words(least, steps)})"
+
+
+# How far a rank got (written to progress-RANK): joining the process group, loading the model, then
+# two marks a step, once its loss is known and once its optimizer has stepped.
+JOINING, LOADING = 0, 1
+
+
+def _loss_stage(step: int) -> int:
+    return 2 * step + 1
+
+
+def _step_stage(step: int) -> int:  # step 0: the model is ready for step 1
+    return 2 * step + 2
+
+
+def _mark(job: Path, rank: int, stage: int) -> None:
+    (job / f"progress-{rank}").write_text(str(stage), encoding="ascii")
+
+
+def _stage_words(stage: int, steps: int | None = None) -> str:
+    """Where a rank whose last mark is ``stage`` is now."""
+    if stage < JOINING:
+        return "before joining the process group"
+    if stage == JOINING:
+        return "joining the process group"
+    if stage == LOADING:
+        return "loading the model"
+    step, after_loss = divmod(stage - 1, 2)  # odd: step's loss known; even: step - 1 done
+    if after_loss == 0:
+        return f"in step {step}'s backward pass or optimizer step"
+    if steps is not None and step >= steps:
+        return "after its last step (gathering the results)"
+    return f"in step {step + 1}'s forward pass"
 
 
 def _stream(proc: subprocess.Popen, deadline: float, log: Callable[[str], None]) -> None:
@@ -346,6 +467,7 @@ def worker(job: Path) -> int:
     import torch
     import torch.distributed as tdist
 
+    _die_with_launcher(job)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     # torchrun gives each worker its own session: the launcher stops a hung one by this pid
@@ -354,6 +476,7 @@ def worker(job: Path) -> int:
 
     fault_point(f"dist-start-rank{rank}")  # tests stop or kill one rank here (SCAFFOLD_FAULT)
     spec = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))
+    _mark(job, rank, JOINING)
     try:
         if spec["device_type"] == "cuda":
             torch.cuda.set_device(local_rank)
@@ -365,6 +488,7 @@ def worker(job: Path) -> int:
             timeout=timedelta(seconds=spec["timeout"]),
             device_id=device if device.type == "cuda" else None,
         )
+        _mark(job, rank, LOADING)
         result = _run_rank(job, spec, rank, world, device)
         (job / f"done-{rank}.json").write_text("{}", encoding="utf-8")
         if rank == 0:
@@ -388,6 +512,7 @@ def _write_error(job: Path, rank: int, message: str, exit_code: int) -> int:
 
 
 def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) -> dict[str, Any]:
+    import torch
     import torch.distributed as tdist
 
     from . import smoke
@@ -397,7 +522,12 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
     opts = TestOptions(**spec["options"])
     opts.device = str(device)
     parallel = spec["parallel"]
-    dtype = resolve_dtype(opts.dtype)
+    compute = resolve_dtype(opts.dtype)
+    # float16 trains as one process does (smoke.mixed_precision): float32 master weights, float16
+    # autocast and a GradScaler, whose check for overflowed gradients DTensor all-reduces across the
+    # shards. Weights held in float16 lose AdamW's small updates, and its eps (1e-8) is 0 in float16: a
+    # parameter with a zero gradient (an embedding row no token used) became 0 / 0 = nan at step 2.
+    dtype = torch.float32 if smoke.mixed_precision(opts) else compute
     model_dir = Path(spec["model_dir"])
     tokenizer = smoke.load_tokenizer(model_dir)
     data = (
@@ -423,15 +553,16 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
 
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     elif parallel == "fsdp2":
-        model = shard_fsdp2(model, dtype, sum_reduction=spec["backend"] == "gloo")
+        model = shard_fsdp2(model, compute, sum_reduction=spec["backend"] == "gloo")
 
     steps = 0
+    _mark(job, rank, _step_stage(0))  # how far this rank got, for naming a rank that hangs
 
     def loss_value(loss) -> float:
         nonlocal steps
         fault_point(f"dist-step-rank{rank}")  # tests stop or kill one rank here (SCAFFOLD_FAULT)
-        steps += 1  # how far this rank got, for naming a rank that hangs
-        (job / f"progress-{rank}").write_text(str(steps), encoding="ascii")
+        steps += 1
+        _mark(job, rank, _loss_stage(steps))
         if parallel == "tp":
             return loss.item()
         total = loss.detach().float().clone()
@@ -444,7 +575,10 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
         if rank == 0:
             print(line, flush=True)
 
-    report = smoke.train(model, opts, data, device=device, log=log, loss_value=loss_value)
+    def on_step(step: int, *_: Any) -> None:
+        _mark(job, rank, _step_stage(step))
+
+    report = smoke.train(model, opts, data, device=device, log=log, loss_value=loss_value, on_step=on_step)
     if spec.get("save_to"):
         _save_full(inner, model, parallel, Path(spec["save_to"]), rank)
     gathered: list[Any] = [None] * world

@@ -449,11 +449,12 @@ def code_files(bp: Blueprint) -> list[str]:
 def render_files(bp: Blueprint, m: Mapping[str, Any]) -> dict[str, str]:
     """The code files of a project with the resolved manifest ``m``, rendered by Copier into a temporary
     folder: relative path -> text (the modeling file, the configuration file and the model card)."""
-    import tempfile
+    from .atomic import fault_point, scratch_dir
 
-    with tempfile.TemporaryDirectory(prefix="scaffold-render-") as tmp:
-        dest = Path(tmp) / "project"
+    with scratch_dir("render") as tmp:
+        dest = tmp / "project"
         _copier_render(bp, dest, template_data(bp, m))
+        fault_point("render-scratch")  # tests stop or kill the process here (SCAFFOLD_FAULT)
         return {
             name: (dest / name).read_text(encoding="utf-8")
             for name in code_files(bp)

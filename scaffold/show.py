@@ -11,12 +11,12 @@ the model from its headers (strictly: names, shapes, dtypes), or loaded on a rea
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import manifest
+from .atomic import make_scratch
 from .build import default_output_dir, inputs_record, read_stamp, write_model_dir
 from .diagram import breakdown_lines, parameter_breakdown, project_structure, text_diagram
 from .errors import UsageError, writing
@@ -84,7 +84,7 @@ def describe(project: Project, opts: ShowOptions) -> str:
     dtype = resolve_dtype(opts.dtype) if opts.dtype else None
     lines: list[str] = []
     m = project.manifest
-    tmp = Path(tempfile.mkdtemp(prefix="scaffold-show-"))
+    tmp = make_scratch("show")
     try:
         model_dir = tmp / "model"
         model_dir.mkdir()

@@ -170,11 +170,10 @@ def edited_files(project_dir: Path) -> list[str]:
     rendering = read_rendering(project_dir)
     mpath = project_dir / manifest.MANIFEST_NAME
     if rendering is None:
-        import tempfile
-
+        from .atomic import scratch_dir
         from .render import rerender
 
-        with tempfile.TemporaryDirectory(prefix="scaffold-edits-") as tmp:
+        with scratch_dir("edits") as tmp:
             try:
                 fresh = rerender(project_dir, Path(tmp) / "fresh")
             except Exception:  # cannot tell: every generated file may hold edits
