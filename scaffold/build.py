@@ -316,15 +316,32 @@ def make_config(project: Project, tokenizer) -> Any:
     )
     mod = Path(meta["modeling_file"]).stem
     cfg_mod = Path(meta["configuration_file"]).stem
+    base, causal_lm = meta.get("base_model_class", meta["causal_lm_class"]), meta["causal_lm_class"]
+    a = project.architecture
+    prefix = meta.get("class_prefix")
+    code = project.code.get(meta["modeling_file"], "")
+    if prefix and f"class {a.causal_lm_class}(" in code:
+        # the shared template: the classes are named by the architecture
+        base, causal_lm, prefix = a.model_class, a.causal_lm_class, a.class_prefix
+    elif prefix and a.class_prefix != prefix:
+        print(
+            f"warning: {meta['modeling_file']} still names its classes {prefix}* (rendered before scaffold "
+            f"named a structure that differs from transformers' {a.differs_from} {a.class_prefix}*): tools "
+            "that build classes by name would build transformers' class; rename them (or render the project "
+            "again with `scaffold new NAME --force --backup`)",
+            file=sys.stderr,
+        )
     config.auto_map = {
         "AutoConfig": f"{cfg_mod}.{meta['config_class']}",
-        "AutoModel": f"{mod}.{meta.get('base_model_class', meta['causal_lm_class'])}",
-        "AutoModelForCausalLM": f"{mod}.{meta['causal_lm_class']}",
+        "AutoModel": f"{mod}.{base}",
+        "AutoModelForCausalLM": f"{mod}.{causal_lm}",
     }
-    if meta.get("class_prefix"):  # the shared template renders these heads for every family
+    if prefix:  # the shared template renders these heads for every family
         for head in ("SequenceClassification", "TokenClassification"):
-            config.auto_map[f"AutoModelFor{head}"] = f"{mod}.{meta['class_prefix']}For{head}"
-    config.architectures = [meta["causal_lm_class"]]
+            config.auto_map[f"AutoModelFor{head}"] = f"{mod}.{prefix}For{head}"
+    # transformers' own class name only when this is its network (a different structure has names
+    # no library owns, so no tool builds transformers' class from this directory)
+    config.architectures = [causal_lm]
     return config
 
 

@@ -297,10 +297,16 @@ def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
         parts.append("The output head has a bias.")
     if a.init == "deepnet":
         parts.append("Projections are initialised with DeepNet's gain beta = (8L)^(-1/4).")
-    hf = bp.meta.get("transformers_class")
-    if hf:
+    if a.transformers_class:
         parts.append(
-            f"Parameter names are those of transformers' ``{hf}``, so its checkpoints load here unchanged."
+            f"This is the network of transformers' ``{a.transformers_class}``, with its parameter names, so its "
+            "checkpoints load here unchanged."
+        )
+    elif a.differs_from:
+        parts.append(
+            f"Parameter names are those of transformers' ``{a.differs_from}``, but the network differs from it "
+            f"({', '.join(a.differences)}), so the classes are named ``{a.causal_lm_class}`` etc.: no library "
+            "owns these names, and tools that pick a class by name build this code or refuse."
         )
     if a.alibi:
         parts.append(
@@ -412,7 +418,7 @@ def template_data(
         "blueprint_version": bp.version,
         "blueprint_description": bp.meta.get("description", ""),
         "family": bp.name,
-        "prefix": bp.prefix,
+        "prefix": a.class_prefix or bp.prefix,
         "config_class": bp.meta["config_class"],
         # the structural keys as the manifest spells them (the configuration class lists them)
         "arch": dict(a.structure),

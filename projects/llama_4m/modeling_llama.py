@@ -3,10 +3,11 @@
 """A Llama-family decoder-only language model in one file.
 
 Pre-norm blocks, ``x = x + attn(rmsnorm(x)); x = x + mlp(rmsnorm(x))``, with rotary position
-embeddings, grouped-query attention and a SwiGLU feed-forward, and a final RMSNorm. Parameter names
-are those of transformers' ``LlamaForCausalLM``, so its checkpoints load here unchanged. Attention
-runs through transformers' attention interface (eager, sdpa, flex_attention, flash_attention_2), and
-masks (padding, sliding window, packed sequences) come from transformers' mask builders.
+embeddings, grouped-query attention and a SwiGLU feed-forward, and a final RMSNorm. This is the
+network of transformers' ``LlamaForCausalLM``, with its parameter names, so its checkpoints load
+here unchanged. Attention runs through transformers' attention interface (eager, sdpa,
+flex_attention, flash_attention_2), and masks (padding, sliding window, packed sequences) come from
+transformers' mask builders.
 
 Loads with ``AutoModelForCausalLM`` and ``trust_remote_code=True``; needs only torch and transformers.
 """

@@ -156,6 +156,20 @@ class Architecture:
     per_layer_types: bool = False
     sliding_window_pattern: int | None = None
     model_keys: frozenset[str] = frozenset()  # every [model] key the family and this structure accept
+    # transformers' class this network is, exactly (None: no transformers class computes it), and,
+    # when the family reproduces one but this structure differs, the keys that make it differ
+    transformers_class: str | None = None
+    differs_from: str | None = None  # the transformers class the family reproduces, when this differs
+    differences: tuple[str, ...] = ()
+    class_prefix: str = ""  # of the generated classes: the family's, or Scaffold<family's> when it differs
+
+    @property
+    def model_class(self) -> str:
+        return f"{self.class_prefix}Model"
+
+    @property
+    def causal_lm_class(self) -> str:
+        return f"{self.class_prefix}ForCausalLM"
 
     @property
     def num_hidden_layers(self) -> int:

@@ -143,9 +143,54 @@ def resolve(
     )
 
 
+# Structural keys that change how weights are initialised, not the network a checkpoint computes.
+INIT_ONLY = ("init",)
+# The prefix of generated classes whose structure is not the network of the transformers class their
+# family reproduces: a name no library owns, so nothing can build transformers' class in their place.
+DIFFERENT_PREFIX = "Scaffold"
+
+
+def differences(bp: Any, model: Mapping[str, Any]) -> list[str]:
+    """The structural keys in which ``model`` differs from the network of the transformers class
+    ``bp``'s family reproduces (``[]``: it is that network). Number-valued structural keys differ by
+    presence (transformers' class applies its own default when config.json lacks one); a fraction of
+    rotary features is the family's when its class rotates a fraction at all."""
+    stock_preset = bp.preset(None).get("model", {})
+    stock = schema.structure_of({**bp.structure, **{k: stock_preset.get(k) for k in schema.NUMERIC_STRUCTURE}})
+    ours = schema.structure_of(model)
+    out = []
+    for key, value in ours.items():
+        theirs = stock[key]
+        if key in INIT_ONLY:
+            continue
+        if key in schema.NUMERIC_STRUCTURE:
+            same = (value is None) == (theirs is None)
+        elif key == "partial_rotary_factor":
+            same = value == theirs or theirs < 1
+        else:
+            same = value == theirs
+        if not same:
+            out.append(key)
+    return out
+
+
 def for_blueprint(bp: Any, model: Mapping[str, Any]) -> Architecture:
     """The architecture of ``bp``'s family with the resolved ``[model]`` table ``model``."""
-    return resolve(model, family=bp.name, names=bp.names, model_keys=bp.model_keys)
+    from dataclasses import replace
+
+    a = resolve(model, family=bp.name, names=bp.names, model_keys=bp.model_keys)
+    hf = bp.meta.get("transformers_class")
+    diff = tuple(differences(bp, model)) if hf else ()
+    prefix = bp.prefix
+    if diff and prefix:
+        prefix = DIFFERENT_PREFIX + prefix
+    return replace(
+        a,
+        transformers_class=hf if hf and not diff else None,
+        differs_from=hf if diff else None,
+        differences=diff,
+        class_prefix=prefix,
+    )
 
 
 # -- cross-checks ----------------------------------------------------------------------------------
