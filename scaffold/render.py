@@ -577,7 +577,7 @@ def create_project(
             raise ProjectError("exists and is not a folder", path=target)
         if target.exists() and not force:
             raise ProjectError(
-                "already exists; pass --force to replace it (its generated files are rendered afresh)",
+                "already exists; pass --force to render it afresh (files scaffold did not write are kept)",
                 path=target,
             )
         atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project

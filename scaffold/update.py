@@ -576,7 +576,9 @@ def edit_manifest_text(
     import re
 
     lines = text.splitlines(keepends=True)
-    header_re = re.compile(r"""^\s*\[\s*(?:"([A-Za-z0-9_-]+)"|'([A-Za-z0-9_-]+)'|([A-Za-z0-9_.-]+))\s*\]\s*(#.*)?$""")
+    header_re = re.compile(
+        r"""^\s*\[\s*(?:"([A-Za-z0-9_-]+)"|'([A-Za-z0-9_-]+)'|([A-Za-z0-9_.-]+))\s*\]\s*(#.*)?$"""
+    )
 
     def section_span(name: str) -> tuple[int, int] | None:
         start = None
@@ -773,7 +775,11 @@ def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
     new = tracked(render_files(bp, resolved))
     adopted = None
     if rendering is None:  # made before scaffold kept its renderings: the new rendering is the base
-        adopted = [name for name, text in new.items() if (project_dir / name).exists() and _differs(project_dir / name, text)]
+        adopted = [
+            name
+            for name, text in new.items()
+            if (project_dir / name).exists() and _differs(project_dir / name, text)
+        ]
         if adopted and not adopt:
             raise ProjectError(
                 f"made before scaffold kept a record of its last rendering, and {', '.join(adopted)} "

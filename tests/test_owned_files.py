@@ -206,7 +206,9 @@ def test_update_never_drops_the_manifests_comments(projects: Path, tmp_path: Pat
         assert "# pinned" in after
     else:  # an inline table cannot be edited line by line: refused, naming the key, nothing written
         assert r.exit_code == 2, r.output
-        assert r.stderr.startswith(f"error: {manifest}: project.blueprint_version: cannot be changed in place")
+        assert r.stderr.startswith(
+            f"error: {manifest}: project.blueprint_version: cannot be changed in place"
+        )
         assert 'project.blueprint_version = "0.1.1"' in r.stderr
         assert snapshot(project) == before
 
