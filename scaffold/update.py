@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,9 @@ class Rendering:
     state: dict[str, Any]
 
 
+# what an older scaffold kept under rendered/ without listing it: the modeling and configuration files
+# (as every built-in blueprint names them) and the model card
+LEGACY_RENDERED = re.compile(r"(modeling|configuration)_\w+\.py|README\.md")
 DAMAGED_STATE = (
     "scaffold's record of its last rendering is damaged, so a re-render cannot tell your edits from its "
     "code; re-create the project with `scaffold new NAME --force --backup` (the old one is kept beside "
@@ -171,11 +175,7 @@ def read_rendering(project_dir: Path) -> Rendering | None:
         raise _damaged(root, "missing or not a folder")
     listed = state.pop("files", None)
     if listed is None:  # recorded by an older scaffold: its renderings were the code files
-        listed = {
-            p.name: None
-            for p in sorted(root.iterdir())
-            if (p.suffix == ".py" or p.name == "README.md") and p.name not in UNTRACKED
-        }
+        listed = {p.name: None for p in sorted(root.iterdir()) if LEGACY_RENDERED.fullmatch(p.name)}
     if not isinstance(listed, dict) or not all(
         isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in listed.items()
     ):
@@ -573,7 +573,6 @@ def edit_manifest_text(
     layout (a key renamed within its section, ``renames``, stays on its line; a quoted key is a key).
     Never rewritten whole: where a line edit cannot express the change (a section written as an inline
     table, a dotted key), a :class:`ProjectError` names the key at ``path`` and nothing is written."""
-    import re
 
     lines = text.splitlines(keepends=True)
     header_re = re.compile(

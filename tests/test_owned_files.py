@@ -8,6 +8,7 @@ through the CLI, and proves with checksums (a sentinel) that nothing of the user
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -101,6 +102,7 @@ def test_new_force_keeps_files_scaffold_never_wrote(projects: Path, extra: list[
     r = new(projects, "--force", *extra)
     assert r.exit_code == 0, r.output
     assert {name: sha(project / name) for name in mine} == mine
+    assert "kept what scaffold did not write: data/, runs/, train.py" in r.stderr
     if extra == ["--backup"]:
         (backup,) = projects.glob("tiny.backup-*")
         assert {name: sha(backup / name) for name in mine} == mine
@@ -232,23 +234,37 @@ def test_re_render_never_replaces_bytes_that_are_not_utf8(projects: Path):
 # -- the record of the last rendering ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("record", ["listed", "older"])
 @pytest.mark.parametrize("command", ["build", "update"])
-def test_a_file_copied_into_the_rendering_record_is_not_deleted(projects: Path, tmp_path: Path, command: str):
+def test_a_file_copied_into_the_rendering_record_is_not_deleted(
+    projects: Path, tmp_path: Path, command: str, record: str
+):
     bp = fixture_blueprint(tmp_path / "bps")
     project = new_project(projects, bp)
+    (project / "train.py").write_text("print('mine')\n")
     rendered = project / ".scaffold" / "rendered"
-    for name in ("scaffold.toml", "tokenizer.json"):
+    for name in ("scaffold.toml", "tokenizer.json", "train.py"):
         shutil.copy2(project / name, rendered / name)
+    if record == "older":  # a record written before rendering.json listed its files
+        state = project / ".scaffold" / "rendering.json"
+        data = json.loads(state.read_text())
+        del data["files"]
+        state.write_text(json.dumps(data))
     if command == "build":
         edit(project / "scaffold.toml", "hidden_size = 32", "hidden_size = 64")
     else:
         set_version(bp, "0.1.1")
-    kept = {name: sha(project / name) for name in ("tokenizer.json",)}
+    kept = {name: sha(project / name) for name in ("tokenizer.json", "train.py")}
     r = invoke(command, project)
     assert r.exit_code == 0, r.output
     assert "no longer rendered" not in r.output
     assert (project / "scaffold.toml").is_file()
     assert {name: sha(project / name) for name in kept} == kept
+    assert json.loads((project / ".scaffold" / "rendering.json").read_text())["files"].keys() == {
+        MODELING,
+        "configuration_llama.py",
+        "README.md",
+    }
 
 
 def test_a_missing_base_rendering_is_damage_not_conflicts(projects: Path):
@@ -277,6 +293,12 @@ def test_a_damaged_rendering_record_stops_the_build(projects: Path, damage: str)
     assert r.stderr.startswith(f"error: {state}: ")
     assert len(r.stderr.strip().splitlines()) == 1
     assert snapshot(project) == before and not (project / "model").exists()
+    for command in ("diff", "update"):
+        other = invoke(command, project)
+        assert other.exit_code == 3 and other.stderr.startswith(f"error: {state}: "), other.output
+    refused = new(projects, "--force")  # cannot tell the edits: refused, naming the record
+    assert refused.exit_code == 3 and refused.stderr.startswith(f"error: {state}: ")
+    assert snapshot(project) == before
     # the way out it names: re-create the project (the user's files kept)
     fixed = new(projects, "--force", "--discard-edits")
     assert fixed.exit_code == 0, fixed.output
