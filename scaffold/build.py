@@ -180,6 +180,7 @@ def _build_locked(
     weights: WeightOptions | None,
     option: str = "",
 ) -> BuildResult:
+    keep, changed = None, []
     if out.exists():
         stamp = read_stamp(out)
         if stamp is not None and stamp.get("inputs") == record:
@@ -198,6 +199,11 @@ def _build_locked(
                 "pass --force to rebuild, or delete the folder",
                 path=out,
             )
+        changed = changed_since_built(out)
+        if changed:  # trained weights saved into the build (or any file changed): never replaced, kept aside
+            from .update import backup_path
+
+            keep = backup_path(out)
     staging = atomic.make_staging(out, "build")
     try:
         with writing(staging):
@@ -208,10 +214,40 @@ def _build_locked(
             atomic.apply_umask(staging)
             atomic.fsync_tree(staging)
         atomic.fault_point("build-staged")
-        atomic.swap_in(staging, out)
+        atomic.swap_in(staging, out, keep_old=keep)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return BuildResult(out, True, f"built {out}")
+    message = f"built {out}"
+    if keep is not None:
+        listed = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        message = (
+            f"kept the previous build as {keep}: {listed} changed since scaffold wrote "
+            f"{'them' if len(changed) > 1 else 'it'} (trained weights?)\n{message}"
+        )
+    return BuildResult(out, True, message)
+
+
+def changed_since_built(out: Path) -> list[str]:
+    """The files of the model directory ``out`` that its build record lists and that hold something else
+    now (weights saved by training with ``save_pretrained``, a config edited by hand): what a rebuild
+    must not replace without keeping them. Files the record does not list are refused before this
+    (:func:`scaffold.atomic.check_replaceable`)."""
+    try:
+        files = json.loads((out / STAMP_FILE).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(files, dict):
+        return []
+    changed = []
+    for name, entry in sorted(files.items()):
+        path = out / name
+        if not isinstance(entry, dict) or ".." in Path(name).parts or Path(name).is_absolute():
+            continue  # verify names such entries; nothing outside the folder is read
+        if path.is_symlink() or not path.is_file():
+            continue
+        if path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
+            changed.append(name)
+    return changed
 
 
 def prepare(project: Project) -> str | None:

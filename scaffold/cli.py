@@ -192,8 +192,9 @@ def _overrides(sets: tuple[str, ...]) -> dict:
 @click.option(
     "--force",
     is_flag=True,
-    help="Replace an existing project of that name (its files are lost). A project holding edits that git "
-    "does not hold is refused unless --backup or --discard-edits is given too.",
+    help="Render an existing project of that name afresh; files scaffold did not write (.git, your scripts "
+    "and data, model/, runs/) are kept. A project holding edits that git's last commit does not hold is "
+    "refused unless --backup or --discard-edits is given too.",
 )
 @click.option("--backup", is_flag=True, help="With --force: keep the previous project as NAME.backup-<time>.")
 @click.option(
@@ -236,7 +237,11 @@ def new(
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", help="Name of the project (default: the model folder's name).")
 @projects_dir_option
-@click.option("--force", is_flag=True, help="Replace an existing project of that name (its files are lost).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Render an existing project of that name afresh (files scaffold did not write are kept).",
+)
 def import_cmd(path: Path, name: str | None, projects_dir: Path, force: bool) -> None:
     """Create a project that reproduces the transformers model at PATH (a local model folder or its
     config.json): the family from its model_type, the sizes and structure from its config. Features no

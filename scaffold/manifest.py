@@ -127,7 +127,14 @@ def parse_sets(pairs: Iterable[str]) -> Manifest:
         if f is None:
             hint = "; use section.key" if any(x.key == key for x in schema.FIELDS) else ""
             raise UsageError(f"--set {key}: no such manifest key{hint} (see `scaffold schema`)")
-        layer.setdefault(f.section, {})[f.key] = parse_value(raw)
+        value = parse_value(raw)
+        if value is None and not f.nullable:
+            # null removes a key, and the blueprint's default would then be built in silence
+            raise UsageError(
+                f"--set {f.path}=null: {f.path} cannot be null (only optional keys can; "
+                f"give a {f.type_name}, see `scaffold schema`)"
+            )
+        layer.setdefault(f.section, {})[f.key] = value
     return layer
 
 

@@ -554,9 +554,16 @@ def create_project(
 ) -> Path:
     """Create ``projects_dir/name`` from a blueprint. Refuses to replace a project unless ``force``,
     and to replace one holding edits (generated files or manifest changed since scaffold wrote them)
-    unless git holds them, ``backup`` (the old project is kept as ``NAME.backup-<time>``) or
-    ``discard_edits``."""
-    from .update import backup_path, committed, edited_files
+    unless git's last commit holds them, ``backup`` (the old project is kept as ``NAME.backup-<time>``)
+    or ``discard_edits``.
+
+    Only what scaffold writes is replaced: every other file of the old project (a ``.git`` folder, the
+    user's scripts and data, ``model/``, ``runs/``) is kept in the new one, and the files an older
+    rendering wrote that this one does not are removed only when they are as scaffold wrote them
+    (or the edit check above let them go)."""
+    import contextlib
+
+    from .update import DEFAULT_OUTPUT, backup_path, committed, edited_files
 
     check_name(name)
     bp = load_blueprint(blueprint)
@@ -564,36 +571,99 @@ def create_project(
     target = projects_dir / name
     new_manifest(bp, name, preset, overrides)  # validate before anything is written
     keep = None
-    with atomic.locked(target):
+    kept: list[str] = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(atomic.locked(target))
         atomic.sweep(target)
         if target.exists() and not target.is_dir():
             raise ProjectError("exists and is not a folder", path=target)
         if target.exists() and not force:
             raise ProjectError(
-                "already exists; pass --force to replace it (its files will be lost)", path=target
+                "already exists; pass --force to render it afresh (files scaffold did not write are kept)",
+                path=target,
             )
         atomic.check_replaceable(target, accept="project")  # --force replaces only a scaffold project
+        replaced: set[str] = set()
         if target.exists():
-            edited = edited_files(target)
-            if edited and not (discard_edits or backup or committed(target, edited)):
-                raise ProjectError(
-                    f"holds edits that --force would lose ({', '.join(edited)}): commit them, pass --backup to "
-                    "keep the project as it is beside the new one, or --discard-edits",
-                    path=target,
-                )
+            stack.enter_context(atomic.locked(target / DEFAULT_OUTPUT))  # kept: no build writes it meanwhile
+            atomic.sweep(target / DEFAULT_OUTPUT)
+            if not (discard_edits or backup):
+                edited = edited_files(target)
+                if edited and not committed(target, edited):
+                    raise ProjectError(
+                        f"holds edits that --force would lose ({', '.join(edited)}): commit them, pass --backup "
+                        "to keep the project as it is beside the new one, or --discard-edits",
+                        path=target,
+                    )
+            replaced = _rendered_before(target)
             keep = backup_path(target) if backup else None
         staging = atomic.make_staging(target, "new")
         try:
             render(bp, staging, name, preset, overrides, project_dir=target)
             atomic.apply_umask(staging)
+            if target.exists():
+                kept = _carry_over(target, staging, replaced, copy=keep is not None)
             atomic.fault_point("new-staged")
             atomic.fsync_tree(staging)
             atomic.swap_in(staging, target, keep_old=keep)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if kept:
+        shown = ", ".join(kept[:8]) + (f" and {len(kept) - 8} more" if len(kept) > 8 else "")
+        print(f"kept what scaffold did not write: {shown}", file=sys.stderr)
     if keep is not None:
         print(f"kept the previous project as {keep}", file=sys.stderr)
     return target
+
+
+def _rendered_before(project: Path) -> set[str]:
+    """The files of ``project`` its last rendering wrote (from its record; none when the record is
+    missing or damaged: every file a new rendering does not write is then kept)."""
+    from .errors import IntegrityError
+    from .update import read_rendering
+
+    try:
+        rendering = read_rendering(project)
+    except IntegrityError:
+        return set()
+    return set(rendering.files) if rendering is not None else set()
+
+
+def _carry_over(old: Path, staging: Path, replaced: set[str], *, copy: bool) -> list[str]:
+    """Put every entry of the project ``old`` that scaffold did not write into ``staging`` (a fresh
+    rendering): hard links (``copy``: copies, so a backup of ``old`` stays independent of them); the
+    names kept, folders with a '/'. ``replaced``: files an older rendering wrote, scaffold's to drop."""
+    from .update import DEFAULT_OUTPUT, STORE_DIR
+
+    kept: list[str] = []
+    skip = {STORE_DIR, atomic.lock_path(old / DEFAULT_OUTPUT).name, *replaced}  # scaffold's own
+
+    def carry(src: Path, dst: Path, rel: str) -> None:
+        for entry in sorted(src.iterdir()):
+            name = f"{rel}{entry.name}"
+            if name in skip:
+                continue
+            target = dst / entry.name
+            if entry.is_dir() and not entry.is_symlink():
+                if target.is_dir() and not target.is_symlink():
+                    carry(entry, target, f"{name}/")  # a folder the rendering writes into too
+                elif not target.exists() and not target.is_symlink():
+                    if copy:
+                        shutil.copytree(entry, target, symlinks=True)
+                    else:
+                        atomic.link_tree(entry, target)
+                    kept.append(f"{name}/")
+                continue
+            if target.exists() or target.is_symlink():
+                continue  # written by this rendering (the edit check let it go)
+            if copy:
+                shutil.copy2(entry, target, follow_symlinks=False)
+            else:
+                atomic.link_or_copy(entry, target)
+            kept.append(name)
+
+    carry(old, staging, "")
+    return kept
 
 
 def rerender(project_dir: str | Path, dest: str | Path) -> Path:

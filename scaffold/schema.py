@@ -212,6 +212,7 @@ FIELDS: tuple[Field, ...] = (
         INT,
         "Number of key/value heads (grouped-query attention); must divide the query heads.",
         (positive,),
+        nullable=True,  # null: as many as the query heads
         flags=("--num-kv-heads",),
     ),
     Field(
@@ -220,6 +221,7 @@ FIELDS: tuple[Field, ...] = (
         INT,
         "Width of one attention head; defaults to hidden_size / num_attention_heads.",
         (positive,),
+        nullable=True,  # null: derived, as the doc says
         flags=("--d-head",),
     ),
     Field(

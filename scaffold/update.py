@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from typing import Any
 
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
-from .errors import BlueprintError, ProjectError
+from .errors import BlueprintError, IntegrityError, ProjectError
 from .merge import merge_text, unified_diff
 
 if sys.version_info >= (3, 11):
@@ -100,10 +101,18 @@ def _state(bp: Blueprint, data: Mapping[str, Any], *, manifest_sha256: str | Non
     }
 
 
+def _state_text(state: Mapping[str, Any], files: Mapping[str, str]) -> str:
+    """rendering.json: the record, and the sha256 of each file kept under rendered/ (only those are the
+    base of a merge; anything else found there is not scaffold's)."""
+    record = {k: v for k, v in state.items() if k != "files"}
+    record["files"] = {name: _sha(text) for name, text in sorted(files.items())}
+    return json.dumps(record, indent=2) + "\n"
+
+
 def _write_store(store: Path, files: Mapping[str, str], state: Mapping[str, Any]) -> None:
     for name, text in files.items():
         _write_new(store / RENDERED_DIR / name, text)
-    _write_new(store / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    _write_new(store / STATE_FILE, _state_text(state, files))
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -122,21 +131,69 @@ class Rendering:
     state: dict[str, Any]
 
 
+# what an older scaffold kept under rendered/ without listing it: the modeling and configuration files
+# (as every built-in blueprint names them) and the model card
+LEGACY_RENDERED = re.compile(r"(modeling|configuration)_\w+\.py|README\.md")
+DAMAGED_STATE = (
+    "scaffold's record of its last rendering is damaged, so a re-render cannot tell your edits from its "
+    "code; re-create the project with `scaffold new NAME --force --backup` (the old one is kept beside "
+    f"it), or delete {STORE_DIR}/ and take the files in as they are with `scaffold update PROJECT --adopt`"
+)
+
+
+def _damaged(path: Path, why: str) -> IntegrityError:
+    return IntegrityError(f"{why}: {DAMAGED_STATE}", path=path)
+
+
 def read_rendering(project_dir: Path) -> Rendering | None:
-    """The project's last rendering, or None for a project made before scaffold kept one."""
+    """The project's last rendering, or None for a project made before scaffold kept one (no
+    ``.scaffold/``).
+
+    The base of a merge is exactly the files rendering.json lists, each checked against its sha256; a
+    record older than that list stands for the code files under rendered/ (``*.py``, README.md).
+    Anything else under rendered/ is ignored. A record that is there but damaged (not a JSON object,
+    a listed file missing, changed or not UTF-8) is an :class:`IntegrityError` naming the file: a
+    re-render from it would merge against a wrong base, or not happen at all.
+    """
     store = Path(project_dir) / STORE_DIR
+    if not store.exists() and not store.is_symlink():
+        return None
+    state_path, root = store / STATE_FILE, store / RENDERED_DIR
     try:
-        state = json.loads((store / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    root = store / RENDERED_DIR
-    if not root.is_dir():  # a record without its files is no base for a merge
-        return None
-    files = {
-        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _damaged(state_path, "missing") from None
+    except UnicodeDecodeError:
+        raise _damaged(state_path, "not UTF-8 text") from None
+    except ValueError as err:
+        raise _damaged(state_path, f"not valid JSON ({err})") from None
+    if not isinstance(state, dict):
+        raise _damaged(state_path, f"not a JSON object (a {type(state).__name__})")
+    if not isinstance(state.get("manifest"), str):
+        raise _damaged(state_path, "no manifest fingerprint (key 'manifest')")
+    if not root.is_dir() or root.is_symlink():
+        raise _damaged(root, "missing or not a folder")
+    listed = state.pop("files", None)
+    if listed is None:  # recorded by an older scaffold: its renderings were the code files
+        listed = {p.name: None for p in sorted(root.iterdir()) if LEGACY_RENDERED.fullmatch(p.name)}
+    if not isinstance(listed, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in listed.items()
+    ):
+        raise _damaged(state_path, "'files' is not a table of file names and sha256 checksums")
+    files: dict[str, str] = {}
+    for name, digest in listed.items():
+        path = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or name in UNTRACKED:
+            raise _damaged(state_path, f"'files' names {name!r}, not a code file of the project")
+        if path.is_symlink() or not path.is_file():
+            raise _damaged(path, "missing (or not a plain file)")
+        data = path.read_bytes()
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise _damaged(path, f"changed: its sha256 differs from {STATE_FILE}")
+        try:
+            files[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _damaged(path, "not UTF-8 text") from None
     return Rendering(files=files, state=state)
 
 
@@ -152,12 +209,37 @@ def code_files(project_dir: Path) -> list[Path]:
 
 
 def _read(path: Path) -> str | None:
+    """A project file's text (None: absent); one that is not UTF-8 is an :class:`IntegrityError`
+    naming it, for a merge would replace its bytes."""
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    except UnicodeDecodeError:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise IntegrityError(
+            f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): scaffold merges text and "
+            "would have to replace those bytes; save the file as UTF-8 (or undo that edit), then run again",
+            path=path,
+        ) from None
+
+
+def _shown(path: Path) -> str | None:
+    """A project file's text for display (bytes that are not UTF-8 shown as U+FFFD), None: absent."""
+    try:
         return path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def _differs(path: Path, text: str | None) -> bool:
+    """Whether the file at ``path`` is not, byte for byte, ``text`` (None: absent)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return text is not None
+    return text is None or data != text.encode("utf-8")
 
 
 def edited_files(project_dir: Path) -> list[str]:
@@ -180,30 +262,37 @@ def edited_files(project_dir: Path) -> list[str]:
                 return [p.name for p in code_files(project_dir)] + [manifest.MANIFEST_NAME]
             names = [n for n in sorted(tracked({p.name: "" for p in fresh.iterdir() if p.is_file()}))]
             names.append(manifest.MANIFEST_NAME)
-            return [n for n in names if _read(project_dir / n) != _read(fresh / n)]
-    edited = [name for name, text in rendering.files.items() if _read(project_dir / name) != text]
-    text = _read(mpath)
-    if text is None or _sha(text) != rendering.state.get("manifest_sha256"):
+            return [n for n in names if _differs(project_dir / n, _shown(fresh / n))]
+    edited = [name for name, text in rendering.files.items() if _differs(project_dir / name, text)]
+    try:
+        data = mpath.read_bytes()
+    except FileNotFoundError:
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != rendering.state.get("manifest_sha256"):
         edited.append(manifest.MANIFEST_NAME)
     return edited
 
 
 def committed(project_dir: Path, names: list[str]) -> bool:
-    """Whether git holds every one of ``names`` as it is now (tracked, nothing uncommitted)."""
+    """Whether git's last commit (HEAD) holds every one of ``names`` exactly as it is now.
+
+    The file's content is hashed as git would store it and compared with the blob HEAD holds, never
+    taken from ``git status`` (which trusts the index: a file marked ``--assume-unchanged`` or
+    ``--skip-worktree`` reads as unchanged whatever it holds)."""
     git = shutil.which("git")
     if git is None or not names:
         return False
+    paths = [f"./{name}" for name in names]
     try:
-        listed = subprocess.run(
-            [git, "ls-files", "--error-unmatch", "--", *names],
+        held = subprocess.run(
+            [git, "rev-parse", *(f"HEAD:{p}" for p in paths)],
             cwd=project_dir,
             capture_output=True,
+            text=True,
             timeout=30,
         )
-        if listed.returncode != 0:
-            return False
-        status = subprocess.run(
-            [git, "status", "--porcelain", "--", *names],
+        now = subprocess.run(
+            [git, "hash-object", "--", *paths],
             cwd=project_dir,
             capture_output=True,
             text=True,
@@ -211,7 +300,10 @@ def committed(project_dir: Path, names: list[str]) -> bool:
         )
     except (OSError, subprocess.SubprocessError):
         return False
-    return status.returncode == 0 and not status.stdout.strip()
+    if held.returncode != 0 or now.returncode != 0:
+        return False
+    held_ids, now_ids = held.stdout.split(), now.stdout.split()
+    return len(held_ids) == len(names) and held_ids == now_ids
 
 
 # -- planning a merge ----------------------------------------------------------------------------
@@ -247,8 +339,12 @@ def plan_merge(
     changes: list[Change] = []
     for name in sorted(set(base) | set(new)):
         old_r, new_r = base.get(name), new.get(name)
-        yours = _read(Path(project_dir) / name)
-        if old_r == new_r or yours == new_r:
+        if old_r == new_r:
+            continue
+        if new_r is None and _differs(Path(project_dir) / name, old_r):
+            continue  # no longer rendered, and not as scaffold wrote it: kept as it is (or absent)
+        yours = _read(Path(project_dir) / name)  # not UTF-8: refused, never merged
+        if yours == new_r:
             continue
         if new_r is None:  # the blueprint no longer renders it
             if yours is None:
@@ -324,9 +420,9 @@ def _fsync_written(staging: Path, written: list[Path]) -> None:
     atomic.fsync_tree(staging, files=[*written, *(staging / STORE_DIR).rglob("*")])
 
 
-def _write_state(project_dir: Path, state: Mapping[str, Any]) -> None:
-    """Replace rendering.json alone (atomically): the rendering did not change, only its record."""
-    atomic.write_text(project_dir / STORE_DIR / STATE_FILE, json.dumps(state, indent=2) + "\n")
+def _write_state(project_dir: Path, state: Mapping[str, Any], files: Mapping[str, str]) -> None:
+    """Replace rendering.json alone (atomically): the rendering (``files``) did not change, only its record."""
+    atomic.write_text(project_dir / STORE_DIR / STATE_FILE, _state_text(state, files))
 
 
 # -- build: re-render when the manifest changed ---------------------------------------------------
@@ -372,7 +468,7 @@ def rerender_if_changed(project: Any) -> list[str]:
             **_state(bp, data, manifest_sha256=rendering.state.get("manifest_sha256")),
         }
         if not changes and new == rendering.files:
-            _write_state(path, state)
+            _write_state(path, state, new)
             return []
         commit(path, changes, new, state)
     lines = [c.line("manifest changed") for c in changes]
@@ -465,15 +561,22 @@ def _toml_value(value: Any) -> str:
 
 
 def edit_manifest_text(
-    text: str, old: Mapping[str, Any], new: Mapping[str, Any], renames: Mapping[str, str] | None = None
+    text: str,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    renames: Mapping[str, str] | None = None,
+    *,
+    path: str | Path | None = None,
 ) -> str:
     """``text`` (a manifest file) changed from ``old`` to ``new`` line by line, keeping its comments and
-    layout (a key renamed within its section, ``renames``, stays on its line); rewritten whole (the
-    comments at its top kept) only where a line edit cannot express it."""
-    import re
+    layout (a key renamed within its section, ``renames``, stays on its line; a quoted key is a key).
+    Never rewritten whole: where a line edit cannot express the change (a section written as an inline
+    table, a dotted key), a :class:`ProjectError` names the key at ``path`` and nothing is written."""
 
     lines = text.splitlines(keepends=True)
-    header_re = re.compile(r"^\s*\[([A-Za-z0-9_.-]+)\]\s*(#.*)?$")
+    header_re = re.compile(
+        r"""^\s*\[\s*(?:"([A-Za-z0-9_-]+)"|'([A-Za-z0-9_-]+)'|([A-Za-z0-9_.-]+))\s*\]\s*(#.*)?$"""
+    )
 
     def section_span(name: str) -> tuple[int, int] | None:
         start = None
@@ -481,15 +584,19 @@ def edit_manifest_text(
             m = header_re.match(line)
             if m and start is not None:
                 return start, i
-            if m and m.group(1) == name:
+            if m and next(g for g in m.groups()[:3] if g is not None) == name:
                 start = i + 1
         return (start, len(lines)) if start is not None else None
+
+    def key_re(key: str) -> str:  # bare, "quoted" or 'literal'
+        k = re.escape(key)
+        return rf"""(?:{k}|"{k}"|'{k}')"""
 
     def key_line(section: str, key: str) -> int | None:
         span = section_span(section)
         if span is None:
             return None
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        pattern = re.compile(rf"^\s*{key_re(key)}\s*=")
         return next((i for i in range(*span) if pattern.match(lines[i])), None)
 
     old = {s: dict(v) if isinstance(v, Mapping) else v for s, v in old.items()}
@@ -497,7 +604,7 @@ def edit_manifest_text(
         (section, key), (new_section, new_name) = old_key.split(".", 1), new_key.split(".", 1)
         i = key_line(section, key) if section == new_section else None
         if i is not None and key in old.get(section, {}) and new_name not in old[section]:
-            lines[i] = re.sub(rf"^(\s*){re.escape(key)}(\s*=)", rf"\g<1>{new_name}\g<2>", lines[i])
+            lines[i] = re.sub(rf"^(\s*){key_re(key)}(\s*=)", rf"\g<1>{new_name}\g<2>", lines[i])
             old[section][new_name] = old[section].pop(key)
     old_keys = {(s, k) for s, vals in old.items() if isinstance(vals, Mapping) for k in vals}
     new_keys = {(s, k) for s, vals in new.items() if isinstance(vals, Mapping) for k in vals}
@@ -512,7 +619,7 @@ def edit_manifest_text(
         entry = f"{key} = {_toml_value(value)}\n"
         i = key_line(section, key)
         if i is not None:
-            lines[i] = entry
+            lines[i] = entry.rstrip("\n") + _trailing_comment(lines[i]) + "\n"
             continue
         span = section_span(section)
         if span is None:
@@ -526,12 +633,48 @@ def edit_manifest_text(
         lines.insert(end, entry)
     result = "".join(lines)
     try:
-        if tomllib.loads(result) == dict(new):
-            return result
+        edited = tomllib.loads(result)
     except tomllib.TOMLDecodeError:
-        pass
-    header = "".join(line for line in text.splitlines(keepends=True)[:20] if line.startswith("#"))
-    return manifest.dumps(new, header=header)
+        edited = old  # nothing of the change is there
+    if edited == dict(new):
+        return result
+
+    def value(data: Mapping[str, Any], section: str, key: str) -> Any:
+        values = data.get(section)
+        return values.get(key, _ABSENT) if isinstance(values, Mapping) else _ABSENT
+
+    keys = sorted({(s, k) for d in (old, new) for s, v in d.items() if isinstance(v, Mapping) for k in v})
+    missed = [f"{s}.{k}" for s, k in keys if value(new, s, k) != value(edited, s, k)]
+    wanted = [
+        f"{key} = {_toml_value(new[key.split('.')[0]][key.split('.', 1)[1]])}"
+        if key.split(".", 1)[1] in (new.get(key.split(".")[0]) or {})
+        else f"{key} removed"
+        for key in missed
+    ]
+    raise ProjectError(
+        "cannot be changed in place, keeping your comments (its section is written as an inline table or "
+        f"its key dotted); make the change by hand ({'; '.join(wanted) or 'see `scaffold update --dry-run`'}), "
+        "or write the section as [section] with one `key = value` line each, and run again; nothing was written",
+        path=path,
+        key=", ".join(missed) or None,
+    )
+
+
+_ABSENT = object()
+
+
+def _trailing_comment(line: str) -> str:
+    """The comment after the value of ``key = value  # comment`` (with the spaces before it), or ''."""
+    value = line.rstrip("\r\n").split("=", 1)[1] if "=" in line else ""
+    for i, ch in enumerate(value):
+        if ch == "#":
+            try:
+                tomllib.loads(f"v = {value[:i]}")
+            except tomllib.TOMLDecodeError:
+                continue  # a '#' inside the value
+            start = len(value[:i].rstrip())
+            return value[start:]
+    return ""
 
 
 @dataclass
@@ -610,8 +753,8 @@ def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
     if not project_dir.is_dir():
         raise ProjectError("no such project folder", path=project_dir)
     mpath = project_dir / manifest.MANIFEST_NAME
+    data = manifest.load(mpath)  # first: a manifest that is not UTF-8 is named there
     manifest_text = mpath.read_text(encoding="utf-8") if mpath.is_file() else ""
-    data = manifest.load(mpath)
     bp = blueprint_of(project_dir, data)
     rendering = read_rendering(project_dir)
     recorded = rendering.state.get("blueprint_version") if rendering is not None else bp.version
@@ -630,7 +773,11 @@ def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
     new = tracked(render_files(bp, resolved))
     adopted = None
     if rendering is None:  # made before scaffold kept its renderings: the new rendering is the base
-        adopted = [name for name, text in new.items() if _read(project_dir / name) not in (None, text)]
+        adopted = [
+            name
+            for name, text in new.items()
+            if (project_dir / name).exists() and _differs(project_dir / name, text)
+        ]
         if adopted and not adopt:
             raise ProjectError(
                 f"made before scaffold kept a record of its last rendering, and {', '.join(adopted)} "
@@ -649,7 +796,7 @@ def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
         notes=notes,
         changes=[],
         manifest_before=manifest_text,
-        manifest_after=edit_manifest_text(manifest_text, data, migrated, renamed)
+        manifest_after=edit_manifest_text(manifest_text, data, migrated, renamed, path=mpath)
         if migrated != data
         else manifest_text,
         new_rendering=new,
@@ -754,7 +901,7 @@ def status(project_dir: str | Path) -> str:
         out.append(
             unified_diff(
                 rendering.files.get(name),
-                _read(project_dir / name),
+                _shown(project_dir / name),
                 name,
                 old_label="last rendered",
                 new_label="yours",

@@ -259,8 +259,8 @@ def test_two_news_at_once_second_refused(tmp_path: Path):
     again = invoke(*args)
     assert again.exit_code == 2
     assert (
-        one_error(again.stderr) == f"error: {projects / 'other'}: already exists; pass --force to replace it "
-        "(its files will be lost)"
+        one_error(again.stderr) == f"error: {projects / 'other'}: already exists; pass --force to render it "
+        "afresh (files scaffold did not write are kept)"
     )
     assert snapshot(projects / "other") == made
     assert leftovers(projects) == []
@@ -357,6 +357,8 @@ def test_new_killed_leaves_previous_project(proj: Path):
         fault="new-staged:kill",
     )
     assert killed.returncode == -signal.SIGKILL
+    # the lock of model/ (kept by --force, so locked while the project is swapped) is left, harmlessly
+    (proj / ".model.lock").unlink()
     assert snapshot(proj) == before
     assert any(projects.glob(".tiny.new-*"))
     refused = invoke("new", "tiny", "--from", "llama", "--projects-dir", projects)
@@ -718,7 +720,7 @@ def test_new_over_edited_project_refused_edits_kept(proj: Path):
     assert r.exit_code == 2
     assert (
         one_error(r.stderr)
-        == f"error: {proj}: already exists; pass --force to replace it (its files will be lost)"
+        == f"error: {proj}: already exists; pass --force to render it afresh (files scaffold did not write are kept)"
     )
     assert snapshot(proj) == before
 

@@ -156,7 +156,9 @@ def differences(bp: Any, model: Mapping[str, Any]) -> list[str]:
     presence (transformers' class applies its own default when config.json lacks one); a fraction of
     rotary features is the family's when its class rotates a fraction at all."""
     stock_preset = bp.preset(None).get("model", {})
-    stock = schema.structure_of({**bp.structure, **{k: stock_preset.get(k) for k in schema.NUMERIC_STRUCTURE}})
+    stock = schema.structure_of(
+        {**bp.structure, **{k: stock_preset.get(k) for k in schema.NUMERIC_STRUCTURE}}
+    )
     ours = schema.structure_of(model)
     out = []
     for key, value in ours.items():
