@@ -361,10 +361,10 @@ def make_config(project: Project, tokenizer) -> Any:
         base, causal_lm, prefix = a.model_class, a.causal_lm_class, a.class_prefix
     elif prefix and a.class_prefix != prefix:
         print(
-            f"warning: {meta['modeling_file']} still names its classes {prefix}* (rendered before scaffold "
-            f"named a structure that differs from transformers' {a.differs_from} {a.class_prefix}*): tools "
-            "that build classes by name would build transformers' class; rename them (or render the project "
-            "again with `scaffold new NAME --force --backup`)",
+            f"warning: {meta['modeling_file']} names its classes {prefix}*, as transformers' {a.differs_from} "
+            f"is named, but this structure differs from it ({', '.join(a.differences)}): scaffold now names "
+            f"them {a.class_prefix}*, so that no tool builds transformers' class in their place; rename them, "
+            "or make the project again with `scaffold new NAME --force --backup`",
             file=sys.stderr,
         )
     config.auto_map = {

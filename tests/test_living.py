@@ -279,7 +279,10 @@ def test_build_of_a_project_behind_its_blueprint_asks_for_update(old_project):
     edit(manifest, "hidden_size = 32", "hidden_size = 64")
     r = invoke("build", project, "--force")
     assert r.exit_code == 2
-    assert r.stderr.strip() == (
+    # (the fixture's 0.2.0 makes LayerNorm the family's own structure, so this RMSNorm project's classes
+    # are warned about as named like transformers' while differing from the family)
+    errors = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("warning:"))
+    assert errors.strip() == (
         f"error: {manifest}: changed since the project was last rendered, but the project is at blueprint llama "
         f"0.1.0 and 0.2.0 is installed: run `scaffold update {project}` to move it to 0.2.0 (it re-renders for "
         "this manifest too)"
