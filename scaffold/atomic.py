@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import ProjectError
+from .files import ANSWERS_FILE, BUILD_RECORD
 
 
 def sha256_file(path: Path) -> str:
@@ -380,8 +381,7 @@ def swap_in(staging: Path, target: Path, *, keep_old: Path | None = None, faults
         shutil.rmtree(trash, ignore_errors=True)
 
 
-BUILD_RECORD = "scaffold-build.json"  # scaffold.build.STAMP_FILE
-PROJECT_MARKERS = ("scaffold.toml", ".copier-answers.yml")  # what `scaffold new` always writes
+PROJECT_MARKERS = ("scaffold.toml", ANSWERS_FILE)  # what `scaffold new` always writes
 CHECKPOINT_MARKERS = (
     "model.safetensors",
     "config.json",

@@ -27,12 +27,10 @@ from . import __version__, atomic, manifest
 from .arch.hf_config import to_hf
 from .atomic import sha256_file
 from .errors import IntegrityError, ProjectError, writing
+from .files import BUILD_RECORD, DEFAULT_OUTPUT
 from .project import Project as Project  # re-exported: the Python API has imported it from here
 from .project import load_project as load_project
 from .render import TOKENIZER_FILE
-
-STAMP_FILE = "scaffold-build.json"
-DEFAULT_OUTPUT = "model"  # inside the project folder
 
 
 def inputs_record(
@@ -67,7 +65,7 @@ def inputs_record(
 def read_stamp(output_dir: Path) -> dict[str, Any] | None:
     """The build record of ``output_dir``, or None when it is missing or not a record."""
     try:
-        stamp = json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
+        stamp = json.loads((output_dir / BUILD_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(stamp, dict) or not isinstance(stamp.get("inputs"), dict):
@@ -192,7 +190,7 @@ def _build_locked(
         # only a folder scaffold wrote (or an empty one) is ever replaced, with or without --force
         atomic.check_replaceable(out, protect=(project.path,), option=option)
         if stamp is None and any(out.iterdir()) and not force:
-            raise ProjectError(f"its {STAMP_FILE} has no inputs record; pass --force to rebuild", path=out)
+            raise ProjectError(f"its {BUILD_RECORD} has no inputs record; pass --force to rebuild", path=out)
         if stamp is not None and stamp.get("inputs") != record and not force:
             raise ProjectError(
                 f"stale build ({describe_changes(stamp.get('inputs', {}), record)}); "
@@ -210,7 +208,7 @@ def _build_locked(
             write_model_dir(project, staging, save_weights=save_weights, weights=weights)
             atomic.fault_point("build-written")
             stamp = {"inputs": record, "files": record_files(staging)}
-            (staging / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+            (staging / BUILD_RECORD).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
             atomic.apply_umask(staging)
             atomic.fsync_tree(staging)
         atomic.fault_point("build-staged")
@@ -233,7 +231,7 @@ def changed_since_built(out: Path) -> list[str]:
     must not replace without keeping them. Files the record does not list are refused before this
     (:func:`scaffold.atomic.check_replaceable`)."""
     try:
-        files = json.loads((out / STAMP_FILE).read_text(encoding="utf-8")).get("files")
+        files = json.loads((out / BUILD_RECORD).read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError, AttributeError):
         return []
     if not isinstance(files, dict):
@@ -271,6 +269,16 @@ def prepare_code(project: Project) -> None:
     check_no_conflicts(code_files(project.path))
 
 
+def stale_inputs(project: Project, stamp: Mapping[str, Any]) -> tuple[dict, dict] | None:
+    """The inputs a build was made from and the project's now, when they differ (a stale build), else
+    None. Whether weights were saved is the build's choice, not the project's, so it is not compared."""
+    old = dict(stamp.get("inputs") or {})
+    new = inputs_record(project, bool(old.get("weights")))
+    old.pop("weights", None)
+    new.pop("weights", None)
+    return None if old == new else (old, new)
+
+
 def build_for_test(
     project: Project, output_dir: str | Path | None = None, *, force: bool = False
 ) -> BuildResult:
@@ -283,11 +291,7 @@ def build_for_test(
     note = prepare(project)  # first: a tokenizer remade here makes the build below stale, as it should
     stamp = read_stamp(out) if out.is_dir() else None
     if stamp is not None:
-        old = dict(stamp.get("inputs") or {})
-        new = inputs_record(project, bool(old.get("weights")))
-        old.pop("weights", None)
-        new.pop("weights", None)
-        if old == new:
+        if stale_inputs(project, stamp) is None:
             with atomic.locked(out):
                 damage = _damage(out, stamp)
             if damage is None:
@@ -318,7 +322,7 @@ def record_files(folder: Path) -> dict[str, dict[str, Any]]:
     return {
         p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != STAMP_FILE
+        if p.is_file() and p.name != BUILD_RECORD
     }
 
 

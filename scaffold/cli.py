@@ -38,7 +38,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
-from .overrides import Overrides, override_options
+from .overrides import SET_OPTION, Overrides, override_options
 
 DEBUG_ENV = "SCAFFOLD_DEBUG"
 
@@ -155,13 +155,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-set_option = click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Set any manifest key (section.key or a unique bare key); the value is read as TOML. Repeatable.",
-)
 projects_dir_option = click.option(
     "--projects-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -187,7 +180,7 @@ def _overrides(sets: tuple[str, ...]) -> dict:
     help="Blueprint folder (blueprints/llama) or a built-in blueprint's name (llama).",
 )
 @click.option("--preset", help="Preset of the blueprint to start from (default: the blueprint's).")
-@set_option
+@SET_OPTION
 @projects_dir_option
 @click.option(
     "--force",

@@ -542,10 +542,7 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
             model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=spec["no_init"]
         )
     if opts.gradient_checkpointing:  # on the model itself, before a wrapper hides the method
-        enable = (
-            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        )
-        enable()
+        smoke.enable_checkpointing(model)
         opts = replace(opts, gradient_checkpointing=False)
     inner = model
     if parallel == "ddp":

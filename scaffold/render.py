@@ -24,6 +24,7 @@ from .blueprints import Blueprint
 from .blueprints import load as load_blueprint
 from .diagram import diagram_structure, mermaid_block
 from .errors import BlueprintError, ProjectError, UsageError, one_line
+from .files import ANSWERS_FILE
 from .parts import part_sources
 from .plans import plans_for
 from .tokenizer import TOKENIZER_FILE as TOKENIZER_FILE  # re-exported: build.py imports it from here
@@ -31,7 +32,6 @@ from .tokenizer import make_for_new
 from .tokenizer import write as write_tokenizer
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-ANSWERS_FILE = ".copier-answers.yml"
 
 
 def check_name(name: str) -> None:
@@ -563,7 +563,8 @@ def create_project(
     (or the edit check above let them go)."""
     import contextlib
 
-    from .update import DEFAULT_OUTPUT, backup_path, committed, edited_files
+    from .files import DEFAULT_OUTPUT
+    from .update import backup_path, committed, edited_files
 
     check_name(name)
     bp = load_blueprint(blueprint)
@@ -633,7 +634,8 @@ def _carry_over(old: Path, staging: Path, replaced: set[str], *, copy: bool) -> 
     """Put every entry of the project ``old`` that scaffold did not write into ``staging`` (a fresh
     rendering): hard links (``copy``: copies, so a backup of ``old`` stays independent of them); the
     names kept, folders with a '/'. ``replaced``: files an older rendering wrote, scaffold's to drop."""
-    from .update import DEFAULT_OUTPUT, STORE_DIR
+    from .files import DEFAULT_OUTPUT
+    from .update import STORE_DIR
 
     kept: list[str] = []
     skip = {STORE_DIR, atomic.lock_path(old / DEFAULT_OUTPUT).name, *replaced}  # scaffold's own

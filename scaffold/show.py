@@ -17,7 +17,7 @@ from typing import Any
 
 from . import manifest
 from .atomic import make_scratch
-from .build import default_output_dir, inputs_record, read_stamp, write_model_dir
+from .build import default_output_dir, read_stamp, stale_inputs, write_model_dir
 from .diagram import breakdown_lines, parameter_breakdown, project_structure, text_diagram
 from .errors import UsageError, writing
 from .project import Project
@@ -44,12 +44,10 @@ def build_status(project: Project, output_dir: Path | None) -> str:
     stamp = read_stamp(out)
     if stamp is None:
         return f"{out}: exists but was not written by scaffold build"
-    old = dict(stamp.get("inputs", {}))
-    new = inputs_record(project, bool(old.get("weights")))
-    new["weights"] = old.get("weights")  # weights are the build's choice, not the project's
-    if old == new:
+    stale = stale_inputs(project, stamp)
+    if stale is None:
         return f"{out}: up to date"
-    return f"{out}: stale ({describe_changes(old, new)})"
+    return f"{out}: stale ({describe_changes(*stale)})"
 
 
 def _human(n: float) -> str:

@@ -402,6 +402,12 @@ def fused_optimizers(model, lr: float, bad: list[str]) -> tuple[dict, list]:
     return optimizers, hooks
 
 
+def enable_checkpointing(model: Any) -> None:
+    """Recompute activations in backward: transformers 5.24's ``activation_checkpointing_enable``,
+    ``gradient_checkpointing_enable`` before it."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
 def train(
     model,
     opts: TestOptions,
@@ -426,10 +432,7 @@ def train(
     device = device if device is not None else next(model.parameters()).device
     model.train()
     if opts.gradient_checkpointing:
-        enable = (
-            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        )
-        enable()
+        enable_checkpointing(model)
     report = TestReport(parameters=sum(p.numel() for p in model.parameters()), device=str(device))
     bad: list[str] = []
     if opts.fuse_optim_with_backward:

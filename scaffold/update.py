@@ -39,6 +39,7 @@ from typing import Any
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
 from .errors import BlueprintError, IntegrityError, ProjectError
+from .files import ANSWERS_FILE, DEFAULT_OUTPUT
 from .merge import merge_text, unified_diff
 
 if sys.version_info >= (3, 11):
@@ -49,8 +50,6 @@ else:  # pragma: no cover
 STORE_DIR = ".scaffold"
 RENDERED_DIR = "rendered"
 STATE_FILE = "rendering.json"
-ANSWERS_FILE = ".copier-answers.yml"
-DEFAULT_OUTPUT = "model"
 # rendered files that are inputs or records, not code: never merged, never "edited"
 UNTRACKED = (manifest.MANIFEST_NAME, ANSWERS_FILE)
 STATE_NOTE = (
@@ -745,8 +744,8 @@ def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
     be told apart (the user's edits or an older blueprint's code), so they are kept exactly as they are,
     as the user's edits, and only with ``adopt`` (else a usage error naming them).
     """
+    from .files import ANSWERS_FILE as ANSWERS
     from .project import blueprint_of
-    from .render import ANSWERS_FILE as ANSWERS
     from .render import answers_text, render_files
 
     project_dir = Path(project_dir)

@@ -17,8 +17,8 @@ from typing import Any
 
 from .atomic import sha256_file
 from .errors import IntegrityError
+from .files import BUILD_RECORD
 
-STAMP_FILE = "scaffold-build.json"  # same name as scaffold.build.STAMP_FILE
 WEIGHTS_SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
 IGNORED_DIRS = ("__pycache__",)  # Python writes these next to modules it imports
@@ -32,7 +32,7 @@ Problem = tuple[Path, str]
 
 def read_record(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """The build record of ``path``, or the problem that keeps it from being read."""
-    stamp_path = path / STAMP_FILE
+    stamp_path = path / BUILD_RECORD
     if not stamp_path.is_file():
         return None, [
             (stamp_path, "missing; this folder was not written by `scaffold build`, so there is no record")
@@ -51,7 +51,7 @@ def files_on_disk(path: Path) -> set[str]:
     out = set()
     for p in path.rglob("*"):
         rel = p.relative_to(path)
-        if p.is_file() and rel.as_posix() != STAMP_FILE and not set(rel.parts) & set(IGNORED_DIRS):
+        if p.is_file() and rel.as_posix() != BUILD_RECORD and not set(rel.parts) & set(IGNORED_DIRS):
             out.add(rel.as_posix())
     return out
 
@@ -162,13 +162,13 @@ def _check(path: Path, stamp: Mapping[str, Any] | None, *, deep: bool) -> tuple[
     if not isinstance(recorded, Mapping):
         return [
             *problems,
-            (path / STAMP_FILE, "has no `files` table; rebuild with `scaffold build --force`"),
+            (path / BUILD_RECORD, "has no `files` table; rebuild with `scaffold build --force`"),
         ], tensors
     for name, entry in sorted(recorded.items()):
         p = path / name
         bad = _bad_entry(name, entry)
         if bad:
-            problems.append((path / STAMP_FILE, f"entry {name!r}: {bad}"))
+            problems.append((path / BUILD_RECORD, f"entry {name!r}: {bad}"))
             continue
         if p in flagged:
             continue
@@ -176,17 +176,17 @@ def _check(path: Path, stamp: Mapping[str, Any] | None, *, deep: bool) -> tuple[
             problems.append((p, LINK_PROBLEM))
             continue
         if not p.is_file():
-            problems.append((p, f"missing (recorded in {STAMP_FILE})"))
+            problems.append((p, f"missing (recorded in {BUILD_RECORD})"))
             continue
         size = p.stat().st_size
         if size != entry.get("size"):
-            problems.append((p, f"changed: {size} bytes, {entry.get('size')} recorded in {STAMP_FILE}"))
+            problems.append((p, f"changed: {size} bytes, {entry.get('size')} recorded in {BUILD_RECORD}"))
         elif (deep or size <= QUICK_HASH_BYTES) and sha256_file(p) != entry.get("sha256"):
-            problems.append((p, f"changed: its sha256 differs from {STAMP_FILE}"))
+            problems.append((p, f"changed: its sha256 differs from {BUILD_RECORD}"))
     if deep:
         for name in sorted(files_on_disk(path) - set(recorded)):
             if path / name not in flagged:
-                problems.append((path / name, f"extra: not written by the build (not in {STAMP_FILE})"))
+                problems.append((path / name, f"extra: not written by the build (not in {BUILD_RECORD})"))
     return problems, tensors
 
 
@@ -206,7 +206,7 @@ def _bad_entry(name: str, entry: Any) -> str | None:
 def model_dir_of(path: str | Path) -> Path:
     """``path`` itself, or the default model directory when ``path`` is a project folder."""
     path = Path(path)
-    if not (path / STAMP_FILE).exists() and (path / "scaffold.toml").is_file():
+    if not (path / BUILD_RECORD).exists() and (path / "scaffold.toml").is_file():
         return path / "model"
     return path
 
@@ -227,4 +227,4 @@ def verify(path: str | Path) -> str:
     stamp, _ = read_record(model_dir)
     n_weights = sum(1 for name in stamp["files"] if name.endswith(WEIGHTS_SUFFIX))
     what = f"; {n_weights} weight file(s), {tensors} tensors load" if n_weights else "; no weights"
-    return f"OK {model_dir}: {len(stamp['files'])} files match {STAMP_FILE}{what}"
+    return f"OK {model_dir}: {len(stamp['files'])} files match {BUILD_RECORD}{what}"

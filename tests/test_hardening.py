@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scaffold.build import STAMP_FILE
+from scaffold.files import BUILD_RECORD
 from tests import test_reliability as _reliability
 from tests.test_reliability import (
     REPO,
@@ -238,7 +238,7 @@ def test_verify_never_reads_outside_and_names_bad_record_entries(proj: Path, nam
     """Rows: a record naming ../../etc/hostname; a record entry of the wrong type: integrity errors
     naming the entry (exit 3), also from build's quick check."""
     model = proj / "model"
-    record = model / STAMP_FILE
+    record = model / BUILD_RECORD
     stamp = json.loads(record.read_text())
     stamp["files"][name] = entry
     record.write_text(json.dumps(stamp))
@@ -488,7 +488,7 @@ def test_garbled_file_of_unchanged_size_caught_before_use(proj: Path):
     before = snapshot(proj)
     r = invoke("build", proj, "--save-weights")
     assert r.exit_code == 3
-    assert one_error(r.stderr).startswith(f"error: {config}: changed: its sha256 differs from {STAMP_FILE}")
+    assert one_error(r.stderr).startswith(f"error: {config}: changed: its sha256 differs from {BUILD_RECORD}")
     assert snapshot(proj) == before
 
 

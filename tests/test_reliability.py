@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from scaffold.build import STAMP_FILE, record_files
+from scaffold.build import record_files
 from scaffold.cli import cli
+from scaffold.files import BUILD_RECORD
 from scaffold.runs import RUNS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,9 +161,9 @@ def reshard(model_dir: Path) -> list[str]:
 
 def restamp(model_dir: Path) -> None:
     """Record the directory's current files as what the build wrote."""
-    stamp = json.loads((model_dir / STAMP_FILE).read_text())
+    stamp = json.loads((model_dir / BUILD_RECORD).read_text())
     stamp["files"] = record_files(model_dir)
-    (model_dir / STAMP_FILE).write_text(json.dumps(stamp, indent=2))
+    (model_dir / BUILD_RECORD).write_text(json.dumps(stamp, indent=2))
 
 
 def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
@@ -436,7 +437,7 @@ def test_bit_flip_in_tensor_data_caught_by_verify(proj: Path):
     before = snapshot(proj)
     r = invoke("verify", proj / "model")
     assert r.exit_code == 3
-    assert one_error(r.stderr) == f"error: {weights}: changed: its sha256 differs from {STAMP_FILE}"
+    assert one_error(r.stderr) == f"error: {weights}: changed: its sha256 differs from {BUILD_RECORD}"
     assert snapshot(proj) == before
 
 
@@ -451,9 +452,9 @@ def test_verify_names_missing_changed_and_extra_files(proj: Path):
     assert r.exit_code == 3
     assert error_lines(r.stderr) == [
         f"error: {model / 'config.json'}: changed: {(model / 'config.json').stat().st_size} bytes, "
-        f"{(model / 'config.json').stat().st_size - 1} recorded in {STAMP_FILE}",
-        f"error: {model / 'tokenizer_config.json'}: missing (recorded in {STAMP_FILE})",
-        f"error: {model / 'notes.txt'}: extra: not written by the build (not in {STAMP_FILE})",
+        f"{(model / 'config.json').stat().st_size - 1} recorded in {BUILD_RECORD}",
+        f"error: {model / 'tokenizer_config.json'}: missing (recorded in {BUILD_RECORD})",
+        f"error: {model / 'notes.txt'}: extra: not written by the build (not in {BUILD_RECORD})",
     ]
     assert (model / "notes.txt").read_text() == "mine"
 
@@ -463,13 +464,13 @@ def test_verify_ok_line_and_no_record(proj: Path, tmp_path: Path):
     assert r.exit_code == 0
     assert (
         r.stdout.strip()
-        == f"OK {proj / 'model'}: 10 files match {STAMP_FILE}; 1 weight file(s), 21 tensors load"
+        == f"OK {proj / 'model'}: 10 files match {BUILD_RECORD}; 1 weight file(s), 21 tensors load"
     )
     bare = tmp_path / "bare"
     bare.mkdir()
     r = invoke("verify", bare)
     assert r.exit_code == 3
-    assert one_error(r.stderr).startswith(f"error: {bare / STAMP_FILE}: missing;")
+    assert one_error(r.stderr).startswith(f"error: {bare / BUILD_RECORD}: missing;")
 
 
 # -- index names a missing shard / a key is missing -----------------------------------------------
