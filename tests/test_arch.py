@@ -10,14 +10,12 @@ import pytest
 
 from scaffold import arch, schema
 from scaffold.arch.hf_config import from_hf, to_hf
-from scaffold.blueprints import builtin_names
 from scaffold.blueprints import load as load_blueprint
 from scaffold.diagram import diagram_structure, text_diagram
 from scaffold.plans import base_model_tp_plan, head_tp_plan, layout_for
 
-from ._parity import TINY_HF, scaffold_model
-
-FAMILIES = builtin_names()
+from ._families import ALL, tiny
+from ._parity import scaffold_model
 
 
 def _resolved(family: str, **model):
@@ -152,7 +150,7 @@ def _patterns_match(plan: dict[str, str], names: list[str]) -> list[str]:
     return [pattern for pattern in plan if not any(fnmatch.fnmatchcase(n, pattern) for n in names)]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_tensor_parallel_plan_names_modules_the_model_has(family, tmp_path):
     """Every pattern of the base model's and the head's tensor-parallel plans matches a module of the
     built model (GPT-NeoX's fused query_key_value and Phi-3's qkv_proj / gate_up_proj included), and
@@ -160,9 +158,7 @@ def test_tensor_parallel_plan_names_modules_the_model_has(family, tmp_path):
     from torch import nn
 
     bp = load_blueprint(family)
-    model = dict(TINY_HF)
-    # only the keys the family has (GPT-NeoX has no kv heads, single_head no heads at all)
-    model = {k: v for k, v in model.items() if k in bp.model_keys}
+    model = tiny(family)  # only the sizes the family has
     a = arch.for_blueprint(
         bp, bp.resolve(bp.preset(None), {"model": model}, {"project": {"name": "x"}})["model"]
     )

@@ -17,7 +17,7 @@ from scaffold.blueprints import load as load_blueprint
 from scaffold.build import build, load_project
 from scaffold.render import create_project
 
-from ._parity import TINY_HF
+from ._families import tiny
 
 # (family, one structural change or None for the family's own structure)
 CASES = [
@@ -40,11 +40,6 @@ def _ids(case):
     return family + ("" if change is None else "-" + "-".join(f"{k}={v}" for k, v in change.items()))
 
 
-def _tiny(family: str) -> dict:
-    bp = load_blueprint(family)
-    return {k: v for k, v in TINY_HF.items() if k in bp.model_keys}
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Each case built and saved with weights (save_pretrained, as a user does after training)."""
@@ -54,7 +49,7 @@ def saved(tmp_path_factory):
     for case in CASES:
         family, change = case
         root = tmp_path_factory.mktemp(_ids(case))
-        model = {**_tiny(family), **(change or {})}
+        model = tiny(family, **(change or {}))
         project = create_project("p", family, projects_dir=root, overrides={"model": model})
         model_dir = build(load_project(project)).output_dir
         torch.manual_seed(0)

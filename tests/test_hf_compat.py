@@ -63,14 +63,12 @@ def test_flex_on_cpu_is_refused_up_front(tmp_path):
 
 from pathlib import Path  # noqa: E402
 
-from scaffold.blueprints import builtin_names  # noqa: E402
 from scaffold.blueprints import load as load_blueprint  # noqa: E402
 
+from ._families import ALL  # noqa: E402
 from .test_families import built_dir  # noqa: E402
 
-FAMILIES = [f for f in builtin_names() if f != "decoder"] + (
-    ["decoder"] if "decoder" in builtin_names() else []
-)
+FAMILIES = list(ALL)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Unit tests of the Gemma / Gemma 2 parts against transformers' own modules: unit-offset RMSNorm,
 the scaled token embedding, GeGLU's activation and logit soft-capping in eager attention. The sandwich
 decoder layer and the GeGLU MLP are written by the templates and checked whole, against transformers'
-Gemma 2 and Gemma, in tests/test_parity_fam2.py."""
+Gemma 2 and Gemma, in tests/test_parity_gemma.py."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_logit_softcap_bounds_and_keeps_small_values():
     torch.testing.assert_close(capped, 30.0 * torch.tanh(x / 30.0))
 
 
-def test_fam2_part_sources_are_whole_definitions():
+def test_gemma_part_sources_are_whole_definitions():
     sources = part_sources()
     for name in (
         "UnitOffsetRMSNorm",
