@@ -237,8 +237,7 @@ class CausalLMDecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
         x = hidden_states
-        attn = self.self_attn(x, attention_mask, **kwargs)
-        x = self.post_attention_layernorm(x + F.dropout(attn, p=self.dropout, training=self.training))
+        x = self.post_attention_layernorm(x + F.dropout(self.self_attn(x, attention_mask, **kwargs), p=self.dropout, training=self.training))
         x = self.post_feedforward_layernorm(x + F.dropout(self.mlp(x), p=self.dropout, training=self.training))
         return x
 
