@@ -16,8 +16,8 @@ from typing import Any
 
 import tomli_w
 
-from . import schema
-from .errors import ManifestError, UsageError
+from . import atomic, schema
+from .errors import IntegrityError, ManifestError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,10 +43,12 @@ def load(path: str | Path) -> Manifest:
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        raw = path.read_bytes()
+    try:  # never through a link out of the project folder, never blocking on a FIFO
+        raw = atomic.read_bytes_inside(path, path.parent)
     except FileNotFoundError:
         raise ManifestError([("", "no such manifest; is this a scaffold project?")], path=path) from None
+    except IntegrityError as err:
+        raise ManifestError([("", err.message)], path=path) from None
     except OSError as err:
         raise ManifestError([("", f"cannot read: {err.strerror or err}")], path=path) from None
     if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
@@ -60,6 +62,8 @@ def load(path: str | Path) -> Manifest:
         raise ManifestError(
             [("", f"not UTF-8 text (byte {err.start}); TOML files are UTF-8")], path=path
         ) from None
+    if atomic.nesting_depth(text) > atomic.MAX_NESTING:
+        raise ManifestError([("", f"nested more than {atomic.MAX_NESTING} levels deep")], path=path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

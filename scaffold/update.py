@@ -37,7 +37,7 @@ from typing import Any
 
 from . import __version__, atomic, manifest
 from .blueprints import Blueprint
-from .errors import BlueprintError, ProjectError
+from .errors import BlueprintError, IntegrityError, ProjectError
 from .merge import merge_text, unified_diff
 
 if sys.version_info >= (3, 11):
@@ -125,18 +125,25 @@ class Rendering:
 def read_rendering(project_dir: Path) -> Rendering | None:
     """The project's last rendering, or None for a project made before scaffold kept one."""
     store = Path(project_dir) / STORE_DIR
-    try:
-        state = json.loads((store / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    # read without following a link out of .scaffold/ (a planted link would show or merge an outside
+    # file); damaged (not JSON, not an object, not UTF-8, a FIFO) is an IntegrityError naming the file
+    text = atomic.read_text_inside(store / STATE_FILE, store, missing_ok=True)
+    if text is None:
         return None
+    state = atomic.loads_json(text, store / STATE_FILE)
+    if not isinstance(state, dict):
+        raise IntegrityError(
+            f"damaged: a JSON {type(state).__name__}, not the record scaffold writes (an object); "
+            f"remove {STORE_DIR}/ and run `scaffold update {project_dir} --adopt` (your files are kept as they are)",
+            path=store / STATE_FILE,
+        )
     root = store / RENDERED_DIR
-    if not root.is_dir():  # a record without its files is no base for a merge
+    if not root.is_dir() or root.is_symlink():  # a record without its files is no base for a merge
         return None
-    files = {
-        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink() or not p.is_dir():  # a link, a FIFO: refused by name, never skipped or followed
+            files[p.relative_to(root).as_posix()] = atomic.read_text_inside(p, root)
     return Rendering(files=files, state=state)
 
 
@@ -152,12 +159,10 @@ def code_files(project_dir: Path) -> list[Path]:
 
 
 def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError:
-        return path.read_bytes().decode("utf-8", errors="replace")
+    """A project file's text, None when absent. Never through a link out of its folder, never a FIFO;
+    bytes that are not UTF-8 are an IntegrityError naming the file (never replaced: a merge written
+    back would lose them)."""
+    return atomic.read_text_inside(path, path.parent, missing_ok=True)
 
 
 def edited_files(project_dir: Path) -> list[str]:
@@ -611,8 +616,8 @@ def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
     if not project_dir.is_dir():
         raise ProjectError("no such project folder", path=project_dir)
     mpath = project_dir / manifest.MANIFEST_NAME
-    manifest_text = mpath.read_text(encoding="utf-8") if mpath.is_file() else ""
     data = manifest.load(mpath)
+    manifest_text = _read(mpath) or ""
     bp = blueprint_of(project_dir, data)
     rendering = read_rendering(project_dir)
     recorded = rendering.state.get("blueprint_version") if rendering is not None else bp.version

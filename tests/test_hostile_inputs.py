@@ -177,3 +177,113 @@ def test_templates_have_no_filters_that_read_the_host(tmp_path: Path, filter_nam
     assert f"No filter named '{filter_name}'" in line and "README.md.jinja" in line, line
     assert not (tmp_path / "projects" / "p").exists()
     assert "hunter2-secret" not in r.output
+
+
+# -- no reads through links out of the project, no waiting on FIFOs -----------------------------------
+
+
+def scaffold_proc(*args, timeout: float = 120):
+    """``scaffold`` as a real process (a hang is the bug: it is killed after ``timeout``)."""
+    import subprocess
+
+    from tests.test_reliability import proc_env, scaffold_cmd
+
+    return subprocess.run(
+        scaffold_cmd(*args), env=proc_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("hunter2: the outside file\n")
+    return secret
+
+
+def test_link_planted_in_the_rendering_store_is_never_read(proj: Path, tmp_path: Path):
+    """Row: a symlink in .scaffold/rendered/ pointing outside: `scaffold diff` (and build) refuse with
+    one integrity line naming it, and print nothing of the outside file."""
+    secret = _secret(tmp_path)
+    planted = proj / ".scaffold" / "rendered" / "README.md"
+    planted.unlink()
+    planted.symlink_to(secret)
+    for args in (["diff", proj], ["build", proj, "--force"]):
+        r = invoke(*args)
+        assert r.exit_code == 3, r.output
+        line = one_error(r.stderr)
+        assert line.startswith(f"error: {planted}: is a link to {secret}, outside"), line
+        assert "hunter2" not in r.output
+
+
+def test_generated_file_linked_outside_is_neither_read_nor_replaced(proj: Path, tmp_path: Path):
+    """Row: the project's README.md is a symlink to a file outside; a manifest change re-renders it:
+    the build refuses (exit 3 naming the link) instead of reading the outside file and replacing the
+    link by a copy; the outside file and the link are as they were."""
+    secret = _secret(tmp_path)
+    readme = proj / "README.md"
+    readme.unlink()
+    readme.symlink_to(secret)
+    manifest = proj / "scaffold.toml"
+    manifest.write_text(manifest.read_text().replace("intermediate_size = 64", "intermediate_size = 96"))
+    before = snapshot(proj)
+    r = invoke("build", proj)
+    assert r.exit_code == 3, r.output
+    assert one_error(r.stderr).startswith(f"error: {readme}: is a link to {secret}, outside"), r.stderr
+    assert readme.is_symlink() and secret.read_text() == "hunter2: the outside file\n"
+    assert snapshot(proj) == before
+    r = invoke("diff", proj)
+    assert r.exit_code == 3 and "hunter2" not in r.output, r.output
+
+
+@pytest.mark.parametrize("name", ["README.md", ".scaffold/rendered/README.md", "scaffold.toml"])
+def test_fifo_in_place_of_a_project_file_never_hangs(proj: Path, name: str):
+    """Rows: a FIFO in place of README.md, of its rendering in .scaffold/, of the manifest: diff and
+    build answer at once with one line naming it (they used to wait forever on the FIFO)."""
+    import os
+
+    target = proj / name
+    target.unlink()
+    os.mkfifo(target)
+    for command in ("diff", "build"):
+        r = scaffold_proc(command, proj, timeout=90)
+        assert r.returncode in (2, 3), r.stderr
+        line = one_error(r.stderr)
+        assert line.startswith(f"error: {target}:") and "FIFO" in line, line
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_text("[1, 2]"), "damaged: a JSON list"),
+        (lambda p: p.write_bytes(b'{"manifest": "\xff\xfe"}'), "not UTF-8 text (byte 14)"),
+        (lambda p: p.write_text("[" * 100000), "nested more than 200 levels deep"),
+    ],
+    ids=["json-list", "not-utf8", "deeply-nested"],
+)
+def test_damaged_rendering_record_is_integrity(proj: Path, damage, message: str):
+    """Rows: .scaffold/rendering.json that is a JSON list, not UTF-8, or nested 100000 deep: exit 3
+    naming the file (it used to be taken as no record at all, or a RecursionError)."""
+    state = proj / ".scaffold" / "rendering.json"
+    damage(state)
+    before = snapshot(proj)
+    for args in (["diff", proj], ["build", proj, "--force"]):
+        r = invoke(*args)
+        assert r.exit_code == 3, r.output
+        line = one_error(r.stderr)
+        assert line.startswith(f"error: {state}: ") and message in line, line
+    assert snapshot(proj) == before
+
+
+def test_generated_file_not_utf8_is_integrity_and_kept(proj: Path):
+    """Row: the modeling file holds bytes that are not UTF-8: build (which would merge into it) stops
+    with exit 3 naming the file and the byte, and the bytes are kept."""
+    modeling = proj / "modeling_llama.py"
+    modeling.write_bytes(modeling.read_bytes() + b"\n# caf\xe9\n")
+    manifest = proj / "scaffold.toml"
+    manifest.write_text(manifest.read_text().replace("intermediate_size = 64", "intermediate_size = 96"))
+    before = snapshot(proj)
+    r = invoke("build", proj)
+    assert r.exit_code == 3, r.output
+    line = one_error(r.stderr)
+    assert line.startswith(f"error: {modeling}: not UTF-8 text (byte "), line
+    assert snapshot(proj) == before
