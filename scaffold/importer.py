@@ -26,7 +26,19 @@ def accepted_keys(bp: Blueprint, structure: Mapping[str, Any]) -> set[str]:
     )
 
 
-def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
+def _table(config: Mapping[str, Any], key: str, where: Path | None) -> dict[str, Any]:
+    """``config[key]`` as a table (absent or null: empty); anything else is a usage error naming it."""
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError(
+            f"must be a JSON object (or null), got {type(value).__name__} {value!r}", path=where, key=key
+        )
+    return dict(value)
+
+
+def model_table(config: Mapping[str, Any], bp: Blueprint, where: Path | None = None) -> dict[str, Any]:
     """The ``[model]`` table that reproduces a transformers config of ``bp``'s family: its sizes and
     every structural key it sets; the family's structure fills the rest."""
     config = dict(config)
@@ -34,10 +46,18 @@ def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
     for theirs, ours in bp.meta.get("import_renames", {}).items():
         if theirs in config:
             config.setdefault(ours, config.pop(theirs))
-    rope = dict(config.get("rope_parameters") or {})
+    rope = _table(config, "rope_parameters", where)
     if rope or "rope_theta" in config:
-        config["rope_theta"] = float(rope.pop("rope_theta", config.get("rope_theta", 10000.0)))
-        scaling = dict(config.get("rope_scaling") or rope)
+        theta = rope.pop("rope_theta", config.get("rope_theta", 10000.0))
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+            key = (
+                "rope_parameters.rope_theta"
+                if "rope_theta" in (config.get("rope_parameters") or {})
+                else "rope_theta"
+            )
+            raise UsageError(f"must be a number, got {type(theta).__name__} {theta!r}", path=where, key=key)
+        config["rope_theta"] = float(theta)
+        scaling = _table(config, "rope_scaling", where) or rope
         # transformers keeps the rotated fraction of each head in the RoPE table; the manifest has a key
         config.setdefault("partial_rotary_factor", scaling.pop("partial_rotary_factor", 1.0))
         kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -79,16 +99,17 @@ CONFIG_NAME = "config.json"
 
 def read_config(path: Path) -> tuple[Path, dict[str, Any]]:
     """The ``config.json`` of a local transformers model folder (or the file itself), parsed."""
-    import json
 
     file = path / CONFIG_NAME if path.is_dir() else path
     if not file.is_file():
         raise UsageError(
             f"no {CONFIG_NAME} here: give a transformers model folder or its {CONFIG_NAME}", path=path
         )
+    from .tokenizer import _json_input
+
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        data = _json_input(file)  # a FIFO, bytes not UTF-8, nesting too deep: one line naming the file
+    except OSError as err:
         raise DataError(f"not a readable JSON config: {' '.join(str(err).split())}", path=file) from None
     if not isinstance(data, dict):
         raise DataError("not a JSON object", path=file)
@@ -104,7 +125,7 @@ def family_for(model_type: Any, where: Path) -> Blueprint:
         bp = load(name)
         if bp.meta.get("transformers_model_type"):
             families[bp.meta["transformers_model_type"]] = bp
-    if model_type not in families:
+    if not isinstance(model_type, str) or model_type not in families:
         known = ", ".join(sorted(families)) or "none"
         raise UsageError(
             f"unsupported model_type {model_type!r}; scaffold reproduces: {known}",
@@ -136,17 +157,22 @@ def import_project(
     file, config = read_config(path)
     check_supported(config, file)
     bp = family_for(config.get("model_type"), file)
-    table = model_table(config, bp)
+    table = model_table(config, bp, file)
     # keys of the family's default preset that the config does not set are switched off, not inherited
     preset = bp.preset(None).get("model", {})
     model = {**{k: None for k in preset if k not in table}, **table}
     overrides: dict[str, Any] = {"model": model}
     folder = file.parent
-    if (folder / "tokenizer.json").is_file():  # the model's own tokenizer, when it ships one
+    if (folder / "tokenizer.json").exists():  # the model's own tokenizer, when it ships one
+        from .tokenizer import read_pretrained
+
+        # read now (a damaged tokenizer is named before anything is written); a base model's tokenizer
+        # usually has no chat template, and then the project has none (inherit would not build)
+        pretrained = read_pretrained(folder)
         overrides["tokenizer"] = {
             "kind": "pretrained",
             "path": str(folder.resolve()),
-            "chat_template": "inherit",
+            "chat_template": "inherit" if pretrained.chat_template else "",
         }
     name = name or _name_from(folder)
     check_name(name)

@@ -287,3 +287,99 @@ def test_generated_file_not_utf8_is_integrity_and_kept(proj: Path):
     line = one_error(r.stderr)
     assert line.startswith(f"error: {modeling}: not UTF-8 text (byte "), line
     assert snapshot(proj) == before
+
+
+# -- scaffold import --------------------------------------------------------------------------------
+
+
+def _base_model_folder(tmp_path: Path, *, chat_template: str | None = None) -> Path:
+    """A transformers llama folder with a tokenizer, as a base checkpoint ships it (no chat template)."""
+    from scaffold.tokenizer import byte_tokenizer_json
+    from tests._parity import tiny_hf_model
+
+    source = tmp_path / "base-llama"
+    tiny_hf_model("llama").save_pretrained(source)
+    (source / "tokenizer.json").write_text(byte_tokenizer_json())
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>"}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    return source
+
+
+def test_import_of_a_base_model_without_a_chat_template_builds(tmp_path: Path):
+    """Row: `scaffold import` of a model whose tokenizer has no chat template (Llama 2, Mistral v0.1,
+    Pythia) wrote chat_template = "inherit", and the build it advised failed. The project now has no
+    chat template, and the advised build succeeds; a tokenizer with one still inherits it."""
+    from transformers import AutoTokenizer
+
+    source = _base_model_folder(tmp_path)
+    r = invoke("import", source, "--projects-dir", tmp_path / "projects")
+    assert r.exit_code == 0, r.output
+    project = tmp_path / "projects" / "base-llama"
+    tokenizer = tomllib.loads((project / "scaffold.toml").read_text())["tokenizer"]
+    assert tokenizer["kind"] == "pretrained" and tokenizer["chat_template"] == "", tokenizer
+    r = invoke("build", project, "--load-from-checkpoint", source, "--save-weights")
+    assert r.exit_code == 0, r.output
+    assert not AutoTokenizer.from_pretrained(project / "model").chat_template
+    # a tokenizer that has a chat template is still inherited
+    with_chat = _base_model_folder(tmp_path / "chat", chat_template="{{ messages[0]['content'] }}")
+    r = invoke("import", with_chat, "--projects-dir", tmp_path / "projects", "--name", "chat")
+    assert r.exit_code == 0, r.output
+    manifest = tomllib.loads((tmp_path / "projects" / "chat" / "scaffold.toml").read_text())
+    assert manifest["tokenizer"]["chat_template"] == "inherit"
+    r = invoke("build", tmp_path / "projects" / "chat")
+    assert r.exit_code == 0, r.output
+    tok = AutoTokenizer.from_pretrained(tmp_path / "projects" / "chat" / "model")
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "hi"
+
+
+ODD_CONFIGS = {
+    "model_type-list": ({"model_type": ["llama"]}, "config.json: model_type: unsupported model_type ['llama']"),
+    "rope_parameters-list": ({"rope_parameters": [1, 2]}, "config.json: rope_parameters: must be a JSON object (or null), got list"),
+    "rope_theta-text": ({"rope_parameters": None, "rope_theta": "abc"}, "config.json: rope_theta: must be a number, got str 'abc'"),
+    "rope_scaling-text": ({"rope_parameters": None, "rope_theta": 1e4, "rope_scaling": "yes"}, "config.json: rope_scaling: must be a JSON object (or null), got str 'yes'"),
+    "hidden_size-1e22": ({"hidden_size": 1e22}, "config.json: hidden_size: cannot be reproduced: must be an integer, got float 1e+22"),
+    "vocab_size-2^63": ({"vocab_size": 2**63}, "config.json: vocab_size: cannot be reproduced: must fit in 64 bits"),
+    "vocab_size-2^40": ({"vocab_size": 2**40}, "config.json: vocab_size: cannot be reproduced: must be at most 2147483647"),
+    "deeply-nested": ({"extra": "NESTED"}, "config.json: nested more than 200 levels deep"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ODD_CONFIGS), ids=list(ODD_CONFIGS))
+def test_import_of_configs_with_odd_types(tmp_path: Path, case: str):
+    """Rows: config.json values of types transformers never writes (model_type a list, rope_parameters
+    a list, rope_theta a string, rope_scaling a string), sizes past int64 or past any model, JSON nested
+    100000 deep: one usage line naming config.json and the key; no project is written."""
+    source = _base_model_folder(tmp_path)
+    config = json.loads((source / "config.json").read_text())
+    edit, message = ODD_CONFIGS[case]
+    config.update(edit)
+    text = json.dumps(config).replace('"NESTED"', "[" * 100000 + "]" * 100000)
+    (source / "config.json").write_text(text)
+    r = invoke("import", source, "--projects-dir", tmp_path / "projects")
+    assert r.exit_code == 2, r.output
+    line = one_error(r.stderr)
+    assert line.startswith("error: ") and f"{source}/{message}" in line, line
+    assert not (tmp_path / "projects").exists()
+
+
+@pytest.mark.parametrize("damage", ["binary", "fifo", "nested"])
+def test_import_of_a_damaged_tokenizer_names_it(tmp_path: Path, damage: str):
+    """Rows: the model folder's tokenizer.json is binary, a FIFO, or nested 100000 deep: one line
+    naming it (it was an internal error, or a hang), before any project is written."""
+    import os
+
+    source = _base_model_folder(tmp_path)
+    tok = source / "tokenizer.json"
+    if damage == "binary":
+        tok.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    elif damage == "fifo":
+        tok.unlink()
+        os.mkfifo(tok)
+    else:
+        tok.write_text("[" * 100000)
+    r = scaffold_proc("import", source, "--projects-dir", tmp_path / "projects", timeout=90)
+    assert r.returncode == 2, r.stderr
+    assert one_error(r.stderr).startswith(f"error: {tok}: "), r.stderr
+    assert not (tmp_path / "projects").exists()
