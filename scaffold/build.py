@@ -25,7 +25,7 @@ from typing import Any
 
 from . import __version__, atomic, manifest
 from .atomic import sha256_file
-from .errors import IntegrityError, ProjectError, writing
+from .errors import IntegrityError, ProjectError, UsageError, one_line, writing
 from .project import Project as Project  # re-exported: the Python API has imported it from here
 from .project import load_project as load_project
 from .render import TOKENIZER_FILE
@@ -232,6 +232,43 @@ def prepare_code(project: Project) -> None:
     if rerender_if_changed(project):
         project.__dict__.pop("code", None)  # read again: the files changed
     check_no_conflicts(code_files(project.path))
+    check_code(project)
+
+
+def check_code(project: Project) -> None:
+    """The project's code files parse, and import at their top level only modules that are installed
+    (as transformers requires of remote code): else a usage error naming the file and line, before
+    anything is built from them. Nothing is executed here."""
+    import ast
+    import importlib.util
+
+    for name, text in project.code.items():
+        path = project.path / name
+        try:
+            tree = ast.parse(text, filename=str(path))
+        except (SyntaxError, ValueError) as err:  # ValueError: NUL bytes, on older Pythons
+            line = getattr(err, "lineno", None) or text.count("\n", 0, max(text.find("\0"), 0)) + 1
+            msg = err.msg if isinstance(err, SyntaxError) else one_line(err)
+            raise UsageError(
+                f"{msg} (a Python syntax error in the project's code: fix the file)", path=f"{path}:{line}"
+            ) from None
+        for node in tree.body:
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                modules = [node.module]
+            for module in modules:
+                top = module.split(".")[0]
+                try:
+                    found = importlib.util.find_spec(top) is not None
+                except (ImportError, ValueError):
+                    found = False
+                if not found:
+                    raise UsageError(
+                        f"imports {module}, which is not installed here (install it, or remove the import)",
+                        path=f"{path}:{node.lineno}",
+                    )
 
 
 def build_for_test(
@@ -297,9 +334,30 @@ def import_config_class(project: Project):
     sys.modules[name] = module
     try:
         exec(compile(text, str(path), "exec"), module.__dict__)
+    except Exception as err:  # the user's own code raised at import: name the file and line
+        raise code_error(err, path) from None
     finally:
         sys.modules.pop(name, None)
-    return getattr(module, project.blueprint.meta["config_class"])
+    cls = getattr(module, project.blueprint.meta["config_class"], None)
+    if cls is None:
+        raise UsageError(
+            f"defines no class {project.blueprint.meta['config_class']} (the blueprint's config_class)",
+            path=path,
+        )
+    return cls
+
+
+def code_error(err: BaseException, path: str | Path) -> UsageError:
+    """An exception raised by the project's code file ``path`` as a usage error naming the file and the
+    line of that file it was raised from (the deepest such frame)."""
+    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else None
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f"{path}:{line}" if line else str(path)
+    return UsageError(f"the project's code raised {type(err).__name__}: {one_line(err)}", path=where)
 
 
 def make_config(project: Project, tokenizer) -> Any:

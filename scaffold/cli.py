@@ -66,6 +66,12 @@ class ScaffoldGroup(click.Group):
         except Exception as err:  # a bug in scaffold or a library: say so plainly
             if _debug(ctx):
                 raise
+            from .errors import model_code_error
+
+            user = model_code_error(err)  # unless the model's own code raised it: that is the user's
+            if user is not None:
+                click.echo(f"error: {user}", err=True)
+                ctx.exit(user.exit_code)
             click.echo(
                 f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True
             )

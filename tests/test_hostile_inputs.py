@@ -383,3 +383,47 @@ def test_import_of_a_damaged_tokenizer_names_it(tmp_path: Path, damage: str):
     assert r.returncode == 2, r.stderr
     assert one_error(r.stderr).startswith(f"error: {tok}: "), r.stderr
     assert not (tmp_path / "projects").exists()
+
+
+# -- the user's own code broken -----------------------------------------------------------------------
+
+BROKEN_CODE = {
+    "syntax-modeling": ("modeling_llama.py", "def broken(:\n", "invalid syntax"),
+    "stray-marker": ("modeling_llama.py", "=======\n", "invalid syntax"),
+    "nul-byte": ("modeling_llama.py", "x = 1\0\n", "null bytes"),
+    "missing-import": ("modeling_llama.py", "import not_installed_anywhere_xyz\n", "imports not_installed_anywhere_xyz, which is not installed"),
+    "syntax-configuration": ("configuration_llama.py", "def broken(:\n", "invalid syntax"),
+    "raise-configuration": ("configuration_llama.py", "raise RuntimeError('boom at import')\n", "the project's code raised RuntimeError: boom at import"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CODE), ids=list(BROKEN_CODE))
+def test_broken_user_code_is_a_usage_error_naming_file_and_line(proj: Path, case: str):
+    """Rows: the project's own code broken (a syntax error, a stray =======, a NUL, an import of a
+    module that is not installed, a raise at import): build and show stop with exit 2 naming the file
+    and the line (they were internal errors, the modeling file as <unknown>); nothing is changed."""
+    name, added, message = BROKEN_CODE[case]
+    path = proj / name
+    line = path.read_text().count("\n") + 1
+    with path.open("a") as f:
+        f.write(added)
+    before = snapshot(proj)
+    for command in ("build", "show"):
+        r = invoke(command, proj, *(["--force"] if command == "build" else []))
+        assert r.exit_code == 2, (command, r.output)
+        err = one_error(r.stderr)
+        assert err.startswith(f"error: {path}:{line}: ") and message in err, err
+    assert snapshot(proj) == before
+
+
+def test_model_code_raising_at_import_names_the_file(proj: Path):
+    """Row: the modeling file raises at import (which only loading it shows: `show`, `test`): exit 2
+    naming the modeling file and line, not an internal error."""
+    path = proj / "modeling_llama.py"
+    line = path.read_text().count("\n") + 1
+    with path.open("a") as f:
+        f.write("raise RuntimeError('boom at import')\n")
+    r = invoke("show", proj)
+    assert r.exit_code == 2, r.output
+    err = one_error(r.stderr)
+    assert err.startswith(f"error: modeling_llama.py:{line}: the model's own code raised RuntimeError"), err
