@@ -608,6 +608,8 @@ def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None
         return
     if output_file is None:
         raise UsageError("--plot needs -o FILE (the PNG to write)")
+    if not output_file.name or output_file.name in (".", "..") or output_file.is_dir():
+        raise UsageError(f"-o/--output-file must name a file to write, got {str(output_file)!r}")
     chosen = [load_run(resolve_run(t)) for t in targets]
     labels = plot_runs(chosen, output_file)
     click.echo(f"wrote {output_file}: {len(labels)} loss curves ({', '.join(labels)})")

@@ -176,4 +176,3 @@ def model_code_error(err: BaseException) -> UsageError | None:
         "then build again)",
         path=f"{name}:{line}",
     )
-

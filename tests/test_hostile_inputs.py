@@ -427,3 +427,82 @@ def test_model_code_raising_at_import_names_the_file(proj: Path):
     assert r.exit_code == 2, r.output
     err = one_error(r.stderr)
     assert err.startswith(f"error: modeling_llama.py:{line}: the model's own code raised RuntimeError"), err
+
+
+# -- damaged run records --------------------------------------------------------------------------------
+
+
+def _run_folder(proj: Path, name: str = "20260101T000000Z-aaaaaa") -> Path:
+    """A run record as `scaffold test` writes one: summary, options and two steps."""
+    from scaffold.runs import OPTIONS_FILE, RUNS_DIR, STEPS_FILE, SUMMARY_FILE
+
+    folder = proj / RUNS_DIR / name
+    folder.mkdir(parents=True)
+    summary = {"status": "passed", "project": "tiny", "steps_planned": 2, "device": "cpu"}
+    (folder / SUMMARY_FILE).write_text(json.dumps(summary))
+    (folder / OPTIONS_FILE).write_text(json.dumps({"test": {"steps": 2, "dtype": "float32"}}))
+    steps = [{"step": 1, "loss": 5.5, "tokens": 32}, {"step": 2, "loss": 5.25, "tokens": 64}]
+    (folder / STEPS_FILE).write_text("".join(json.dumps(s) + "\n" for s in steps))
+    return folder
+
+
+RUN_DAMAGE = {
+    "step-list": ("steps.jsonl", b'[1, 2]\n{"step": 3, "loss": 5.0}\n'),
+    "step-without-step": ("steps.jsonl", b'{"loss": 5.0}\n{"step": "3", "loss": 1}\n{"step": 3, "loss": 5.0}\n'),
+    "steps-binary": ("steps.jsonl", b"\x89PNG\r\n\x1a\n\x00\xff\xfe"),
+    "summary-binary": ("summary.json", b"\x00\xff\xfe\xfd"),
+    "summary-list": ("summary.json", b"[1, 2, 3]"),
+    "pid-not-int": ("summary.json", b'{"status": "running", "pid": "abc", "host": "HOST"}'),
+    "pid-huge": ("summary.json", b'{"status": "running", "pid": 100000000000000000000, "host": "HOST"}'),
+    "options-test-list": ("options.json", b'{"test": [1, 2]}'),
+    "steps-nested": ("steps.jsonl", b"[" * 100000 + b"\n"),
+    "summary-nested": ("summary.json", b"[" * 100000),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(RUN_DAMAGE), ids=list(RUN_DAMAGE))
+def test_damaged_run_records_never_crash_runs(proj: Path, tmp_path: Path, case: str):
+    """Rows: steps.jsonl lines that are lists or lack an integer step, binary files, a pid that is not
+    an integer, JSON nested 100000 deep: `runs` lists the run from what is readable (damaged lines
+    are skipped, as a torn last line is) and `runs --plot` draws it; neither crashes."""
+    import socket
+
+    folder = _run_folder(proj)
+    name, content = RUN_DAMAGE[case]
+    (folder / name).write_bytes(content.replace(b"HOST", socket.gethostname().encode()))
+    r = invoke("runs", proj)
+    assert r.exit_code == 0, r.output
+    assert folder.name in r.output
+    if case == "pid-not-int" or case == "pid-huge":
+        assert "killed" in r.output
+    out = tmp_path / "loss.png"
+    r = invoke("runs", "--plot", f"{proj}:latest", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("name", ["summary.json", "steps.jsonl"])
+def test_fifo_in_a_run_record_never_hangs(proj: Path, tmp_path: Path, name: str):
+    """Rows: a FIFO in place of summary.json or steps.jsonl: `runs` answers at once, exit 3 naming it."""
+    import os
+
+    folder = _run_folder(proj)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    r = scaffold_proc("runs", proj, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert one_error(r.stderr) == f"error: {folder / name}: is a FIFO, not a regular file"
+
+
+def test_plot_output_that_is_no_file_name(proj: Path):
+    """Row: `runs --plot -o ''` (or a folder) named a temporary file in its error: the flag is named."""
+    _run_folder(proj)
+    for value in ("", ".", str(proj)):
+        r = invoke("runs", "--plot", f"{proj}:latest", "-o", value)
+        assert r.exit_code == 2, r.output
+        assert "-o" in r.output and ".png" not in r.output and "tmp" not in r.output.replace(str(proj), ""), (
+            r.output
+        )
+    assert one_error(invoke("runs", "--plot", f"{proj}:latest", "-o", "").stderr).startswith(
+        "error: -o/--output-file must name a file to write"
+    )
