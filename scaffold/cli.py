@@ -265,6 +265,21 @@ def _doc(path: str) -> str:
     return BY_PATH[path].doc
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """--timeout: a finite number of seconds, more than 0 and at most MAX_TIMEOUT (nan, inf and 1e300
+    pass click's FloatRange but no timer takes them)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise click.BadParameter(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, got {value}"
+        )
+    return value
+
+
+MAX_TIMEOUT = 7 * 24 * 3600.0  # a week
+
+
 @cli.command(name="test")
 @click.argument("project", type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
@@ -315,7 +330,8 @@ def _doc(path: str) -> str:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
+    callback=_seconds,
     help="With --nproc: stop every process when the run takes longer than this many seconds (default 900).",
 )
 @click.option(

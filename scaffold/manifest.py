@@ -162,6 +162,16 @@ def validate(
             msg = f.problem(value)
             if msg:
                 problems.append((f.path, msg))
+    if allowed_model is not None and isinstance(model, Mapping):
+        # sizes every model needs: absent only when a `--set KEY=null` removed the blueprint's value
+        for key in schema.REQUIRED_MODEL_KEYS:
+            if key in allowed_model and key not in model:
+                problems.append(
+                    (
+                        f"model.{key}",
+                        "missing: every model needs it (null removes the blueprint's value; give a number)",
+                    )
+                )
     problems.extend(_cross_checks(manifest, skip={key for key, _ in problems}))
     if problems:
         raise ManifestError(problems, path=path)

@@ -196,6 +196,14 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("init", "scaled_normal"): {"initializer_range": 0.02},
     ("init", "normal"): {"initializer_range": 0.02},
 }
+# Model keys a model cannot do without (where its family has them): never absent from a resolved manifest.
+REQUIRED_MODEL_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
 # Model keys every family understands besides the structural ones.
 UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
 
