@@ -491,7 +491,7 @@ def is_build_dir(path: Path) -> bool:
 
     try:
         stamp = json.loads((path / BUILD_RECORD).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     files = stamp.get("files") if isinstance(stamp, dict) else None
     if not isinstance(files, dict):

@@ -67,7 +67,7 @@ def read_stamp(output_dir: Path) -> dict[str, Any] | None:
     """The build record of ``output_dir``, or None when it is missing or not a record."""
     try:
         stamp = json.loads((output_dir / STAMP_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
     if not isinstance(stamp, dict) or not isinstance(stamp.get("inputs"), dict):
         return None

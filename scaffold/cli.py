@@ -33,7 +33,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
+from .errors import EXIT_INTEGRITY, EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
 from .overrides import Overrides, override_options
 
 DEBUG_ENV = "SCAFFOLD_DEBUG"
@@ -61,6 +61,15 @@ class ScaffoldGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except RecursionError as err:  # a file nested deeper than Python's parsers recurse (JSON, TOML)
+            if _debug(ctx):
+                raise
+            click.echo(
+                f"error: an input file is nested too deeply to read ({err}); a damaged or hostile config, "
+                "record or index? (--debug shows which)",
+                err=True,
+            )
+            ctx.exit(EXIT_INTEGRITY)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as err:  # a bug in scaffold or a library: say so plainly

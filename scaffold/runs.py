@@ -82,11 +82,12 @@ class RunRecorder:
         started = datetime.now(timezone.utc)
         root = project_dir / RUNS_DIR
         root.mkdir(exist_ok=True)
+        config_path = Path(model_dir) / "config.json"  # read first: a damaged one leaves no record behind
+        config = atomic.loads_json(atomic.read_text_inside(config_path, model_dir), config_path)
         folder = root / new_run_id(started)
         folder.mkdir()
         write_json(folder / OPTIONS_FILE, {"schema": SCHEMA_VERSION, "run": folder.name, **options})
-        config = model_dir / "config.json"
-        write_json(folder / CONFIG_FILE, json.loads(config.read_text(encoding="utf-8")))
+        write_json(folder / CONFIG_FILE, config)
         rec = cls(folder, device, steps)
         rec.summary = {
             "schema": SCHEMA_VERSION,

@@ -506,3 +506,119 @@ def test_plot_output_that_is_no_file_name(proj: Path):
     assert one_error(invoke("runs", "--plot", f"{proj}:latest", "-o", "").stderr).startswith(
         "error: -o/--output-file must name a file to write"
     )
+
+
+# -- deeply nested JSON and TOML anywhere -------------------------------------------------------------
+
+DEEP = "[" * 100000
+
+
+def _deep_manifest(proj: Path) -> list:
+    (proj / "scaffold.toml").write_text((proj / "scaffold.toml").read_text() + f"\n[extra]\nx = {DEEP}\n")
+    return ["build", proj, "--force"]
+
+
+def _deep_record(proj: Path) -> list:
+    (proj / "model" / "scaffold-build.json").write_text(DEEP)
+    return ["verify", proj / "model"]
+
+
+def _deep_config(proj: Path) -> list:
+    from tests.test_reliability import restamp
+
+    (proj / "model" / "config.json").write_text(DEEP)
+    restamp(proj / "model")  # recorded as built: the parser itself meets the nesting
+    return ["test", proj, "--steps", "1"]
+
+
+def _deep_index(proj: Path) -> list:
+    from tests.test_reliability import reshard, restamp
+
+    reshard(proj / "model")
+    (proj / "model" / "model.safetensors.index.json").write_text(DEEP)
+    restamp(proj / "model")
+    return ["test", proj, "--steps", "1"]
+
+
+def _deep_dataset(proj: Path) -> list:
+    folder = proj.parent / "data"
+    folder.mkdir()
+    (folder / "dataset.toml").write_text(f"[dataset]\nfiles = {DEEP}\n")
+    return ["test", proj, "--steps", "1", "--dataset", folder]
+
+
+DEEP_FILES = {
+    "manifest": _deep_manifest,
+    "build-record": _deep_record,
+    "config.json": _deep_config,
+    "weights-index": _deep_index,
+    "dataset.toml": _deep_dataset,
+}
+
+
+@pytest.mark.parametrize("where", list(DEEP_FILES), ids=list(DEEP_FILES))
+def test_deeply_nested_files_are_one_line(proj: Path, where: str):
+    """Rows: JSON or TOML nested 100000 deep in the manifest, the build record, config.json, the
+    weights index, a dataset manifest: one error line (exit 2 or 3) naming the file, never a
+    RecursionError."""
+    args = DEEP_FILES[where](proj)
+    r = invoke(*args)
+    assert r.exit_code in (2, 3), r.output
+    line = one_error(r.stderr)
+    assert "internal error" not in r.output and "RecursionError" not in line, line
+    named = {
+        "manifest": "scaffold.toml",
+        "build-record": "scaffold-build.json",
+        "weights-index": "model.safetensors.index.json",
+    }
+    assert f"{named.get(where, where)}: " in line, line  # the file is named
+
+
+def test_fifo_dataset_is_named_as_a_fifo(proj: Path, tmp_path: Path):
+    """Row: a FIFO given as the dataset was reported as "no such file" (or waited on): it is named as
+    not a regular file, at once."""
+    import os
+
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    r = scaffold_proc("test", proj, "--steps", "1", "--dataset", fifo, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line = one_error(r.stderr)
+    assert line == f"error: {fifo}: not a regular file or folder (a FIFO, a device or a socket)", line
+
+
+def test_show_edit_with_a_nul_in_the_model_name(proj: Path):
+    """Row: `show -e` with a NUL in the model's name (--model-name) crashed making its temporary file:
+    the name is refused as a usage error naming the key."""
+    r = invoke("show", proj, "-e", "--model-name", "ti\x00ny")
+    assert r.exit_code == 2, r.output
+    assert "project.name" in one_error(r.stderr) and "one line" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "0"])
+def test_timeout_must_be_a_finite_number_of_seconds(proj: Path, value: str):
+    """Rows: `test --nproc 2 --timeout nan|inf|1e300` were accepted (no timer takes them)."""
+    r = invoke("test", proj, "--nproc", "2", "--timeout", value)
+    assert r.exit_code == 2, r.output
+    assert "--timeout" in r.output and "at most 604800" in r.output, r.output
+
+
+@pytest.mark.parametrize("value", ["", ".", ".."])
+def test_output_dir_must_name_a_folder(proj: Path, value: str):
+    """Rows: `--output-dir ''` or `.` would make the current folder the build's target."""
+    before = snapshot(proj.parent)
+    r = invoke("build", proj, "--output-dir", value)
+    assert r.exit_code == 2, r.output
+    assert one_error(r.stderr).startswith("error: --output-dir must name the model folder to write"), r.stderr
+    assert snapshot(proj.parent) == before
+
+
+def test_null_for_a_size_every_model_needs_names_the_key(proj: Path):
+    """Row: `--set model.hidden_size=null` removed the blueprint's value and blamed scaffold's own
+    README template; it names the key."""
+    r = invoke("show", proj, "--set", "model.hidden_size=null")
+    assert r.exit_code == 2, r.output
+    assert one_error(r.stderr) == (
+        f"error: {proj / 'scaffold.toml'}: model.hidden_size: missing: every model needs it (null removes "
+        "the blueprint's value; give a number)"
+    )
