@@ -450,8 +450,10 @@ def write_model_dir(
     card = model_card(project)
     if card is not None:
         (out / "README.md").write_text(card, encoding="utf-8")
-    elif readme.is_file():
-        shutil.copy2(readme, out / "README.md")
+    else:  # the project's card, never through a link out of the project, never a FIFO
+        text = atomic.read_bytes_inside(readme, project.path, missing_ok=True)
+        if text is not None:
+            (out / "README.md").write_bytes(text)
     if weights is not None:
         save_weights_with(out, project, weights)
     elif save_weights:
@@ -472,8 +474,33 @@ def save_initial_weights(out: Path, project: Project) -> None:
 
     seed = project.manifest.get("test", {}).get("seed", 0)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_load_config(out), trust_remote_code=True)
+    config = _load_config(out)
+    check_weights_memory(config, torch.device("cpu"), getattr(config, "dtype", None) or torch.float32)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
     model.save_pretrained(out)
+
+
+def check_weights_memory(config: Any, device: Any, dtype: Any) -> None:
+    """Refuse (DeviceError, exit 2) weights that cannot fit before any is allocated: the parameters,
+    counted on the meta device, in ``dtype``, twice (the model, and the bytes safetensors serializes),
+    against the memory ``device`` has available."""
+    import torch
+
+    from .construct import construct
+    from .devices import available_memory
+    from .errors import DeviceError
+
+    meta = construct(config, device="meta", init_weights=False)
+    n_params = sum(p.numel() for p in meta.parameters())
+    del meta
+    width = torch.empty((), dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32).element_size()
+    need = 2 * n_params * width
+    free = available_memory(torch.device(device))
+    if free is not None and need > free:
+        raise DeviceError(
+            f"{n_params:,} parameters need about {need / 2**30:,.2f} GiB to initialise and save in {dtype}, but "
+            f"{device} has {free / 2**30:,.2f} GiB available; use smaller sizes, or build without --save-weights"
+        )
 
 
 def _load_config(out: Path):
@@ -494,6 +521,7 @@ def save_weights_with(out: Path, project: Project, opts: WeightOptions) -> None:
     device = resolve_device(opts.device or "cpu")
     dtype = resolve_dtype(opts.dtype) if opts.dtype else None
     torch.manual_seed(project.manifest.get("test", {}).get("seed", 0))
+    check_weights_memory(_load_config(out), device, dtype or torch.float32)
     model = construct(out, device=device, dtype=dtype, init_weights=not opts.no_init)
     if opts.checkpoint is not None:
         load_checkpoint(opts.checkpoint, model, device=device, dtype=dtype)

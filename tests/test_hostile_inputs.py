@@ -622,3 +622,39 @@ def test_null_for_a_size_every_model_needs_names_the_key(proj: Path):
         f"error: {proj / 'scaffold.toml'}: model.hidden_size: missing: every model needs it (null removes "
         "the blueprint's value; give a number)"
     )
+
+
+def test_save_weights_past_memory_is_refused_before_allocating(proj: Path, tmp_path: Path):
+    """Row: `build --save-weights` of sizes no machine holds allocated until it died (test had an
+    estimate, build none): refused before allocating, naming the parameters and the memory."""
+    big = {"model.hidden_size": 1048576, "model.intermediate_size": 2000000}
+    out = tmp_path / "big"
+    r = invoke("build", proj, "--save-weights", *sets(big), "--output-dir", out)
+    assert r.exit_code == 2, r.output
+    line = one_error(r.stderr)
+    assert "parameters need about" in line and "available" in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [2**31, 2**63])
+def test_sizes_past_any_model_are_refused(proj: Path, value: int):
+    """Rows: `vocab_size = 2**63` (past int64) or 2**31 were accepted and ended in C++ errors in show
+    and test: a usage error naming the key."""
+    r = invoke("show", proj, "--set", f"model.vocab_size={value}")
+    assert r.exit_code == 2, r.output
+    line = one_error(r.stderr)
+    assert "model.vocab_size: must" in line, line
+
+
+def test_model_card_linked_outside_is_never_copied_into_the_build(proj: Path, tmp_path: Path):
+    """Row: README.md a symlink to a file outside the project: build copied the outside file into the
+    model directory as its card; it refuses (exit 3 naming the link) and writes nothing."""
+    secret = _secret(tmp_path)
+    readme = proj / "README.md"
+    readme.unlink()
+    readme.symlink_to(secret)
+    out = tmp_path / "out"
+    r = invoke("build", proj, "--output-dir", out)
+    assert r.exit_code == 3, r.output
+    assert one_error(r.stderr).startswith(f"error: {readme}: is a link to {secret}, outside"), r.stderr
+    assert not out.exists()
