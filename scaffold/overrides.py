@@ -216,9 +216,9 @@ def collect(params: dict[str, Any], sets: tuple[str, ...]) -> Overrides:
             continue
         if flag.path is None:
             if dest == "output_dir":
-                if Path(value).name in ("", ".", "..") or "\0" in str(value):
+                if Path(value) == Path(".") or Path(value).name == ".." or "\0" in str(value):
                     raise UsageError(
-                        f"--output-dir must name the model folder to write (not '', '.', '..' or /), got {str(value)!r}"
+                        f"--output-dir must name the model folder to write (not '', '.' or '..'), got {str(value)!r}"
                     )
                 ov.output_dir = Path(value)
             elif dest == "no_init_weights":
