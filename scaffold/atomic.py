@@ -41,6 +41,101 @@ from pathlib import Path
 from .errors import ProjectError
 from .files import ANSWERS_FILE, BUILD_RECORD
 
+# -- reading state and project files safely -------------------------------------------------------
+
+# Deeper nesting than any record, config or manifest of scaffold holds; deeper JSON is refused before
+# Python's parser recurses into it (a RecursionError, not an error a user can read).
+MAX_NESTING = 200
+
+
+def read_bytes_inside(path: str | Path, root: str | Path, *, missing_ok: bool = False) -> bytes | None:
+    """The bytes of the regular file ``path``, which must lie inside ``root`` once every link is
+    followed; None for a missing file when ``missing_ok``.
+
+    A link leaving ``root`` (to another project, ``~/.ssh``...) is refused, and so is anything but a
+    regular file: a FIFO is opened without blocking and refused, never waited on. The errors are
+    :class:`IntegrityError` (exit 3) naming the file.
+    """
+    import stat
+
+    from .errors import IntegrityError
+
+    path = Path(path)
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        if missing_ok and not os.path.lexists(path):
+            return None
+        raise IntegrityError(
+            f"is a link to {real}, outside {top}; scaffold reads no file through a link that leaves it",
+            path=path,
+        )
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(mode)
+                else "a folder"
+                if stat.S_ISDIR(mode)
+                else "a device or socket"
+            )
+            raise IntegrityError(f"is {kind}, not a regular file", path=path)
+        return f.read()
+
+
+def read_text_inside(path: str | Path, root: str | Path, *, missing_ok: bool = False) -> str | None:
+    """:func:`read_bytes_inside` decoded as UTF-8; other bytes are an :class:`IntegrityError` naming
+    the file and the byte (never replaced, so nothing is lost when the text is written back)."""
+    from .errors import IntegrityError
+
+    raw = read_bytes_inside(path, root, missing_ok=missing_ok)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise IntegrityError(
+            f"not UTF-8 text (byte {err.start}); scaffold reads and writes UTF-8", path=path
+        ) from None
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply ``text`` (JSON, or TOML's inline tables and arrays) nests brackets at most, strings
+    skipped: checked before parsing, since Python's parsers recurse once per level."""
+    import re as _re
+
+    depth = deepest = 0
+    for token in _re.finditer(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|[\[\]{}]', text):
+        ch = token.group()
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads_json(text: str, path: str | Path) -> object:
+    """JSON parsed, nesting bounded: too deep or not JSON is an :class:`IntegrityError` naming ``path``."""
+    import json
+
+    from .errors import IntegrityError
+
+    if nesting_depth(text) > MAX_NESTING:
+        raise IntegrityError(
+            f"nested more than {MAX_NESTING} levels deep; not a file scaffold wrote", path=path
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise IntegrityError(f"not valid JSON: {' '.join(str(err).split())}", path=path) from None
+
 
 def sha256_file(path: Path) -> str:
     """The sha256 of a file's content, read in 1 MiB chunks."""
@@ -396,7 +491,7 @@ def is_build_dir(path: Path) -> bool:
 
     try:
         stamp = json.loads((path / BUILD_RECORD).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     files = stamp.get("files") if isinstance(stamp, dict) else None
     if not isinstance(files, dict):
@@ -483,7 +578,7 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return False
     except PermissionError:
         return True

@@ -7,6 +7,7 @@ See docs/architecture.md for the layout and what a family file holds.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from .errors import BlueprintError
 from .schema import STRUCTURE as STRUCTURAL
+from .schema import has_control
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -235,16 +237,18 @@ def load(spec: str | Path) -> Blueprint:
                 raise BlueprintError(problem, path=where, key=f"blueprint.{key}")
     structure = data.get("structure", {})
     names = data.get("names", {})
-    problems = [
-        (f"structure.{k}", "not a structural key (see `scaffold schema`)")
+    if not isinstance(structure, dict) or not isinstance(names, dict):
+        key = "structure" if not isinstance(structure, dict) else "names"
+        raise BlueprintError(f"must be a table ([{key}])", path=where, key=key)
+    problems = code_problems(data)
+    problems += [
+        (f"structure.{toml_key(k)}", "not a structural key (see `scaffold schema`)")
         for k in structure
         if k not in STRUCTURAL
     ]
-    problems += [(f"names.{k}", "unknown parameter name") for k in names if k not in DEFAULT_NAMES]
+    problems += [(f"names.{toml_key(k)}", "unknown parameter name") for k in names if k not in DEFAULT_NAMES]
     problems += [
-        (f"names.{k}", f"must be a Python identifier, got {v!r}")
-        for k, v in names.items()
-        if not (isinstance(v, str) and v.isidentifier())
+        (f"names.{k}", f"must be a Python identifier, got {v!r}") for k, v in names.items() if not is_name(v)
     ]
     if problems:
         key, msg = problems[0]
@@ -252,6 +256,13 @@ def load(spec: str | Path) -> Blueprint:
     migrations = data.get("migrations", [])
     if not isinstance(migrations, list):
         raise BlueprintError("must be an array of tables ([[migrations]])", path=where, key="migrations")
+    parallel = data.get("parallel", {})
+    if not isinstance(parallel, dict):
+        raise BlueprintError("must be a table ([parallel])", path=where, key="parallel")
+    if parallel:  # checked here, before anything renders: its names reach the generated plans
+        from .plans import layout_from
+
+        layout_from(parallel, path=where)
     bp = Blueprint(
         path=path,
         meta=meta,
@@ -259,13 +270,142 @@ def load(spec: str | Path) -> Blueprint:
         presets=data.get("presets", {}),
         structure=structure,
         names={**DEFAULT_NAMES, **names},
-        parallel=data.get("parallel", {}),
+        parallel=parallel,
         migrations=migrations,
     )
     check_safe(bp.template_path)
     if bp.template_path != path:
         check_symlinks(path)
     return bp
+
+
+# What a blueprint's strings may be where they reach generated code. The templates paste names
+# (classes, attributes, modules, config fields) into Python source, so each must be a plain ASCII name;
+# everything else a template needs from blueprint.toml is emitted as a literal (repr).
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MODULE_FILE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.py")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
+PRESET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MODEL_TYPE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+# [blueprint] keys that name a class or a Python module, and what each must look like
+META_NAMES = ("class_prefix", "config_class", "base_model_class", "causal_lm_class", "transformers_class")
+META_FILES = ("modeling_file", "configuration_file")
+
+
+def toml_key(key: str) -> str:
+    """``key`` as TOML spells it in a dotted key path: bare when it can be, else quoted on one line."""
+    import json
+
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def is_name(value: Any) -> bool:
+    """Whether ``value`` is a name generated code may use: ``[A-Za-z_][A-Za-z0-9_]*``, not a keyword."""
+    import keyword
+
+    return isinstance(value, str) and bool(NAME_RE.fullmatch(value)) and not keyword.iskeyword(value)
+
+
+def code_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every string of a blueprint.toml that would reach generated code and is not safe there, as
+    (key, message): names that are not names, versions and preset names that are not plain tokens,
+    text with control characters or line breaks, values of types TOML has but Python literals do not."""
+    meta = data.get("blueprint", {})
+    problems: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, what: str, value: Any) -> None:
+        if not ok:
+            problems.append((key, f"must be {what}, got {value!r}"))
+
+    need(
+        is_name(meta.get("name")),
+        "blueprint.name",
+        "a name such as 'llama' ([A-Za-z_][A-Za-z0-9_]*)",
+        meta.get("name"),
+    )
+    version = meta.get("version")
+    need(
+        isinstance(version, str) and bool(VERSION_RE.fullmatch(version)),
+        "blueprint.version",
+        "a version such as '0.1.0'",
+        version,
+    )
+    for key in META_NAMES:
+        if key in meta:
+            need(is_name(meta[key]), f"blueprint.{key}", "a Python name ([A-Za-z_][A-Za-z0-9_]*)", meta[key])
+    for key in META_FILES:
+        value = meta.get(key)
+        if value is not None and unsafe_name(value) is None:
+            ok = isinstance(value, str) and bool(MODULE_FILE_RE.fullmatch(value))
+            need(ok, f"blueprint.{key}", "a Python module file name such as 'modeling_x.py'", value)
+    if "transformers_model_type" in meta:
+        value = meta["transformers_model_type"]
+        ok = isinstance(value, str) and bool(MODEL_TYPE_RE.fullmatch(value))
+        need(ok, "blueprint.transformers_model_type", "a model type such as 'llama'", value)
+    if "default_preset" in meta:
+        value = meta["default_preset"]
+        ok = isinstance(value, str) and bool(PRESET_RE.fullmatch(value))
+        need(ok, "blueprint.default_preset", "a preset name such as '4m'", value)
+    for key in ("optional_model_keys", "attn_implementations"):
+        values = meta.get(key, [])
+        if not isinstance(values, list):
+            problems.append((f"blueprint.{key}", f"must be an array of names, got {values!r}"))
+            continue
+        for i, value in enumerate(values):
+            need(is_name(value), f"blueprint.{key}[{i}]", "a name ([A-Za-z_][A-Za-z0-9_]*)", value)
+    renames = meta.get("import_renames", {})
+    if not isinstance(renames, dict):
+        problems.append(("blueprint.import_renames", f"must be a table of names, got {renames!r}"))
+    else:
+        for theirs, ours in renames.items():
+            need(is_name(ours), f"blueprint.import_renames.{toml_key(theirs)}", "a manifest key name", ours)
+    for key, value in meta.items():  # any other text (description...): one line, no control characters
+        if isinstance(value, str) and has_control(value):
+            problems.append(
+                (f"blueprint.{key}", f"must be one line without control characters, got {value!r}")
+            )
+    defaults = data.get("defaults", {})
+    presets = data.get("presets", {})
+    if not isinstance(defaults, dict) or not isinstance(presets, dict):
+        key = "defaults" if not isinstance(defaults, dict) else "presets"
+        return [*problems, (key, "must be a table")]
+    tables = [(f"defaults.{toml_key(k)}", v) for k, v in defaults.items()]
+    for name, preset in presets.items():
+        where = f"presets.{toml_key(name)}"
+        if not PRESET_RE.fullmatch(name):
+            problems.append((where, f"a preset name must be like '4m' or 'llama3.2_1b', got {name!r}"))
+        if not isinstance(preset, dict):
+            problems.append((where, "must be a table of sections"))
+            continue
+        tables += [(f"{where}.{toml_key(k)}", v) for k, v in preset.items()]
+    for where, table in tables:
+        if not isinstance(table, dict):
+            problems.append((where, "must be a table"))
+            continue
+        for key, value in table.items():
+            if where.endswith(".model"):  # model keys become fields of the configuration class
+                need(is_name(key), f"{where}.{toml_key(key)}", "a key name ([A-Za-z_][A-Za-z0-9_]*)", key)
+            problem = _literal_problem(value)
+            if problem:
+                problems.append((f"{where}.{toml_key(key)}", problem))
+    return problems
+
+
+def _literal_problem(value: Any) -> str | None:
+    """Why ``value`` has no Python literal that generated code could hold (a TOML date), or None."""
+    import math
+
+    if isinstance(value, dict):
+        return next((p for p in map(_literal_problem, value.values()) if p), None)
+    if isinstance(value, list):
+        return next((p for p in map(_literal_problem, value) if p), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if isinstance(value, str) and "\x00" in value:
+        return f"must not hold a NUL character, got {value!r}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    return f"must be a number, string, boolean, array or table, got {type(value).__name__} {value!r}"
 
 
 def unsafe_name(value: Any) -> str | None:

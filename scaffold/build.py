@@ -26,7 +26,7 @@ from typing import Any
 from . import __version__, atomic, manifest
 from .arch.hf_config import to_hf
 from .atomic import sha256_file
-from .errors import IntegrityError, ProjectError, writing
+from .errors import IntegrityError, ProjectError, UsageError, one_line, writing
 from .files import BUILD_RECORD, DEFAULT_OUTPUT
 from .project import Project as Project  # re-exported: the Python API has imported it from here
 from .project import load_project as load_project
@@ -66,7 +66,7 @@ def read_stamp(output_dir: Path) -> dict[str, Any] | None:
     """The build record of ``output_dir``, or None when it is missing or not a record."""
     try:
         stamp = json.loads((output_dir / BUILD_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
     if not isinstance(stamp, dict) or not isinstance(stamp.get("inputs"), dict):
         return None
@@ -267,6 +267,43 @@ def prepare_code(project: Project) -> None:
     if rerender_if_changed(project):
         project.__dict__.pop("code", None)  # read again: the files changed
     check_no_conflicts(code_files(project.path))
+    check_code(project)
+
+
+def check_code(project: Project) -> None:
+    """The project's code files parse, and import at their top level only modules that are installed
+    (as transformers requires of remote code): else a usage error naming the file and line, before
+    anything is built from them. Nothing is executed here."""
+    import ast
+    import importlib.util
+
+    for name, text in project.code.items():
+        path = project.path / name
+        try:
+            tree = ast.parse(text, filename=str(path))
+        except (SyntaxError, ValueError) as err:  # ValueError: NUL bytes, on older Pythons
+            line = getattr(err, "lineno", None) or text.count("\n", 0, max(text.find("\0"), 0)) + 1
+            msg = err.msg if isinstance(err, SyntaxError) else one_line(err)
+            raise UsageError(
+                f"{msg} (a Python syntax error in the project's code: fix the file)", path=f"{path}:{line}"
+            ) from None
+        for node in tree.body:
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                modules = [node.module]
+            for module in modules:
+                top = module.split(".")[0]
+                try:
+                    found = importlib.util.find_spec(top) is not None
+                except (ImportError, ValueError):
+                    found = False
+                if not found:
+                    raise UsageError(
+                        f"imports {module}, which is not installed here (install it, or remove the import)",
+                        path=f"{path}:{node.lineno}",
+                    )
 
 
 def stale_inputs(project: Project, stamp: Mapping[str, Any]) -> tuple[dict, dict] | None:
@@ -338,9 +375,30 @@ def import_config_class(project: Project):
     sys.modules[name] = module
     try:
         exec(compile(text, str(path), "exec"), module.__dict__)
+    except Exception as err:  # the user's own code raised at import: name the file and line
+        raise code_error(err, path) from None
     finally:
         sys.modules.pop(name, None)
-    return getattr(module, project.blueprint.meta["config_class"])
+    cls = getattr(module, project.blueprint.meta["config_class"], None)
+    if cls is None:
+        raise UsageError(
+            f"defines no class {project.blueprint.meta['config_class']} (the blueprint's config_class)",
+            path=path,
+        )
+    return cls
+
+
+def code_error(err: BaseException, path: str | Path) -> UsageError:
+    """An exception raised by the project's code file ``path`` as a usage error naming the file and the
+    line of that file it was raised from (the deepest such frame)."""
+    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else None
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f"{path}:{line}" if line else str(path)
+    return UsageError(f"the project's code raised {type(err).__name__}: {one_line(err)}", path=where)
 
 
 def make_config(project: Project, tokenizer) -> Any:
@@ -437,8 +495,10 @@ def write_model_dir(
     card = model_card(project)
     if card is not None:
         (out / "README.md").write_text(card, encoding="utf-8")
-    elif readme.is_file():
-        shutil.copy2(readme, out / "README.md")
+    else:  # the project's card, never through a link out of the project, never a FIFO
+        text = atomic.read_bytes_inside(readme, project.path, missing_ok=True)
+        if text is not None:
+            (out / "README.md").write_bytes(text)
     if weights is not None:
         save_weights_with(out, project, weights)
     elif save_weights:
@@ -459,8 +519,33 @@ def save_initial_weights(out: Path, project: Project) -> None:
 
     seed = project.manifest.get("test", {}).get("seed", 0)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_load_config(out), trust_remote_code=True)
+    config = _load_config(out)
+    check_weights_memory(config, torch.device("cpu"), getattr(config, "dtype", None) or torch.float32)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
     model.save_pretrained(out)
+
+
+def check_weights_memory(config: Any, device: Any, dtype: Any) -> None:
+    """Refuse (DeviceError, exit 2) weights that cannot fit before any is allocated: the parameters,
+    counted on the meta device, in ``dtype``, twice (the model, and the bytes safetensors serializes),
+    against the memory ``device`` has available."""
+    import torch
+
+    from .construct import construct
+    from .devices import available_memory
+    from .errors import DeviceError
+
+    meta = construct(config, device="meta", init_weights=False)
+    n_params = sum(p.numel() for p in meta.parameters())
+    del meta
+    width = torch.empty((), dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32).element_size()
+    need = 2 * n_params * width
+    free = available_memory(torch.device(device))
+    if free is not None and need > free:
+        raise DeviceError(
+            f"{n_params:,} parameters need about {need / 2**30:,.2f} GiB to initialise and save in {dtype}, but "
+            f"{device} has {free / 2**30:,.2f} GiB available; use smaller sizes, or build without --save-weights"
+        )
 
 
 def _load_config(out: Path):
@@ -481,6 +566,7 @@ def save_weights_with(out: Path, project: Project, opts: WeightOptions) -> None:
     device = resolve_device(opts.device or "cpu")
     dtype = resolve_dtype(opts.dtype) if opts.dtype else None
     torch.manual_seed(project.manifest.get("test", {}).get("seed", 0))
+    check_weights_memory(_load_config(out), device, dtype or torch.float32)
     model = construct(out, device=device, dtype=dtype, init_weights=not opts.no_init)
     if opts.checkpoint is not None:
         load_checkpoint(opts.checkpoint, model, device=device, dtype=dtype)

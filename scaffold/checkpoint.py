@@ -278,8 +278,8 @@ def find_checkpoint(path: str | Path) -> CheckpointFiles:
     assert index is not None
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"not a readable index: {err}", path=index) from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"not a readable index: {one_line(err)}", path=index) from None
     wmap = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wmap, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()

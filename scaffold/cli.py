@@ -37,7 +37,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
+from .errors import EXIT_INTEGRITY, EXIT_INTERNAL, EXIT_USAGE, ScaffoldError, UsageError
 from .overrides import SET_OPTION, Overrides, override_options
 
 DEBUG_ENV = "SCAFFOLD_DEBUG"
@@ -107,11 +107,26 @@ class ScaffoldGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except RecursionError as err:  # a file nested deeper than Python's parsers recurse (JSON, TOML)
+            if _debug(ctx):
+                raise
+            click.echo(
+                f"error: an input file is nested too deeply to read ({err}); a damaged or hostile config, "
+                "record or index? (--debug shows which)",
+                err=True,
+            )
+            ctx.exit(EXIT_INTEGRITY)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as err:  # a bug in scaffold or a library: say so plainly
             if _debug(ctx):
                 raise
+            from .errors import model_code_error
+
+            user = model_code_error(err)  # unless the model's own code raised it: that is the user's
+            if user is not None:
+                click.echo(f"error: {user}", err=True)
+                ctx.exit(user.exit_code)
             click.echo(
                 f"internal error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True
             )
@@ -303,6 +318,21 @@ def _doc(path: str) -> str:
     return BY_PATH[path].doc
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """--timeout: a finite number of seconds, more than 0 and at most MAX_TIMEOUT (nan, inf and 1e300
+    pass click's FloatRange but no timer takes them)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise click.BadParameter(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, got {value}"
+        )
+    return value
+
+
+MAX_TIMEOUT = 7 * 24 * 3600.0  # a week
+
+
 @cli.command(name="test")
 @click.argument("project", type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
@@ -353,7 +383,8 @@ def _doc(path: str) -> str:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
+    callback=_seconds,
     help="With --nproc: stop every process when the run takes longer than this many seconds (default 900).",
 )
 @click.option(
@@ -645,6 +676,8 @@ def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None
         return
     if output_file is None:
         raise UsageError("--plot needs -o FILE (the PNG to write)")
+    if not output_file.name or output_file.name in (".", "..") or output_file.is_dir():
+        raise UsageError(f"-o/--output-file must name a file to write, got {str(output_file)!r}")
     chosen = [load_run(resolve_run(t)) for t in targets]
     labels = plot_runs(chosen, output_file)
     click.echo(f"wrote {output_file}: {len(labels)} loss curves ({', '.join(labels)})")

@@ -138,6 +138,10 @@ def resolve(
         if manifest is not None:
             raise DataError(f"{path}: no such file or folder", path=manifest, key=key)
         raise DataError("no such file or folder", path=path)
+    if not path.is_dir() and not path.is_file():  # never opened: reading a FIFO would wait forever
+        where = {"path": manifest, "key": key} if manifest is not None else {"path": path}
+        prefix = f"{path}: " if manifest is not None else ""
+        raise DataError(f"{prefix}not a regular file or folder (a FIFO, a device or a socket)", **where)
     if path.is_dir() and (path / DATASET_MANIFEST).is_file():
         return read_manifest(path / DATASET_MANIFEST, config)
     if path.is_file() and path.suffix.lower() == ".toml":
@@ -190,8 +194,13 @@ def data_files_in(folder: Path) -> list[Path]:
 
 def read_manifest(path: Path, config: str | None = None) -> DatasetSource:
     """A dataset manifest (``dataset.toml``) with one of its configurations chosen."""
+    from .atomic import MAX_NESTING, nesting_depth
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if nesting_depth(text) > MAX_NESTING:
+            raise DataError(f"nested more than {MAX_NESTING} levels deep", path=path)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise DataError(f"not valid TOML: {err}", path=path) from None
     except UnicodeDecodeError:
@@ -387,6 +396,8 @@ def _locate(path: Path, kind: str, column: str) -> DataError | None:
                     continue
                 try:
                     obj = json.loads(line)
+                except RecursionError:
+                    return DataError(f"line {number}: nested too deeply to be a document", path=path)
                 except ValueError as err:
                     return DataError(f"line {number}: not valid JSON ({err})", path=path)
                 if not isinstance(obj, dict):

@@ -155,3 +155,24 @@ class TestFailure(ScaffoldError):
 
     __test__ = False  # not a pytest test class
     exit_code = EXIT_TEST_FAILURE
+
+
+def model_code_error(err: BaseException) -> UsageError | None:
+    """An exception raised inside a model's own code as transformers imported it (its copy under
+    ``transformers_modules``: the project's modeling or configuration file) as a usage error naming
+    that file and line; None when the model's code is not where it was raised."""
+    found = None
+    tb = err.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if "transformers_modules" in Path(filename).parts:
+            found = (Path(filename).name, tb.tb_lineno)
+        tb = tb.tb_next
+    if found is None:
+        return None
+    name, line = found
+    return UsageError(
+        f"the model's own code raised {type(err).__name__}: {one_line(err)} (fix it in the project's {name}, "
+        "then build again)",
+        path=f"{name}:{line}",
+    )

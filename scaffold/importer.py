@@ -22,10 +22,10 @@ def accepted_keys(bp: Blueprint, structure: Mapping[str, Any]) -> set[str]:
     return arch.accepted_keys(bp.model_keys, structure)
 
 
-def model_table(config: Mapping[str, Any], bp: Blueprint) -> dict[str, Any]:
+def model_table(config: Mapping[str, Any], bp: Blueprint, where: Path | None = None) -> dict[str, Any]:
     """The ``[model]`` table that reproduces a transformers config of ``bp``'s family: its sizes and
     every structural key it sets; the family's structure fills the rest."""
-    config = from_hf(config, bp.meta.get("import_renames", {}))
+    config = from_hf(config, bp.meta.get("import_renames", {}), where=where)
     structure = schema.structure_of(
         {**bp.structure, **{k: config[k] for k in schema.STRUCTURE if k in config}}
     )
@@ -63,16 +63,17 @@ CONFIG_NAME = "config.json"
 
 def read_config(path: Path) -> tuple[Path, dict[str, Any]]:
     """The ``config.json`` of a local transformers model folder (or the file itself), parsed."""
-    import json
 
     file = path / CONFIG_NAME if path.is_dir() else path
     if not file.is_file():
         raise UsageError(
             f"no {CONFIG_NAME} here: give a transformers model folder or its {CONFIG_NAME}", path=path
         )
+    from .tokenizer import _json_input
+
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        data = _json_input(file)  # a FIFO, bytes not UTF-8, nesting too deep: one line naming the file
+    except OSError as err:
         raise DataError(f"not a readable JSON config: {' '.join(str(err).split())}", path=file) from None
     if not isinstance(data, dict):
         raise DataError("not a JSON object", path=file)
@@ -88,7 +89,7 @@ def family_for(model_type: Any, where: Path) -> Blueprint:
         bp = load(name)
         if bp.meta.get("transformers_model_type"):
             families[bp.meta["transformers_model_type"]] = bp
-    if model_type not in families:
+    if not isinstance(model_type, str) or model_type not in families:
         known = ", ".join(sorted(families)) or "none"
         raise UsageError(
             f"unsupported model_type {model_type!r}; scaffold reproduces: {known}",
@@ -120,17 +121,22 @@ def import_project(
     file, config = read_config(path)
     check_supported(config, file)
     bp = family_for(config.get("model_type"), file)
-    table = model_table(config, bp)
+    table = model_table(config, bp, file)
     # keys of the family's default preset that the config does not set are switched off, not inherited
     preset = bp.preset(None).get("model", {})
     model = {**{k: None for k in preset if k not in table}, **table}
     overrides: dict[str, Any] = {"model": model}
     folder = file.parent
-    if (folder / "tokenizer.json").is_file():  # the model's own tokenizer, when it ships one
+    if (folder / "tokenizer.json").exists():  # the model's own tokenizer, when it ships one
+        from .tokenizer import read_pretrained
+
+        # read now (a damaged tokenizer is named before anything is written); a base model's tokenizer
+        # usually has no chat template, and then the project has none (inherit would not build)
+        pretrained = read_pretrained(folder)
         overrides["tokenizer"] = {
             "kind": "pretrained",
             "path": str(folder.resolve()),
-            "chat_template": "inherit",
+            "chat_template": "inherit" if pretrained.chat_template else "",
         }
     name = name or _name_from(folder)
     check_name(name)

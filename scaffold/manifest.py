@@ -16,8 +16,8 @@ from typing import Any
 
 import tomli_w
 
-from . import arch, schema
-from .errors import ManifestError, UsageError
+from . import arch, atomic, schema
+from .errors import IntegrityError, ManifestError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,10 +43,12 @@ def load(path: str | Path) -> Manifest:
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        raw = path.read_bytes()
+    try:  # never through a link out of the project folder, never blocking on a FIFO
+        raw = atomic.read_bytes_inside(path, path.parent)
     except FileNotFoundError:
         raise ManifestError([("", "no such manifest; is this a scaffold project?")], path=path) from None
+    except IntegrityError as err:
+        raise ManifestError([("", err.message)], path=path) from None
     except OSError as err:
         raise ManifestError([("", f"cannot read: {err.strerror or err}")], path=path) from None
     if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
@@ -60,6 +62,8 @@ def load(path: str | Path) -> Manifest:
         raise ManifestError(
             [("", f"not UTF-8 text (byte {err.start}); TOML files are UTF-8")], path=path
         ) from None
+    if atomic.nesting_depth(text) > atomic.MAX_NESTING:
+        raise ManifestError([("", f"nested more than {atomic.MAX_NESTING} levels deep")], path=path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -164,6 +168,16 @@ def validate(
             msg = f.problem(value)
             if msg:
                 problems.append((f.path, msg))
+    if allowed_model is not None and isinstance(model, Mapping):
+        # sizes every model needs: absent only when a `--set KEY=null` removed the blueprint's value
+        for key in schema.REQUIRED_MODEL_KEYS:
+            if key in allowed_model and key not in model:
+                problems.append(
+                    (
+                        f"model.{key}",
+                        "missing: every model needs it (null removes the blueprint's value; give a number)",
+                    )
+                )
     problems.extend(_cross_checks(manifest, skip={key for key, _ in problems}))
     if problems:
         raise ManifestError(problems, path=path)

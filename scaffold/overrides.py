@@ -216,6 +216,10 @@ def collect(params: dict[str, Any], sets: tuple[str, ...]) -> Overrides:
             continue
         if flag.path is None:
             if dest == "output_dir":
+                if Path(value) == Path(".") or Path(value).name == ".." or "\0" in str(value):
+                    raise UsageError(
+                        f"--output-dir must name the model folder to write (not '', '.' or '..'), got {str(value)!r}"
+                    )
                 ov.output_dir = Path(value)
             elif dest == "no_init_weights":
                 ov.no_init_weights = True

@@ -86,7 +86,26 @@ def layout_from(data: Mapping[str, Any], *, path: Any = None) -> Layout:
             raise BlueprintError(
                 f"{data[key]!r} is not one of {', '.join(allowed)}", path=path, key=f"parallel.{key}"
             )
-    for name, style in dict(data.get("styles", {})).items():
+    from .blueprints import is_name, toml_key
+
+    for f in fields(Layout):  # module names are pasted into the plans' source: plain names only
+        value = data.get(f.name)
+        if f.name != "styles" and value is not None and not (value == "" or is_name(value)):
+            raise BlueprintError(
+                f'must be a module name ([A-Za-z_][A-Za-z0-9_]*) or "", got {value!r}',
+                path=path,
+                key=f"parallel.{f.name}",
+            )
+    styles = data.get("styles", {})
+    if not isinstance(styles, Mapping):
+        raise BlueprintError(f"must be a table, got {styles!r}", path=path, key="parallel.styles")
+    for name, style in dict(styles).items():
+        if not is_name(name):
+            raise BlueprintError(
+                f"must be a module name ([A-Za-z_][A-Za-z0-9_]*), got {name!r}",
+                path=path,
+                key=f"parallel.styles.{toml_key(name)}",
+            )
         if style not in STYLES:
             raise BlueprintError(
                 f"{style!r} is not one of {', '.join(STYLES)}", path=path, key=f"parallel.styles.{name}"

@@ -78,7 +78,10 @@ class Project:
         names = [self.blueprint.meta["configuration_file"], self.blueprint.meta["modeling_file"]]
         if self.restructured:
             return {name: self.rendering[name] for name in names}
-        return {name: (self.path / name).read_text(encoding="utf-8") for name in names}
+        from .atomic import read_text_inside
+
+        # never through a link out of the project, never a FIFO; not UTF-8 is an integrity error
+        return {name: read_text_inside(self.path / name, self.path) for name in names}
 
 
 def load_project(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Project:

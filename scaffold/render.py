@@ -11,6 +11,7 @@ folder and moved into place only when complete. :func:`render_files` renders the
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -378,7 +379,7 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "needs_math": a.init == "scaled_normal" or any("math." in sources[p] for p in parts),
         "norm": NORM_CLASSES[a.norm.type],
         "norm_eps": a.norm.eps_key,
-        "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
+        "act": TORCH_ACTIVATIONS.get(act, f"ACT2FN[{json.dumps(act)}]"),
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": a.windowed,
         # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
@@ -393,6 +394,10 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "residual_writers": writers,
         "linear_bias": a.attention.bias or a.mlp.bias or a.lm_head_bias,
         "config_fields": config_fields(bp, a),
+        # the structure as Python literals, for the configuration class's informational fields
+        "arch_literals": {
+            k: json.dumps(v) if isinstance(v, str) else repr(v) for k, v in a.structure.items()
+        },
         "lora_targets": lora_targets(a),
     }
 
@@ -429,20 +434,33 @@ def template_data(
     }
 
 
+# Filters of Copier's default Jinja extension (jinja2-ansible-filters) that read the host: the
+# environment, the home folder, the file system, the working directory. A template renders from the
+# data scaffold gives it, nothing else, so its environment offers none of them.
+HOST_FILTERS = ("expandvars", "expanduser", "realpath", "relpath", "fileglob")
+
+
 def _copier_render(bp: Blueprint, dest: Path, data: Mapping[str, Any]) -> None:
-    import copier
+    from copier._main import Worker
+    from copier._settings import SettingsModel
 
     try:
-        copier.run_copy(
-            str(bp.template_path),
-            dest,
+        with Worker(
+            src_path=str(bp.template_path),
+            dst_path=Path(dest),
             data=dict(data),
+            # not the user's Copier settings: a "trust" there must not unlock anything for a blueprint
+            settings=SettingsModel(),
             defaults=True,
             overwrite=True,
             unsafe=False,
             quiet=True,
             cleanup_on_error=False,
-        )
+        ) as worker:
+            env = worker.jinja_env  # built once and cached: every file renders in this environment
+            for name in HOST_FILTERS:
+                env.filters.pop(name, None)
+            worker.run_copy()
     except Exception as err:  # copier and jinja raise many kinds; all mean the blueprint is at fault
         raise template_error(err, bp) from err
 

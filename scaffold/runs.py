@@ -82,11 +82,12 @@ class RunRecorder:
         started = datetime.now(timezone.utc)
         root = project_dir / RUNS_DIR
         root.mkdir(exist_ok=True)
+        config_path = Path(model_dir) / "config.json"  # read first: a damaged one leaves no record behind
+        config = atomic.loads_json(atomic.read_text_inside(config_path, model_dir), config_path)
         folder = root / new_run_id(started)
         folder.mkdir()
         write_json(folder / OPTIONS_FILE, {"schema": SCHEMA_VERSION, "run": folder.name, **options})
-        config = model_dir / "config.json"
-        write_json(folder / CONFIG_FILE, json.loads(config.read_text(encoding="utf-8")))
+        write_json(folder / CONFIG_FILE, config)
         rec = cls(folder, device, steps)
         rec.summary = {
             "schema": SCHEMA_VERSION,
@@ -258,30 +259,40 @@ class Run:
         """The recorded status; ``running`` becomes ``killed`` once its process is gone (same host)."""
         status = str(self.summary.get("status", "unknown"))
         if status == "running" and self.summary.get("host") == socket.gethostname():
-            if not atomic.pid_alive(int(self.summary.get("pid", 0))):
+            pid = self.summary.get("pid")
+            if type(pid) is not int or pid <= 0 or not atomic.pid_alive(pid):
                 return "killed"
         return status
 
 
 def read_steps(path: Path) -> list[dict[str, Any]]:
-    """The steps of a steps.jsonl; a torn last line (a run killed mid-write) is skipped."""
+    """The steps of a steps.jsonl. A line that is not a step (a torn last line of a run killed
+    mid-write, a list, an object without an integer ``step``, bytes that are not UTF-8, text nested
+    too deeply) is skipped; a FIFO or a link out of the run is an IntegrityError naming it."""
+    raw = atomic.read_bytes_inside(path, path.parent, missing_ok=True) or b""
     steps = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            steps.append(json.loads(line))
-        except json.JSONDecodeError:
+    for line in raw.decode("utf-8", errors="replace").splitlines():  # read only: garbled lines are skipped
+        if atomic.nesting_depth(line) > atomic.MAX_NESTING:
             continue
+        try:
+            step = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(step, dict) and type(step.get("step")) is int:
+            steps.append(step)
     return steps
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A run's JSON record; absent, damaged or not an object: empty (the run shows what is readable).
+    A FIFO or a link out of the run is an IntegrityError naming the file, never waited on or followed."""
+    raw = atomic.read_bytes_inside(path, path.parent, missing_ok=True)
+    if raw is None:
+        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        text = raw.decode("utf-8")
+        data = json.loads(text) if atomic.nesting_depth(text) <= atomic.MAX_NESTING else None
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -355,7 +366,8 @@ def runs_table(project_dir: Path) -> str:
     ]
     rows = [head]
     for r in runs:
-        s, test = r.summary, r.options.get("test", {})
+        s, test = r.summary, r.options.get("test")
+        test = test if isinstance(test, dict) else {}
         losses = [st["loss"] for st in r.steps if isinstance(st.get("loss"), int | float)]
         loss = f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-"
         rate = s.get("tokens_per_second")

@@ -24,6 +24,30 @@ def positive(v: Any) -> str | None:
     return None if v > 0 else f"must be positive, got {v}"
 
 
+# The largest a model size may be: one tensor dimension torch indexes with 32 bits in places, and
+# far past any model; larger sizes would overflow torch's int64 shape products (C++ errors, not ours).
+MAX_SIZE = 2**31 - 1
+
+
+def size(v: Any) -> str | None:
+    """A model size (a width, a count of layers, heads or positions): positive and at most MAX_SIZE."""
+    if v <= 0:
+        return f"must be positive, got {v}"
+    return None if v <= MAX_SIZE else f"must be at most {MAX_SIZE} (2^31 - 1), got {v}"
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control, format or line-separator character (a newline, a NUL...)."""
+    import unicodedata
+
+    return any(unicodedata.category(c)[0] in "CZ" and c != " " for c in text)
+
+
+def one_line(v: Any) -> str | None:
+    """Text that generated files quote in comments and headers: one line, no control characters."""
+    return f"must be one line without control characters, got {v!r}" if has_control(v) else None
+
+
 def non_negative(v: Any) -> str | None:
     return None if v >= 0 else f"must be zero or more, got {v}"
 
@@ -101,6 +125,8 @@ class Field:
             return f"must be {article} {self.type_name}, got {type(value).__name__} {value!r}"
         if isinstance(value, float) and not math.isfinite(value):
             return f"must be a finite number, got {value}"
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return f"must fit in 64 bits, got {value}"
         for check in self.checks:
             msg = check(value)
             if msg:
@@ -170,6 +196,14 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("init", "scaled_normal"): {"initializer_range": 0.02},
     ("init", "normal"): {"initializer_range": 0.02},
 }
+# Model keys a model cannot do without (where its family has them): never absent from a resolved manifest.
+REQUIRED_MODEL_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
 # Model keys every family understands besides the structural ones.
 UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
 
@@ -190,28 +224,36 @@ def companions(structure: Mapping[str, Any]) -> dict[str, Any]:
 
 FIELDS: tuple[Field, ...] = (
     # [project]
-    Field("project", "name", STR, "Project name; also the model's name in its card."),
-    Field("project", "blueprint", STR, "Blueprint (model family) the project was generated from."),
-    Field("project", "blueprint_version", STR, "Version of the blueprint the project was generated from."),
-    Field("project", "preset", STR, "Preset of the blueprint the sizes started from."),
-    Field("project", "description", STR, "One line for the model card."),
+    Field("project", "name", STR, "Project name; also the model's name in its card.", (one_line,)),
+    Field(
+        "project", "blueprint", STR, "Blueprint (model family) the project was generated from.", (one_line,)
+    ),
+    Field(
+        "project",
+        "blueprint_version",
+        STR,
+        "Version of the blueprint the project was generated from.",
+        (one_line,),
+    ),
+    Field("project", "preset", STR, "Preset of the blueprint the sizes started from.", (one_line,)),
+    Field("project", "description", STR, "One line for the model card.", (one_line,)),
     # [model]
-    Field("model", "vocab_size", INT, "Vocabulary size of the embedding and output head.", (positive,)),
-    Field("model", "hidden_size", INT, "Width of the residual stream (d_model).", (positive,)),
-    Field("model", "num_hidden_layers", INT, "Number of decoder layers.", (positive,)),
+    Field("model", "vocab_size", INT, "Vocabulary size of the embedding and output head.", (size,)),
+    Field("model", "hidden_size", INT, "Width of the residual stream (d_model).", (size,)),
+    Field("model", "num_hidden_layers", INT, "Number of decoder layers.", (size,)),
     Field(
         "model",
         "num_attention_heads",
         INT,
         "Number of query heads (and KV heads, if otherwise unspecified).",
-        (positive,),
+        (size,),
     ),
     Field(
         "model",
         "num_key_value_heads",
         INT,
         "Number of key/value heads (grouped-query attention); must divide the query heads.",
-        (positive,),
+        (size,),
         nullable=True,  # null: as many as the query heads
         flags=("--num-kv-heads",),
     ),
@@ -220,7 +262,7 @@ FIELDS: tuple[Field, ...] = (
         "head_dim",
         INT,
         "Width of one attention head; defaults to hidden_size / num_attention_heads.",
-        (positive,),
+        (size,),
         nullable=True,  # null: derived, as the doc says
         flags=("--d-head",),
     ),
@@ -229,10 +271,10 @@ FIELDS: tuple[Field, ...] = (
         "intermediate_size",
         INT,
         "Width of the feed-forward layer.",
-        (positive,),
+        (size,),
         flags=("--dim-feedforward",),
     ),
-    Field("model", "max_position_embeddings", INT, "Longest sequence the model is meant for.", (positive,)),
+    Field("model", "max_position_embeddings", INT, "Longest sequence the model is meant for.", (size,)),
     Field("model", "rope_theta", NUM, "Base of the rotary position embedding's frequencies.", (positive,)),
     Field(
         "model",

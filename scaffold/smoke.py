@@ -371,6 +371,7 @@ def run(
                 key="test.dtype",
             )
     _check_lr(opts.lr, dtype)
+    check_json_files(Path(model_dir))
     check_memory(AutoConfig.from_pretrained(model_dir, trust_remote_code=True), opts, device)
     check_backend_trains(opts.attn_implementation, device)
     tokenizer = load_tokenizer(model_dir)
@@ -379,6 +380,18 @@ def run(
     model = load_model(model_dir, opts, device, dtype, checkpoint=checkpoint, no_init=no_init)
     data = data if data is not None else batches(len(tokenizer), opts, device)
     return train(model, opts, data, device=device, log=log, on_step=on_step)
+
+
+def check_json_files(model_dir: Path) -> None:
+    """The model directory's JSON files that transformers parses (config, tokenizer and generation
+    settings) are JSON that a parser can read: damaged (not UTF-8, not JSON, nested too deeply for
+    Python's parser, a FIFO) is an IntegrityError naming the file, before transformers recurses."""
+    from . import atomic
+
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json"):
+        text = atomic.read_text_inside(model_dir / name, model_dir, missing_ok=True)
+        if text is not None:
+            atomic.loads_json(text, model_dir / name)
 
 
 def fused_optimizers(model, lr: float, bad: list[str]) -> tuple[dict, list]:

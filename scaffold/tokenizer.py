@@ -145,16 +145,16 @@ def read_pretrained(path: Path, *, manifest: Path | None = None) -> Pretrained:
     where = {"path": manifest or path, "key": "tokenizer.path"} if manifest else {"path": path}
     if path.is_dir():
         folder, file = path, path / TOKENIZER_FILE
-        if not file.is_file():
+        if not file.exists():  # a FIFO or a folder there is named by _read_input, not taken as missing
             raise DataError(
                 f"{path}: no {TOKENIZER_FILE} in this folder; scaffold reuses fast (tokenizers) tokenizers only",
                 **where,
             )
-    elif path.is_file():
+    elif path.exists():
         folder, file = None, path
     else:
         raise DataError(f"{path}: no such tokenizer file or folder", **where)
-    text = file.read_text(encoding="utf-8")
+    text = _read_input(file)
     vocab = _vocab_of(text, file)
     files = [file]
     if folder is None:
@@ -169,10 +169,10 @@ def read_pretrained(path: Path, *, manifest: Path | None = None) -> Pretrained:
         p = folder / name
         if p.is_file():
             files.append(p)
-            try:
-                target.update(json.loads(p.read_text(encoding="utf-8")))
-            except ValueError as err:
-                raise DataError(f"not valid JSON: {err}", path=p) from None
+            data = _json_input(p)
+            if not isinstance(data, dict):
+                raise DataError(f"must be a JSON object, got {type(data).__name__}", path=p)
+            target.update(data)
     specials = {}
     for key in SPECIAL_KEYS:
         value = _token_text(config.get(key)) or _token_text(stmap.get(key))
@@ -187,13 +187,45 @@ def read_pretrained(path: Path, *, manifest: Path | None = None) -> Pretrained:
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
         files.append(jinja)
-        template = jinja.read_text(encoding="utf-8")
+        template = _read_input(jinja)
     elif isinstance(config.get("chat_template"), str):
         template = config["chat_template"]
     elif isinstance(config.get("chat_template"), list):  # named templates: take the default one
         named = {t.get("name"): t.get("template") for t in config["chat_template"] if isinstance(t, Mapping)}
         template = named.get("default") or next(iter(named.values()), None)
     return Pretrained(text, specials, template, files)
+
+
+def _read_input(path: Path) -> str:
+    """A tokenizer input's text: a FIFO, a folder or bytes that are not UTF-8 are a DataError naming it."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise DataError("no such file", path=path) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError("not a regular file (a FIFO, a device or a folder)", path=path)
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text (byte {err.start}): not a tokenizer file", path=path) from None
+
+
+def _json_input(path: Path) -> Any:
+    """A tokenizer input's JSON, nesting bounded: anything else is a DataError naming the file."""
+    from .atomic import MAX_NESTING, nesting_depth
+
+    text = _read_input(path)
+    if nesting_depth(text) > MAX_NESTING:
+        raise DataError(f"nested more than {MAX_NESTING} levels deep", path=path)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"not valid JSON: {one_line(err)}", path=path) from None
 
 
 def _token_text(value: Any) -> str | None:
@@ -207,6 +239,12 @@ def _token_text(value: Any) -> str | None:
 def _vocab_of(text: str, path: Path) -> dict[str, int]:
     from tokenizers import Tokenizer
 
+    from .atomic import MAX_NESTING, nesting_depth
+
+    if nesting_depth(text) > MAX_NESTING:
+        raise DataError(
+            f"not a tokenizers tokenizer.json: nested more than {MAX_NESTING} levels deep", path=path
+        )
     try:
         return Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
     except Exception as err:  # tokenizers raises a bare Exception for a malformed file

@@ -158,16 +158,19 @@ def read_rendering(project_dir: Path) -> Rendering | None:
     if not store.exists() and not store.is_symlink():
         return None
     state_path, root = store / STATE_FILE, store / RENDERED_DIR
+    # read without following a link out of .scaffold/ (a planted link would show or merge an outside
+    # file); damaged (not JSON, not an object, not UTF-8, a FIFO) is an IntegrityError naming the file
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _damaged(state_path, "missing") from None
-    except UnicodeDecodeError:
-        raise _damaged(state_path, "not UTF-8 text") from None
-    except ValueError as err:
-        raise _damaged(state_path, f"not valid JSON ({err})") from None
+        text = atomic.read_text_inside(state_path, store, missing_ok=True)
+        if text is None:
+            raise _damaged(state_path, "missing")
+        state = atomic.loads_json(text, state_path)
+    except IntegrityError as err:
+        if DAMAGED_STATE in str(err):
+            raise
+        raise _damaged(state_path, str(err.args[0]) if err.args else "damaged") from None
     if not isinstance(state, dict):
-        raise _damaged(state_path, f"not a JSON object (a {type(state).__name__})")
+        raise _damaged(state_path, f"not a JSON object (a JSON {type(state).__name__})")
     if not isinstance(state.get("manifest"), str):
         raise _damaged(state_path, "no manifest fingerprint (key 'manifest')")
     if not root.is_dir() or root.is_symlink():
@@ -186,7 +189,7 @@ def read_rendering(project_dir: Path) -> Rendering | None:
             raise _damaged(state_path, f"'files' names {name!r}, not a code file of the project")
         if path.is_symlink() or not path.is_file():
             raise _damaged(path, "missing (or not a plain file)")
-        data = path.read_bytes()
+        data = atomic.read_bytes_inside(path, root)
         if digest is not None and hashlib.sha256(data).hexdigest() != digest:
             raise _damaged(path, f"changed: its sha256 differs from {STATE_FILE}")
         try:
@@ -208,20 +211,10 @@ def code_files(project_dir: Path) -> list[Path]:
 
 
 def _read(path: Path) -> str | None:
-    """A project file's text (None: absent); one that is not UTF-8 is an :class:`IntegrityError`
-    naming it, for a merge would replace its bytes."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise IntegrityError(
-            f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): scaffold merges text and "
-            "would have to replace those bytes; save the file as UTF-8 (or undo that edit), then run again",
-            path=path,
-        ) from None
+    """A project file's text, None when absent. Never through a link out of its folder, never a FIFO;
+    bytes that are not UTF-8 are an IntegrityError naming the file and the byte (never replaced: a
+    merge written back would lose them)."""
+    return atomic.read_text_inside(path, path.parent, missing_ok=True)
 
 
 def _shown(path: Path) -> str | None:
@@ -753,7 +746,7 @@ def plan_update(project_dir: str | Path, *, adopt: bool = False) -> UpdatePlan:
         raise ProjectError("no such project folder", path=project_dir)
     mpath = project_dir / manifest.MANIFEST_NAME
     data = manifest.load(mpath)  # first: a manifest that is not UTF-8 is named there
-    manifest_text = mpath.read_text(encoding="utf-8") if mpath.is_file() else ""
+    manifest_text = _read(mpath) or ""
     bp = blueprint_of(project_dir, data)
     rendering = read_rendering(project_dir)
     recorded = rendering.state.get("blueprint_version") if rendering is not None else bp.version

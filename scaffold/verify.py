@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import sha256_file
-from .errors import IntegrityError
+from .errors import IntegrityError, one_line
 from .files import BUILD_RECORD
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -39,8 +39,8 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
         ]
     try:
         stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        return None, [(stamp_path, f"unreadable: {err}")]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        return None, [(stamp_path, f"unreadable: {one_line(err)}")]
     if not isinstance(stamp, dict) or not isinstance(stamp.get("files"), dict):
         return None, [(stamp_path, "has no `files` table; rebuild with `scaffold build --force`")]
     return stamp, []
@@ -104,8 +104,8 @@ def _check_index(
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         if not isinstance(weight_map, dict):
             raise ValueError("weight_map is not a table")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        return [(index_path, f"unreadable index: {err}")]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as err:
+        return [(index_path, f"unreadable index: {one_line(err)}")]
     base = index_path.parent.relative_to(path)
     by_shard: dict[str, list[str]] = {}
     for key, shard in weight_map.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import UsageError
 from .model import Architecture
 
 ROPE_MANIFEST_KEYS = ("rope_theta", "rope_scaling", "partial_rotary_factor")
@@ -30,25 +31,43 @@ def to_hf(arch: Architecture, model: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def from_hf(config: Mapping[str, Any], renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+def _table(config: Mapping[str, Any], key: str, where: Any) -> dict[str, Any]:
+    """``config[key]`` as a table (absent or null: empty); anything else is a usage error naming it."""
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError(
+            f"must be a JSON object (or null), got {type(value).__name__} {value!r}", path=where, key=key
+        )
+    return dict(value)
+
+
+def from_hf(
+    config: Mapping[str, Any], renames: Mapping[str, str] | None = None, *, where: Any = None
+) -> dict[str, Any]:
     """``[model]`` keys from a transformers config: the family's own spellings renamed (GPT-NeoX's
     ``use_parallel_residual``, ``rotary_pct``), ``rope_parameters`` (or the older ``rope_theta`` /
-    ``rope_scaling``) unfolded into the manifest's RoPE keys. Other keys are copied as they are."""
+    ``rope_scaling``) unfolded into the manifest's RoPE keys. Other keys are copied as they are; a RoPE
+    table or base of the wrong type is a usage error naming the key in ``where`` (the config file)."""
     config = dict(config)
     for theirs, ours in (renames or {}).items():
         if theirs in config:
             config.setdefault(ours, config.pop(theirs))
-    rope = config.get("rope_parameters")
-    rope = dict(rope) if isinstance(rope, Mapping) else {}
+    rope = _table(config, "rope_parameters", where)
     if rope or "rope_theta" in config:
         theta = rope.pop("rope_theta", config.get("rope_theta", 10000.0))
-        old = config.get("rope_scaling")
-        scaling = dict(old) if isinstance(old, Mapping) and old else rope
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+            key = (
+                "rope_parameters.rope_theta"
+                if "rope_theta" in _table(config, "rope_parameters", where)
+                else "rope_theta"
+            )
+            raise UsageError(f"must be a number, got {type(theta).__name__} {theta!r}", path=where, key=key)
+        config["rope_theta"] = float(theta)
+        scaling = _table(config, "rope_scaling", where) or rope
         # transformers keeps the rotated fraction of each head in the RoPE table; the manifest has a key
         config.setdefault("partial_rotary_factor", scaling.pop("partial_rotary_factor", 1.0))
-        # a value of the wrong type is kept as it is: validation then names the key
-        number = isinstance(theta, (int, float)) and not isinstance(theta, bool)
-        config["rope_theta"] = float(theta) if number else theta
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         config["rope_scaling"] = {"rope_type": kind, **scaling} if kind != "default" else None
     return config
