@@ -136,7 +136,7 @@ def parse_sets(pairs: Iterable[str]) -> Manifest:
             # null removes a key, and the blueprint's default would then be built in silence
             raise UsageError(
                 f"--set {f.path}=null: {f.path} cannot be null (only optional keys can; "
-                f"give a {f.type_name}, see `scaffold schema`)"
+                f"give {'an' if f.type_name[0] in 'aeiou' else 'a'} {f.type_name}, see `scaffold schema`)"
             )
         layer.setdefault(f.section, {})[f.key] = value
     return layer

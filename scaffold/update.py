@@ -170,7 +170,9 @@ def read_rendering(project_dir: Path) -> Rendering | None:
             raise
         raise _damaged(state_path, str(err.args[0]) if err.args else "damaged") from None
     if not isinstance(state, dict):
-        raise _damaged(state_path, f"not a JSON object (a JSON {type(state).__name__})")
+        raise _damaged(
+            state_path, f"damaged: a JSON {type(state).__name__}, not the record scaffold writes (an object)"
+        )
     if not isinstance(state.get("manifest"), str):
         raise _damaged(state_path, "no manifest fingerprint (key 'manifest')")
     if not root.is_dir() or root.is_symlink():
@@ -187,9 +189,9 @@ def read_rendering(project_dir: Path) -> Rendering | None:
         path = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts or name in UNTRACKED:
             raise _damaged(state_path, f"'files' names {name!r}, not a code file of the project")
-        if path.is_symlink() or not path.is_file():
-            raise _damaged(path, "missing (or not a plain file)")
-        data = atomic.read_bytes_inside(path, root)
+        if not path.is_symlink() and not path.exists():
+            raise _damaged(path, "missing")
+        data = atomic.read_bytes_inside(path, root)  # a link out of rendered/ or a FIFO: named, never read
         if digest is not None and hashlib.sha256(data).hexdigest() != digest:
             raise _damaged(path, f"changed: its sha256 differs from {STATE_FILE}")
         try:
@@ -218,18 +220,16 @@ def _read(path: Path) -> str | None:
 
 
 def _shown(path: Path) -> str | None:
-    """A project file's text for display (bytes that are not UTF-8 shown as U+FFFD), None: absent."""
-    try:
-        return path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
+    """A project file's text for display (bytes that are not UTF-8 shown as U+FFFD), None: absent;
+    never through a link out of its folder, never a FIFO."""
+    data = atomic.read_bytes_inside(path, path.parent, missing_ok=True)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def _differs(path: Path, text: str | None) -> bool:
     """Whether the file at ``path`` is not, byte for byte, ``text`` (None: absent)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data = atomic.read_bytes_inside(path, path.parent, missing_ok=True)
+    if data is None:
         return text is not None
     return text is None or data != text.encode("utf-8")
 
@@ -454,6 +454,8 @@ def rerender_if_changed(project: Any) -> list[str]:
         from .render import render_files
 
         new = tracked(render_files(bp, resolved))
+        for name in sorted(set(new) | set(rendering.files)):  # every generated file readable first:
+            _read(path / name)  # one that is not UTF-8 (or a link out, a FIFO) stops before any write
         changes = plan_merge(path, rendering.files, new, label="manifest changed")
         state = {
             **rendering.state,

@@ -619,8 +619,8 @@ def test_null_for_a_size_every_model_needs_names_the_key(proj: Path):
     r = invoke("show", proj, "--set", "model.hidden_size=null")
     assert r.exit_code == 2, r.output
     assert one_error(r.stderr) == (
-        f"error: {proj / 'scaffold.toml'}: model.hidden_size: missing: every model needs it (null removes "
-        "the blueprint's value; give a number)"
+        "error: --set model.hidden_size=null: model.hidden_size cannot be null (only optional keys can; "
+        "give an integer, see `scaffold schema`)"
     )
 
 
