@@ -417,6 +417,9 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "moe": a.mlp.moe,
         "dense_mlp": not a.mlp.moe or a.mixed_mlp or bool(a.mlp.experts and a.mlp.experts.shared),
         "sparse_rule": _sparse_rule(a),
+        # whose hub layout of the experts a checkpoint may have: the family's, else Qwen-MoE's
+        # (mlp.experts.N.gate_proj / up_proj / down_proj)
+        "moe_conversion": bp.meta.get("transformers_model_type") if bp.structure.get("mlp") == "moe" else "qwen2_moe",
         "lora_targets": lora_targets(a),
     }
 
