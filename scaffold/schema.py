@@ -201,6 +201,8 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("shared_expert", "gated"): {"shared_expert_intermediate_size": 512},
     ("shared_expert", "plain"): {"shared_expert_intermediate_size": 512},
 }
+# The config keys that choose a mixture's dense layers, in the order the generated rule tests them.
+MOE_PATTERN_KEYS = ("mlp_only_layers", "decoder_sparse_step", "first_k_dense_replace")
 # Mixtral's convention (a family whose keys name num_local_experts): its experts are the feed-forward, as
 # wide as intermediate_size, and every layer is sparse, so the generic keys below are not its keys.
 MIXTRAL_EXPERTS_KEY = "num_local_experts"
@@ -221,6 +223,10 @@ def companions(structure: Mapping[str, Any], family_keys: Any = ()) -> dict[str,
     for (key, value), needed in COMPANIONS.items():
         if structure.get(key) == value:
             out.update(needed)
+    family_keys = set(family_keys)
+    if structure.get("mlp") == "moe" and family_keys & set(MOE_PATTERN_KEYS):
+        for key in set(MOE_PATTERN_KEYS) - family_keys:  # the family's class chooses dense layers its way only
+            out.pop(key, None)
     if structure.get("mlp") == "moe" and MIXTRAL_EXPERTS_KEY in family_keys:
         for key in MIXTRAL_DROPS:
             out.pop(key, None)

@@ -61,8 +61,7 @@ def layer_types_of(model: Mapping[str, Any], layers: int, *, pattern_key: bool) 
     return [SLIDING] * layers
 
 
-# The config keys that choose a mixture's dense layers, in the order the sparse rule tests them.
-MOE_PATTERN_KEYS = ("mlp_only_layers", "decoder_sparse_step", "first_k_dense_replace")
+MOE_PATTERN_KEYS = schema.MOE_PATTERN_KEYS
 
 
 def experts_of(model: Mapping[str, Any], structure: Mapping[str, Any], keys: Iterable[str]) -> Experts:
