@@ -128,6 +128,15 @@ def import_project(
     file, config = read_config(path)
     check_supported(config, file)
     bp = family_for(config.get("model_type"), file)
+    if bp.structure.get("mlp") != "moe":
+        for key in ("num_experts", "num_local_experts"):
+            if config.get(key) not in (None, 0, 1):
+                raise UsageError(
+                    f"mixture of experts is not something scaffold's {bp.name} family has (set to {config[key]!r}); "
+                    "the MoE families are mixtral, qwen2_moe, qwen3_moe",
+                    path=file,
+                    key=key,
+                )
     table = model_table(config, bp)
     # keys of the family's default preset that the config does not set are switched off, not inherited
     preset = bp.preset(None).get("model", {})
