@@ -393,7 +393,9 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
             else "Embeddings and the decoder layers"
         ),
         "parts": parts,
-        "needs_math": a.init == "scaled_normal" or (a.mlp.moe and a.init == "xavier") or any("math." in sources[p] for p in parts),
+        "needs_math": a.init == "scaled_normal"
+        or (a.mlp.moe and a.init == "xavier")
+        or any("math." in sources[p] for p in parts),
         "norm": NORM_CLASSES[a.norm.type],
         "norm_eps": a.norm.eps_key,
         "act": TORCH_ACTIVATIONS.get(act, f'ACT2FN["{act}"]'),
@@ -419,7 +421,9 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "sparse_rule": _sparse_rule(a),
         # whose hub layout of the experts a checkpoint may have: the family's, else Qwen-MoE's
         # (mlp.experts.N.gate_proj / up_proj / down_proj)
-        "moe_conversion": bp.meta.get("transformers_model_type") if bp.structure.get("mlp") == "moe" else "qwen2_moe",
+        "moe_conversion": bp.meta.get("transformers_model_type")
+        if bp.structure.get("mlp") == "moe"
+        else "qwen2_moe",
         "lora_targets": lora_targets(a),
     }
 

@@ -206,7 +206,13 @@ MOE_PATTERN_KEYS = ("mlp_only_layers", "decoder_sparse_step", "first_k_dense_rep
 # Mixtral's convention (a family whose keys name num_local_experts): its experts are the feed-forward, as
 # wide as intermediate_size, and every layer is sparse, so the generic keys below are not its keys.
 MIXTRAL_EXPERTS_KEY = "num_local_experts"
-MIXTRAL_DROPS = ("num_experts", "moe_intermediate_size", "decoder_sparse_step", "mlp_only_layers", "first_k_dense_replace")
+MIXTRAL_DROPS = (
+    "num_experts",
+    "moe_intermediate_size",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "first_k_dense_replace",
+)
 # Model keys every family understands besides the structural ones.
 UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
 
@@ -225,7 +231,9 @@ def companions(structure: Mapping[str, Any], family_keys: Any = ()) -> dict[str,
             out.update(needed)
     family_keys = set(family_keys)
     if structure.get("mlp") == "moe" and family_keys & set(MOE_PATTERN_KEYS):
-        for key in set(MOE_PATTERN_KEYS) - family_keys:  # the family's class chooses dense layers its way only
+        for key in (
+            set(MOE_PATTERN_KEYS) - family_keys
+        ):  # the family's class chooses dense layers its way only
             out.pop(key, None)
     if structure.get("mlp") == "moe" and MIXTRAL_EXPERTS_KEY in family_keys:
         for key in MIXTRAL_DROPS:
@@ -402,8 +410,20 @@ FIELDS: tuple[Field, ...] = (
         "mlp = moe: routed experts per sparse layer (Mixtral spells it num_local_experts).",
         (positive,),
     ),
-    Field("model", "num_local_experts", INT, "mlp = moe: routed experts per layer (Mixtral's name).", (positive,)),
-    Field("model", "num_experts_per_tok", INT, "mlp = moe: experts each token is routed to (top-k).", (positive,)),
+    Field(
+        "model",
+        "num_local_experts",
+        INT,
+        "mlp = moe: routed experts per layer (Mixtral's name).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "num_experts_per_tok",
+        INT,
+        "mlp = moe: experts each token is routed to (top-k).",
+        (positive,),
+    ),
     Field(
         "model",
         "moe_intermediate_size",

@@ -34,7 +34,11 @@ def resolved(family: str, **model):
         ("qwen2_moe", {"mlp_only_layers": [0, 2]}, [1, 3]),
         ("mixtral", {}, [0, 1, 2, 3]),
         ("llama", {"mlp": "moe", "first_k_dense_replace": 1}, [1, 2, 3]),
-        ("llama", {"mlp": "moe", "decoder_sparse_step": 2, "mlp_only_layers": [3], "first_k_dense_replace": 0}, [1]),
+        (
+            "llama",
+            {"mlp": "moe", "decoder_sparse_step": 2, "mlp_only_layers": [3], "first_k_dense_replace": 0},
+            [1],
+        ),
     ],
     ids=["all-sparse", "every-2nd", "mlp-only-layers", "mixtral", "first-k-dense", "combined"],
 )
@@ -79,7 +83,16 @@ def test_norm_topk_prob_is_still_transformers_network():
         ("llama", {"num_experts": 4}, "model.num_experts", "unknown key"),
         ("mixtral", {"mlp_only_layers": [1]}, "model.mlp_only_layers", "unknown key"),
     ],
-    ids=["top-k-beyond", "dense-layer-beyond", "negative-layer", "bias", "router", "shared-no-moe", "experts-no-moe", "mixtral-no-pattern"],
+    ids=[
+        "top-k-beyond",
+        "dense-layer-beyond",
+        "negative-layer",
+        "bias",
+        "router",
+        "shared-no-moe",
+        "experts-no-moe",
+        "mixtral-no-pattern",
+    ],
 )
 def test_manifest_names_the_bad_key(tmp_path, blueprint, sets, key, message):
     from scaffold.errors import ManifestError
@@ -141,7 +154,11 @@ def test_the_generated_experts_have_no_loop_over_experts(tmp_path):
     experts = source[source.index("class Qwen3MoeExperts") : source.index("class Qwen3MoeSparseMoeBlock")]
     assert "for " not in experts and "grouped_experts_forward(" in experts
     for key in ("mlp", "router", "norm_topk_prob", "shared_expert"):  # resolved when generated
-        assert f"config.{key})" not in source and f"config.{key} " not in source and f"config.{key}:" not in source
+        assert (
+            f"config.{key})" not in source
+            and f"config.{key} " not in source
+            and f"config.{key}:" not in source
+        )
 
 
 # ------------------------------------------------------------------------------------- a novel MoE
@@ -192,11 +209,20 @@ def test_a_novel_moe_builds_loads_and_trains(tmp_path):
 @pytest.mark.parametrize(
     ("model_type", "config", "expect"),
     [
-        ("qwen3_moe", {"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "norm_topk_prob": True}, {"num_experts": 6}),
+        (
+            "qwen3_moe",
+            {"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "norm_topk_prob": True},
+            {"num_experts": 6},
+        ),
         ("mixtral", {"num_local_experts": 4}, {"num_local_experts": 4}),
         (
             "qwen2_moe",
-            {"num_experts": 6, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 48, "mlp_only_layers": [1]},
+            {
+                "num_experts": 6,
+                "num_experts_per_tok": 2,
+                "shared_expert_intermediate_size": 48,
+                "mlp_only_layers": [1],
+            },
             {"mlp_only_layers": [1], "shared_expert_intermediate_size": 48},
         ),
     ],

@@ -62,7 +62,11 @@ def test_dense_and_sparse_layers_follow_the_config(tmp_path):
 def test_router_logits_aux_loss_and_a_training_step(tmp_path, family):
     """output_router_logits: the same router logits, load-balancing loss and total loss (with padding),
     the same gradients, and after one AdamW step on each, the same next loss."""
-    overrides = {"num_local_experts": 6, "num_experts_per_tok": 2} if family == "mixtral" else {**EXPERTS, "num_experts": 6}
+    overrides = (
+        {"num_local_experts": 6, "num_experts_per_tok": 2}
+        if family == "mixtral"
+        else {**EXPERTS, "num_experts": 6}
+    )
     if family == "qwen2_moe":
         overrides["shared_expert_intermediate_size"] = 48
     hf = tiny_hf_model(family, router_aux_loss_coef=0.1, **overrides)
@@ -92,7 +96,9 @@ def test_router_logits_aux_loss_and_a_training_step(tmp_path, family):
     torch.testing.assert_close(mine.loss, theirs.loss, atol=1e-5, rtol=1e-5)
     assert mine.aux_loss > 0.5  # the loss carries it: 0.1 * aux of about 1
     for name, grad in their_grads.items():
-        torch.testing.assert_close(my_grads[name], grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            my_grads[name], grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}"
+        )
     torch.testing.assert_close(my_next, their_next, atol=1e-5, rtol=1e-5)
     without = ours(input_ids=ids, labels=ids, output_router_logits=False)
     assert without.aux_loss is None and without.router_logits is None

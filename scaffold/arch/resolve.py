@@ -77,7 +77,9 @@ def experts_of(model: Mapping[str, Any], structure: Mapping[str, Any], keys: Ite
         router=structure["router"],
         norm_topk_prob=bool(structure["norm_topk_prob"]),
         shared_expert=structure["shared_expert"],
-        shared_intermediate_size=model.get("shared_expert_intermediate_size") if structure["shared_expert"] != "none" else None,
+        shared_intermediate_size=model.get("shared_expert_intermediate_size")
+        if structure["shared_expert"] != "none"
+        else None,
         num_experts_key=experts_key,
         intermediate_size_key=width_key,
         pattern_keys=tuple(k for k in MOE_PATTERN_KEYS if k in keys),
@@ -364,7 +366,7 @@ def _moe_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[
     if structure["mlp"] != "moe":
         for key in ("shared_expert", "router", "norm_topk_prob"):
             if structure[key] != schema.STRUCTURE[key]:
-                out.append((f"model.{key}", "belongs to a mixture of experts; set mlp = \"moe\" or unset it"))
+                out.append((f"model.{key}", 'belongs to a mixture of experts; set mlp = "moe" or unset it'))
         return out
     if structure["mlp_bias"]:
         out.append(("model.mlp_bias", "the experts of mlp = moe have no biases; unset it"))
@@ -381,5 +383,10 @@ def _moe_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[
     if isinstance(dense, list) and _number(layers):
         beyond = [i for i in dense if _number(i) and i >= layers]
         if beyond:
-            out.append(("model.mlp_only_layers", f"names layer {beyond[0]}; the model has {layers} (0 to {layers - 1})"))
+            out.append(
+                (
+                    "model.mlp_only_layers",
+                    f"names layer {beyond[0]}; the model has {layers} (0 to {layers - 1})",
+                )
+            )
     return out

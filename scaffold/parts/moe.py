@@ -16,7 +16,7 @@ import torch.nn.functional as F
 def grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``torch.nn.functional.grouped_mm`` computes ``x`` with ``weight`` here: torch 2.10 and
     later on the CPU (16-byte aligned operands), bfloat16 on a CUDA GPU of compute capability 8.0 or later."""
-    if not hasattr(F, "grouped_mm") or torch.compiler.is_compiling() and weight.dtype != torch.bfloat16:
+    if not hasattr(F, "grouped_mm") or (torch.compiler.is_compiling() and weight.dtype != torch.bfloat16):
         return False
     if weight.device.type == "cpu":
         return weight.data_ptr() % 16 == 0 and x.data_ptr() % 16 == 0
