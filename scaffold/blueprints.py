@@ -182,7 +182,7 @@ class Blueprint:
         m = manifest.merge(*self.base_layers(), *layers)
         model = m.get("model")
         if isinstance(model, dict):
-            for key, value in schema.companions(schema.structure_of(model)).items():
+            for key, value in schema.companions(schema.structure_of(model), self.model_keys).items():
                 model.setdefault(key, value)
         return m
 

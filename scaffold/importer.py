@@ -25,7 +25,13 @@ def accepted_keys(bp: Blueprint, structure: Mapping[str, Any]) -> set[str]:
 def model_table(config: Mapping[str, Any], bp: Blueprint, where: Path | None = None) -> dict[str, Any]:
     """The ``[model]`` table that reproduces a transformers config of ``bp``'s family: its sizes and
     every structural key it sets; the family's structure fills the rest."""
-    config = from_hf(config, bp.meta.get("import_renames", {}), where=where)
+    renames = dict(bp.meta.get("import_renames", {}))
+    if bp.structure.get("mlp") == "moe":
+        # transformers writes the number of experts under either name (its attribute_map): the family's
+        ours = schema.MIXTRAL_EXPERTS_KEY if schema.MIXTRAL_EXPERTS_KEY in bp.model_keys else "num_experts"
+        theirs = "num_experts" if ours == schema.MIXTRAL_EXPERTS_KEY else schema.MIXTRAL_EXPERTS_KEY
+        renames.setdefault(theirs, ours)
+    config = from_hf(config, renames, where=where)
     structure = schema.structure_of(
         {**bp.structure, **{k: config[k] for k in schema.STRUCTURE if k in config}}
     )
@@ -34,6 +40,8 @@ def model_table(config: Mapping[str, Any], bp: Blueprint, where: Path | None = N
     table = {}
     for key in sorted(keys):
         value = config.get(key)
+        if key == "sliding_window" and value == 0:
+            value = None  # off (Qwen2-MoE writes 0 without use_sliding_window)
         field = schema.BY_PATH.get(f"model.{key}")
         if field is None:
             continue
@@ -46,12 +54,12 @@ def model_table(config: Mapping[str, Any], bp: Blueprint, where: Path | None = N
 
 
 # Config keys that name what no part expresses: a config that sets them (to anything but off) is refused.
+# A mixture of experts is expressed (mlp = "moe": Mixtral, Qwen2-MoE, Qwen3-MoE); DeepSeek's grouped
+# routing with its expert-bias correction is not.
 UNSUPPORTED_KEYS: dict[str, str] = {
-    "num_experts": "mixture of experts",
-    "num_local_experts": "mixture of experts",
-    "n_routed_experts": "mixture of experts",
-    "moe_intermediate_size": "mixture of experts",
-    "num_experts_per_tok": "mixture of experts",
+    "n_routed_experts": "DeepSeek's mixture of experts (grouped top-k routing, expert-bias correction)",
+    "n_group": "group-limited expert routing",
+    "topk_group": "group-limited expert routing",
     "kv_lora_rank": "multi-head latent attention",
     "q_lora_rank": "multi-head latent attention",
     "vision_config": "a vision tower",
@@ -121,6 +129,15 @@ def import_project(
     file, config = read_config(path)
     check_supported(config, file)
     bp = family_for(config.get("model_type"), file)
+    if bp.structure.get("mlp") != "moe":
+        for key in ("num_experts", "num_local_experts"):
+            if config.get(key) not in (None, 0, 1):
+                raise UsageError(
+                    f"mixture of experts is not something scaffold's {bp.name} family has (set to {config[key]!r}); "
+                    "the MoE families are mixtral, qwen2_moe, qwen3_moe",
+                    path=file,
+                    key=key,
+                )
     table = model_table(config, bp, file)
     # keys of the family's default preset that the config does not set are switched off, not inherited
     preset = bp.preset(None).get("model", {})

@@ -69,6 +69,11 @@ class Layout:
     up_proj: str = "up_proj"
     down_proj: str = "down_proj"
     gate_up_proj: str = ""  # a fused [gate; up] projection, instead of gate/up
+    # a mixture of experts: whether some layers keep a dense feed-forward, and the shared expert's name in
+    # the sparse block ("" for none). The routed experts (3-D gate_up_proj, down_proj) and the router are
+    # replicated: splitting them needs expert parallelism, whose styles differ across transformers 5.x
+    dense_mlp: bool = True
+    shared_expert: str = ""
     # explicit styles by projection attribute name (e.g. {"q_proj": "colwise_rep"}), over the derived ones
     styles: Mapping[str, str] = field(default_factory=dict)
 
@@ -150,12 +155,23 @@ def mlp_styles(layout: Layout) -> dict[str, str]:
 def base_model_tp_plan(layout: Layout) -> dict[str, str]:
     """transformers' ``base_model_tp_plan``: module name patterns of the base model -> style."""
     plan: dict[str, str] = {}
-    for module, styles in ((layout.attention, attention_styles(layout)), (layout.mlp, mlp_styles(layout))):
+    modules = [(layout.attention, attention_styles(layout))]
+    if layout.dense_mlp:
+        modules.append((layout.mlp, mlp_styles(layout)))
+    if layout.shared_expert:  # a dense SwiGLU inside the sparse block: split like one
+        modules.append((f"{layout.mlp}.{layout.shared_expert}", mlp_styles(layout)))
+    for module, styles in modules:
         for name, style in styles.items():
             style = layout.styles.get(name, style)
             if style != "replicate":
                 plan[f"{layout.layers}.*.{module}.{name}"] = style
     return plan
+
+
+def replicated_linears(layout: Layout) -> set[str]:
+    """Linear layers of the decoder layers the plan leaves whole on every rank by design: a shared
+    expert's gate (one output, hidden_size inputs: nothing to split)."""
+    return {f"{layout.shared_expert}_gate"} if layout.shared_expert else set()
 
 
 def base_model_pp_plan(layout: Layout) -> dict[str, tuple[list[str], list[str]]]:
@@ -245,6 +261,9 @@ def layout_for(a: Architecture) -> Layout:
         up_proj="" if a.mlp.fused else names["up_proj"],
         down_proj=names["down_proj"],
         gate_up_proj=names["gate_up_proj"] if a.mlp.fused else "",
+        # the layers this project's config makes dense (another config's dense layers stay replicated)
+        dense_mlp=not a.mlp.moe or len(a.sparse_layers) < a.num_hidden_layers,
+        shared_expert="shared_expert" if a.mlp.experts and a.mlp.experts.shared else "",
     )
 
 

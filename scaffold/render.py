@@ -104,6 +104,7 @@ CONFIG_COMMENTS = {
     "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
     "layer_types": "each layer's attention, full_attention or sliding_attention; absent: derived (__post_init__)",
+    "mlp_only_layers": "the layers with a dense feed-forward instead of experts; absent: none",
     "sliding_window_pattern": "with layer_types absent, every N-th layer attends fully, the others within the window",
 }
 
@@ -133,6 +134,8 @@ def plan_parts(a: Architecture) -> list[str]:
         parts += ["logit_softcap"]
     if a.attention.softcap is not None and not single:
         parts += ["softcap_eager_attention_forward"]
+    if a.mlp.moe:
+        parts += ["grouped_mm_usable", "grouped_linear", "grouped_experts_forward", "load_balancing_loss"]
     if a.mlp.act == "gelu_pytorch_tanh":
         parts += ["gelu_pytorch_tanh"]
     if a.norm.position == "deepnorm":
@@ -157,6 +160,8 @@ def _annotation(key: str, default: Any) -> str:
         return "dict | None"
     if key == "layer_types":
         return "list[str] | None"
+    if key == "mlp_only_layers":
+        return "list[int] | None"
     f = schema.BY_PATH.get(f"model.{key}")
     names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
     types = [t for t in (f.types if f else (type(default),)) if t in names]
@@ -175,8 +180,9 @@ def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
     arch = a.structure
     # the number-valued structural keys that are set: their code reads the value, so it is config
     numeric = {k: arch[k] for k in schema.NUMERIC_STRUCTURE if arch[k] is not None}
-    defaults = {**schema.companions(arch), **bp.defaults.get("model", {}), **numeric}
-    keys = (set(bp.model_keys) | set(schema.companions(arch)) | set(schema.UNIVERSAL_MODEL_KEYS)) - set(arch)
+    needed = schema.companions(arch, bp.model_keys)
+    defaults = {**needed, **bp.defaults.get("model", {}), **numeric}
+    keys = (set(bp.model_keys) | set(needed) | set(schema.UNIVERSAL_MODEL_KEYS)) - set(arch)
     keys |= set(numeric)
     if not a.attention.single_head:
         keys |= {"num_attention_heads", "num_key_value_heads", "head_dim"}
@@ -194,7 +200,7 @@ def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
     fields = []
     for key in ordered:
         # absent, these follow from others (__post_init__), so a default would be wrong for other sizes
-        derived = ("rope_parameters", "num_key_value_heads", "head_dim", "layer_types")
+        derived = ("rope_parameters", "num_key_value_heads", "head_dim", "layer_types", "mlp_only_layers")
         default = None if key in derived else defaults.get(key)
         if key == "tie_word_embeddings" and default is None:
             default = False
@@ -344,6 +350,18 @@ def lora_targets(a: Architecture) -> list[str]:
     return attention + mlp
 
 
+def _sparse_rule(a: Architecture) -> str:
+    """The generated decoder layer's test of whether layer ``layer_idx`` is sparse, from the config keys
+    that choose the dense layers (as transformers' Qwen-MoE and DeepSeek decide it)."""
+    keys = a.mlp.experts.pattern_keys if a.mlp.experts else ()
+    tests = {
+        "mlp_only_layers": "layer_idx not in (config.mlp_only_layers or ())",
+        "decoder_sparse_step": "(layer_idx + 1) % config.decoder_sparse_step == 0",
+        "first_k_dense_replace": "layer_idx >= config.first_k_dense_replace",
+    }
+    return " and ".join(tests[k] for k in keys) or "True"
+
+
 def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
     """What the templates need besides the structure itself, derived from the architecture here, once."""
     from . import schema
@@ -376,7 +394,9 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
             else "Embeddings and the decoder layers"
         ),
         "parts": parts,
-        "needs_math": a.init == "scaled_normal" or any("math." in sources[p] for p in parts),
+        "needs_math": a.init == "scaled_normal"
+        or (a.mlp.moe and a.init == "xavier")
+        or any("math." in sources[p] for p in parts),
         "norm": NORM_CLASSES[a.norm.type],
         "norm_eps": a.norm.eps_key,
         "act": TORCH_ACTIVATIONS.get(act, f"ACT2FN[{json.dumps(act)}]"),
@@ -386,6 +406,8 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "layer_types": a.per_layer_types,
         "model_keys": sorted(a.model_keys),
         "numeric_structure": list(schema.NUMERIC_STRUCTURE),
+        # structural keys of a part this structure does not have (a mixture's, without one): not listed
+        "unused_structure": [] if a.mlp.moe else list(schema.MOE_STRUCTURE),
         "hidden_dropout": "hidden_dropout" in a.model_keys,
         "final_norm": a.norm.final,
         "positions": a.rope is not None or a.absolute_positions,
@@ -398,6 +420,15 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "arch_literals": {
             k: json.dumps(v) if isinstance(v, str) else repr(v) for k, v in a.structure.items()
         },
+        # a mixture of experts: its classes, and the dense MLP class where dense layers or a shared expert use it
+        "moe": a.mlp.moe,
+        "dense_mlp": not a.mlp.moe or a.mixed_mlp or bool(a.mlp.experts and a.mlp.experts.shared),
+        "sparse_rule": _sparse_rule(a),
+        # whose hub layout of the experts a checkpoint may have: the family's, else Qwen-MoE's
+        # (mlp.experts.N.gate_proj / up_proj / down_proj)
+        "moe_conversion": bp.meta.get("transformers_model_type")
+        if bp.structure.get("mlp") == "moe"
+        else "qwen2_moe",
         "lora_targets": lora_targets(a),
     }
 

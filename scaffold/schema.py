@@ -78,6 +78,11 @@ def dtype_name(v: Any) -> str | None:
     return None if v in TEST_DTYPE_NAMES else f"must be one of {', '.join(TEST_DTYPES)}; got {v!r}"
 
 
+def non_negative_ints(v: Any) -> str | None:
+    bad = [x for x in v if not isinstance(x, int) or isinstance(x, bool) or x < 0]
+    return f"entries must be layer indices (integers from 0); got {bad[0]!r}" if bad else None
+
+
 def one_of(*choices: str) -> Check:
     def check(v: Any) -> str | None:
         return None if v in choices else f"must be one of {', '.join(choices)}; got {v!r}"
@@ -144,7 +149,13 @@ NORM_TYPES = ("rmsnorm", "layernorm", "rmsnorm_unit_offset")
 NORM_POSITIONS = ("pre", "post", "deepnorm", "post_sublayer", "sandwich")
 POSITION_EMBEDDINGS = ("rope", "alibi", "sinusoidal", "learned", "none")
 ATTENTIONS = ("multi_head", "single_head")
-MLPS = ("gated", "plain")
+MLPS = ("gated", "plain", "moe")
+# a mixture of experts' router: softmax over every expert before the top-k (Mixtral, Qwen-MoE, OLMoE), or
+# an independent sigmoid score per expert
+ROUTERS = ("softmax", "sigmoid")
+# a mixture of experts' shared expert, added to the routed ones for every token: none, or one dense
+# SwiGLU scaled by a sigmoid gate (Qwen2-MoE), or ungated
+SHARED_EXPERTS = ("none", "gated", "plain")
 # how q, k and v (and a gated MLP's gate and up) are stored: separate matrices, or one fused matrix
 QKV_LAYOUTS = ("separate", "fused", "fused_per_head")
 MLP_LAYOUTS = ("separate", "fused")
@@ -175,11 +186,17 @@ STRUCTURE: dict[str, Any] = {
     "qk_norm": "none",
     "qkv_bias": False,
     "init": "scaled_normal",
+    # a mixture of experts (mlp = "moe"): the router, whether the top-k weights are renormalised, a shared expert
+    "router": "softmax",
+    "norm_topk_prob": False,
+    "shared_expert": "none",
     # structural by presence: set, the code for them is generated and reads their values from the config
     "attn_logit_softcapping": None,
     "final_logit_softcapping": None,
     "query_pre_attn_scalar": None,
 }
+# The structural keys of a mixture of experts (mlp = "moe"); without one they are left at their defaults.
+MOE_STRUCTURE = ("router", "norm_topk_prob", "shared_expert")
 # The structural keys that are numbers: absent (None) leaves their code out; set, their value is config.
 NUMERIC_STRUCTURE = ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar")
 
@@ -195,6 +212,20 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("attention", "single_head"): {"alibi_slope_init": 0.5},
     ("init", "scaled_normal"): {"initializer_range": 0.02},
     ("init", "normal"): {"initializer_range": 0.02},
+    # a mixture of experts: experts, experts per token, their width, the per-layer dense/sparse pattern and
+    # the load-balancing loss (a family of Mixtral's convention spells some otherwise: moe_companions)
+    ("mlp", "moe"): {
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 256,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "first_k_dense_replace": 0,
+        "router_aux_loss_coef": 0.001,
+        "output_router_logits": False,
+    },
+    ("shared_expert", "gated"): {"shared_expert_intermediate_size": 512},
+    ("shared_expert", "plain"): {"shared_expert_intermediate_size": 512},
 }
 # Model keys a model cannot do without (where its family has them): never absent from a resolved manifest.
 REQUIRED_MODEL_KEYS = (
@@ -203,6 +234,18 @@ REQUIRED_MODEL_KEYS = (
     "num_hidden_layers",
     "num_attention_heads",
     "intermediate_size",
+)
+# The config keys that choose a mixture's dense layers, in the order the generated rule tests them.
+MOE_PATTERN_KEYS = ("mlp_only_layers", "decoder_sparse_step", "first_k_dense_replace")
+# Mixtral's convention (a family whose keys name num_local_experts): its experts are the feed-forward, as
+# wide as intermediate_size, and every layer is sparse, so the generic keys below are not its keys.
+MIXTRAL_EXPERTS_KEY = "num_local_experts"
+MIXTRAL_DROPS = (
+    "num_experts",
+    "moe_intermediate_size",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "first_k_dense_replace",
 )
 # Model keys every family understands besides the structural ones.
 UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
@@ -213,12 +256,23 @@ def structure_of(model: Mapping[str, Any]) -> dict[str, Any]:
     return {key: model.get(key, default) for key, default in STRUCTURE.items()}
 
 
-def companions(structure: Mapping[str, Any]) -> dict[str, Any]:
-    """The number keys ``structure`` needs, with their values for when the manifest has none."""
+def companions(structure: Mapping[str, Any], family_keys: Any = ()) -> dict[str, Any]:
+    """The number keys ``structure`` needs, with their values for when the manifest has none
+    (``family_keys``: the family's own keys, for the spellings of a family of Mixtral's convention)."""
     out: dict[str, Any] = {}
     for (key, value), needed in COMPANIONS.items():
         if structure.get(key) == value:
             out.update(needed)
+    family_keys = set(family_keys)
+    if structure.get("mlp") == "moe" and family_keys & set(MOE_PATTERN_KEYS):
+        for key in (
+            set(MOE_PATTERN_KEYS) - family_keys
+        ):  # the family's class chooses dense layers its way only
+            out.pop(key, None)
+    if structure.get("mlp") == "moe" and MIXTRAL_EXPERTS_KEY in family_keys:
+        for key in MIXTRAL_DROPS:
+            out.pop(key, None)
+        out.setdefault(MIXTRAL_EXPERTS_KEY, 8)
     return out
 
 
@@ -378,7 +432,9 @@ FIELDS: tuple[Field, ...] = (
         "model",
         "mlp",
         STR,
-        "Feed-forward: gated (down(act(gate(x)) * up(x))) or plain (down(act(up(x)))).",
+        "Feed-forward: gated (down(act(gate(x)) * up(x))), plain (down(act(up(x)))) or moe (a router sends each "
+        "token to num_experts_per_tok of num_experts gated experts; dense layers per decoder_sparse_step, "
+        "mlp_only_layers, first_k_dense_replace).",
         (one_of(*MLPS),),
     ),
     Field(
@@ -389,6 +445,104 @@ FIELDS: tuple[Field, ...] = (
         (one_of(*ACTIVATIONS),),
     ),
     Field("model", "mlp_bias", BOOL, "Biases on the feed-forward projections."),
+    Field(
+        "model",
+        "num_experts",
+        INT,
+        "mlp = moe: routed experts per sparse layer (Mixtral spells it num_local_experts).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "num_local_experts",
+        INT,
+        "mlp = moe: routed experts per layer (Mixtral's name).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "num_experts_per_tok",
+        INT,
+        "mlp = moe: experts each token is routed to (top-k).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "moe_intermediate_size",
+        INT,
+        "mlp = moe: width of each expert's SwiGLU (Mixtral: intermediate_size).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "shared_expert_intermediate_size",
+        INT,
+        "shared_expert: width of the shared expert's SwiGLU.",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "decoder_sparse_step",
+        INT,
+        "mlp = moe: every N-th layer is sparse (layer i when (i + 1) % N == 0), the others dense (Qwen-MoE).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "mlp_only_layers",
+        (list,),
+        "mlp = moe: indices of layers with a dense feed-forward instead of experts (Qwen-MoE).",
+        (non_negative_ints,),
+    ),
+    Field(
+        "model",
+        "first_k_dense_replace",
+        INT,
+        "mlp = moe: the first k layers are dense, the rest sparse (DeepSeek).",
+        (non_negative,),
+    ),
+    Field(
+        "model",
+        "router_aux_loss_coef",
+        NUM,
+        "mlp = moe: weight of the load-balancing loss added to the loss when router logits are output.",
+        (non_negative,),
+    ),
+    Field(
+        "model",
+        "output_router_logits",
+        BOOL,
+        "mlp = moe: return each sparse layer's router logits and add the load-balancing loss to the loss.",
+    ),
+    Field(
+        "model",
+        "router_jitter_noise",
+        NUM,
+        "mlp = moe: in training, multiply the experts' input by noise uniform in [1 - e, 1 + e] (Mixtral).",
+        (probability,),
+    ),
+    Field(
+        "model",
+        "router",
+        STR,
+        "mlp = moe: expert scores, softmax over every expert before the top-k (Mixtral, Qwen-MoE, OLMoE) or "
+        "sigmoid per expert.",
+        (one_of(*ROUTERS),),
+    ),
+    Field(
+        "model",
+        "norm_topk_prob",
+        BOOL,
+        "mlp = moe: renormalise the top-k scores of each token to sum to one (Mixtral: always).",
+    ),
+    Field(
+        "model",
+        "shared_expert",
+        STR,
+        "mlp = moe: a dense expert every token also goes through: none, gated (scaled by sigmoid(w . x), "
+        "Qwen2-MoE) or plain.",
+        (one_of(*SHARED_EXPERTS),),
+    ),
     Field(
         "model",
         "parallel_residual",

@@ -263,6 +263,8 @@ def precision(opts: TestOptions) -> str:
 # per layer is kept, plus one layer's worth recomputed. A rough upper estimate, documented in
 # docs/errors.md; it exists to refuse sizes that cannot fit, not to predict peak memory.
 ACTIVATION_PER_HIDDEN, ACTIVATION_PER_FFN, LOGIT_COPIES = 16, 3, 4
+# a mixture of experts keeps, per (token, expert) pair, its gathered input, its output and the weighted output
+MOE_COPIES_PER_PAIR = 3
 
 
 @dataclass
@@ -302,6 +304,12 @@ def estimate_memory(config: Any, n_params: int, opts: TestOptions) -> MemoryEsti
     layers = int(getattr(config, "num_hidden_layers", 1) or 1)
     heads = int(getattr(config, "num_attention_heads", 1) or 1)
     vocab = int(getattr(config, "vocab_size", 0) or 0)
+    top_k = int(getattr(config, "num_experts_per_tok", 0) or 0)
+    if top_k:  # a mixture of experts: each token's top-k experts and the shared expert are its feed-forward
+        width = int(getattr(config, "moe_intermediate_size", 0) or ffn)
+        shared = int(getattr(config, "shared_expert_intermediate_size", 0) or 0)
+        # and each (token, expert) pair's copy of its input and output, sorted by expert
+        ffn = max(ffn, top_k * width + shared) + MOE_COPIES_PER_PAIR * top_k * hidden // ACTIVATION_PER_FFN
     per_layer = ACTIVATION_PER_HIDDEN * hidden + ACTIVATION_PER_FFN * ffn
     if opts.attn_implementation == "eager":
         per_layer += heads * opts.sequence_length

@@ -12,7 +12,7 @@ from scaffold import arch, schema
 from scaffold.arch.hf_config import from_hf, to_hf
 from scaffold.blueprints import load as load_blueprint
 from scaffold.diagram import diagram_structure, text_diagram
-from scaffold.plans import base_model_tp_plan, head_tp_plan, layout_for
+from scaffold.plans import base_model_tp_plan, head_tp_plan, layout_for, replicated_linears
 
 from ._families import ALL, tiny
 from ._parity import scaffold_model
@@ -173,5 +173,5 @@ def test_tensor_parallel_plan_names_modules_the_model_has(family, tmp_path):
         for n, m in base.named_modules()
         if isinstance(m, nn.Linear) and n.startswith(f"{layout.layers}.")
     }
-    planned = {pattern.split(".")[-1] for pattern in base_model_tp_plan(layout)}
+    planned = {pattern.split(".")[-1] for pattern in base_model_tp_plan(layout)} | replicated_linears(layout)
     assert linears <= planned, f"linear layers without a plan: {sorted(linears - planned)}"

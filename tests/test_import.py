@@ -43,8 +43,8 @@ def test_import_build_and_load_give_the_original_logits(tmp_path):
     ("edit", "message"),
     [
         (
-            {"model_type": "mixtral"},
-            "config.json: model_type: unsupported model_type 'mixtral'; scaffold reproduces: ",
+            {"model_type": "jamba"},
+            "config.json: model_type: unsupported model_type 'jamba'; scaffold reproduces: ",
         ),
         ({"num_local_experts": 8}, "config.json: num_local_experts: mixture of experts is not something"),
         ({"kv_lora_rank": 64}, "config.json: kv_lora_rank: multi-head latent attention is not something"),

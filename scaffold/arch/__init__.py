@@ -1,6 +1,6 @@
 """The resolved architecture (``Architecture``), how it is resolved, and its transformers mapping."""
 
-from .model import FULL, SLIDING, Architecture, Attention, Layer, Mlp, Norm, Rope
+from .model import FULL, SLIDING, Architecture, Attention, Experts, Layer, Mlp, Norm, Rope
 from .resolve import accepted_keys, for_blueprint, problems, resolve
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "SLIDING",
     "Architecture",
     "Attention",
+    "Experts",
     "Layer",
     "Mlp",
     "Norm",

@@ -99,18 +99,47 @@ class Attention:
 
 
 @dataclass(frozen=True)
-class Mlp:
-    """The feed-forward of every layer."""
+class Experts:
+    """A mixture of experts (``mlp = "moe"``): a router scoring every expert, the top-k experts per
+    token (SwiGLU, stored as transformers 5 stores them: 3-D ``gate_up_proj`` and ``down_proj``), and
+    an optional shared expert. The config keys are the family's spellings."""
 
-    kind: str  # gated | plain
+    num_experts: int | None
+    experts_per_token: int | None
+    intermediate_size: int | None  # of each expert
+    router: str = "softmax"  # softmax (over every expert, before the top-k) | sigmoid
+    norm_topk_prob: bool = False
+    shared_expert: str = "none"  # none | gated (sigmoid gate, Qwen2-MoE) | plain
+    shared_intermediate_size: int | None = None
+    num_experts_key: str = "num_experts"  # num_local_experts (Mixtral)
+    intermediate_size_key: str = "moe_intermediate_size"  # intermediate_size (Mixtral)
+    # the config keys choosing the dense layers (absent: every layer is sparse)
+    pattern_keys: tuple[str, ...] = ()
+    jitter: bool = False  # router_jitter_noise (Mixtral)
+
+    @property
+    def shared(self) -> bool:
+        return self.shared_expert != "none"
+
+
+@dataclass(frozen=True)
+class Mlp:
+    """The feed-forward of every layer (``moe``: of the sparse layers; the dense ones are gated)."""
+
+    kind: str  # gated | plain | moe
     act: str  # transformers' ACT2FN name
     bias: bool = False
     layout: str = "separate"  # separate | fused ([gate; up] in one projection)
     intermediate_size: int | None = None
+    experts: Experts | None = None  # kind = moe
 
     @property
     def gated(self) -> bool:
-        return self.kind == "gated"
+        return self.kind in ("gated", "moe")  # a mixture's dense layers and experts are gated
+
+    @property
+    def moe(self) -> bool:
+        return self.kind == "moe"
 
     @property
     def fused(self) -> bool:
@@ -125,6 +154,7 @@ class Layer:
     attention_type: str = FULL  # full_attention | sliding_attention
     sliding_window: int | None = None  # the window of a sliding layer
     rope: bool = False  # whether RoPE turns this layer's queries and keys
+    mlp: str = "dense"  # dense | sparse (a mixture of experts)
 
     @property
     def sliding(self) -> bool:
@@ -187,6 +217,16 @@ class Architecture:
     @property
     def alibi(self) -> bool:
         return self.position_embedding == "alibi"
+
+    @property
+    def sparse_layers(self) -> list[int]:
+        """The layers whose feed-forward is a mixture of experts."""
+        return [layer.index for layer in self.layers if layer.mlp == "sparse"]
+
+    @property
+    def mixed_mlp(self) -> bool:
+        """Whether some layers are dense and others sparse (the generated code then has both)."""
+        return self.mlp.moe and bool(self.mlp.experts and self.mlp.experts.pattern_keys)
 
     @property
     def absolute_positions(self) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import schema
-from .model import FULL, SLIDING, Architecture, Attention, Layer, Mlp, Norm, Rope, frozen_mapping
+from .model import FULL, SLIDING, Architecture, Attention, Experts, Layer, Mlp, Norm, Rope, frozen_mapping
 
 
 def _number(value: Any) -> bool:
@@ -23,11 +23,12 @@ def _number(value: Any) -> bool:
 def accepted_keys(model_keys: Iterable[str], structure: Mapping[str, Any]) -> set[str]:
     """The ``[model]`` keys a family whose own keys are ``model_keys`` accepts with ``structure``:
     its keys, every structural key, the universal ones and the number keys the structure needs."""
+    keys = set(model_keys)
     return (
-        set(model_keys)
+        keys
         | set(schema.STRUCTURE)
         | set(schema.UNIVERSAL_MODEL_KEYS)
-        | set(schema.companions(structure))
+        | set(schema.companions(structure, keys))
     )
 
 
@@ -60,6 +61,48 @@ def layer_types_of(model: Mapping[str, Any], layers: int, *, pattern_key: bool) 
     return [SLIDING] * layers
 
 
+MOE_PATTERN_KEYS = schema.MOE_PATTERN_KEYS
+
+
+def experts_of(model: Mapping[str, Any], structure: Mapping[str, Any], keys: Iterable[str]) -> Experts:
+    """The mixture of experts of a ``[model]`` table whose family and structure accept ``keys``."""
+    keys = set(keys) | set(schema.companions(structure, keys))
+    mixtral = schema.MIXTRAL_EXPERTS_KEY in keys
+    experts_key = schema.MIXTRAL_EXPERTS_KEY if mixtral else "num_experts"
+    width_key = "intermediate_size" if mixtral else "moe_intermediate_size"
+    return Experts(
+        num_experts=model.get(experts_key),
+        experts_per_token=model.get("num_experts_per_tok"),
+        intermediate_size=model.get(width_key),
+        router=structure["router"],
+        norm_topk_prob=bool(structure["norm_topk_prob"]),
+        shared_expert=structure["shared_expert"],
+        shared_intermediate_size=model.get("shared_expert_intermediate_size")
+        if structure["shared_expert"] != "none"
+        else None,
+        num_experts_key=experts_key,
+        intermediate_size_key=width_key,
+        pattern_keys=tuple(k for k in MOE_PATTERN_KEYS if k in keys),
+        jitter="router_jitter_noise" in keys,
+    )
+
+
+def sparse_layer(model: Mapping[str, Any], index: int, pattern_keys: Iterable[str]) -> bool:
+    """Whether layer ``index`` is a mixture of experts: not in mlp_only_layers, every
+    decoder_sparse_step-th, from first_k_dense_replace on (as transformers' Qwen-MoE and DeepSeek)."""
+    keys = set(pattern_keys)
+    dense = model.get("mlp_only_layers") if "mlp_only_layers" in keys else None
+    step = model.get("decoder_sparse_step", 1) if "decoder_sparse_step" in keys else 1
+    first = model.get("first_k_dense_replace", 0) if "first_k_dense_replace" in keys else 0
+    step = step if _number(step) and step > 0 else 1
+    first = first if _number(first) else 0
+    return (
+        index not in (dense if isinstance(dense, (list, tuple)) else ())
+        and (index + 1) % int(step) == 0
+        and index >= first
+    )
+
+
 def resolve(
     model: Mapping[str, Any],
     *,
@@ -89,6 +132,8 @@ def resolve(
     types = types or [FULL] * layers
     window = model.get("sliding_window") if windowed else None
     rope = rope_of(model) if s["position_embedding"] == "rope" else None
+    experts = experts_of(model, s, keys) if s["mlp"] == "moe" else None
+    patterned = experts.pattern_keys if experts else ()
     return Architecture(
         family=family,
         names=frozen_mapping({**DEFAULT_NAMES, **(names or {})}),
@@ -119,6 +164,7 @@ def resolve(
             bias=bool(s["mlp_bias"]),
             layout=s["mlp_layout"],
             intermediate_size=model.get("intermediate_size"),
+            experts=experts,
         ),
         layers=tuple(
             Layer(
@@ -126,6 +172,7 @@ def resolve(
                 attention_type=kind,
                 sliding_window=window if kind == SLIDING else None,
                 rope=rope is not None,
+                mlp="sparse" if experts and sparse_layer(model, i, patterned) else "dense",
             )
             for i, kind in enumerate(types)
         ),
@@ -163,8 +210,8 @@ def differences(bp: Any, model: Mapping[str, Any]) -> list[str]:
     out = []
     for key, value in ours.items():
         theirs = stock[key]
-        if key in INIT_ONLY:
-            continue
+        if key in INIT_ONLY or key in bp.meta.get("config_structure", ()):
+            continue  # init only, or a key transformers' class reads from its config (any value is its network)
         if key in schema.NUMERIC_STRUCTURE:
             same = (value is None) == (theirs is None)
         elif key == "partial_rotary_factor":
@@ -253,6 +300,7 @@ def problems(model: Mapping[str, Any], test: Mapping[str, Any] | None = None) ->
             ("model.rope_scaling", f"position_embedding is {position!r}: RoPE scaling would change nothing")
         )
     out.extend(_attention_layout_checks(model, structure))
+    out.extend(_moe_checks(model, structure))
     test = test if isinstance(test, Mapping) else {}
     backend = test.get("attn_implementation")
     out.extend(_score_checks(structure, backend))
@@ -309,4 +357,36 @@ def _score_checks(structure: Mapping[str, Any], backend: Any) -> list[tuple[str,
                 out.append((f"model.{key}", "single_head attention scores by its own rule; unset it"))
     elif structure["position_embedding"] == "alibi" and structure["attn_logit_softcapping"] is not None:
         out.append(("model.attn_logit_softcapping", "ALiBi attention does not soft-cap its scores; unset it"))
+    return out
+
+
+def _moe_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A mixture of experts' keys against each other, and its structural keys without one."""
+    out: list[tuple[str, str]] = []
+    if structure["mlp"] != "moe":
+        for key in ("shared_expert", "router", "norm_topk_prob"):
+            if structure[key] != schema.STRUCTURE[key]:
+                out.append((f"model.{key}", 'belongs to a mixture of experts; set mlp = "moe" or unset it'))
+        return out
+    if structure["mlp_bias"]:
+        out.append(("model.mlp_bias", "the experts of mlp = moe have no biases; unset it"))
+    if structure["init"] == "deepnet":
+        out.append(("model.init", "init = deepnet sets a gain per dense projection; mlp = moe has experts"))
+    experts = model.get(schema.MIXTRAL_EXPERTS_KEY, model.get("num_experts"))
+    top_k = model.get("num_experts_per_tok")
+    if _number(experts) and _number(top_k) and top_k > experts:
+        out.append(
+            ("model.num_experts_per_tok", f"routes each token to {top_k} experts but there are {experts}")
+        )
+    layers = model.get("num_hidden_layers")
+    dense = model.get("mlp_only_layers")
+    if isinstance(dense, list) and _number(layers):
+        beyond = [i for i in dense if _number(i) and i >= layers]
+        if beyond:
+            out.append(
+                (
+                    "model.mlp_only_layers",
+                    f"names layer {beyond[0]}; the model has {layers} (0 to {layers - 1})",
+                )
+            )
     return out
