@@ -95,6 +95,12 @@ def layout_from(data: Mapping[str, Any], *, path: Any = None) -> Layout:
 
     for f in fields(Layout):  # module names are pasted into the plans' source: plain names only
         value = data.get(f.name)
+        if f.name == "dense_mlp":
+            if value is not None and not isinstance(value, bool):
+                raise BlueprintError(
+                    f"must be true or false, got {value!r}", path=path, key="parallel.dense_mlp"
+                )
+            continue
         if f.name != "styles" and value is not None and not (value == "" or is_name(value)):
             raise BlueprintError(
                 f'must be a module name ([A-Za-z_][A-Za-z0-9_]*) or "", got {value!r}',
