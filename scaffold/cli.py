@@ -303,6 +303,13 @@ def _doc(path: str) -> str:
     return BY_PATH[path].doc
 
 
+def _option_doc(name: str) -> str:
+    """A command-line option's help, written once in scaffold/schema.py."""
+    from .schema import OPTIONS
+
+    return OPTIONS[name]
+
+
 @cli.command(name="test")
 @click.argument("project", type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
@@ -325,8 +332,8 @@ def _doc(path: str) -> str:
 @click.option(
     "--dataset",
     type=click.Path(path_type=Path),
-    help="Train on this text, JSON Lines, CSV or Parquet file, folder of them, save_to_disk folder or "
-    "dataset.toml instead of random tokens.",
+    help="Train on this text, JSON Lines, CSV or Parquet file, folder of them, save_to_disk folder, "
+    "dataset.toml or shipped sample (sample:tinyshakespeare) instead of random tokens.",
 )
 @click.option(
     "--dataset-project",
@@ -358,9 +365,14 @@ def _doc(path: str) -> str:
 )
 @click.option(
     "--compare/--no-compare",
-    default=True,
-    help="With --nproc: also run one process and print the largest loss difference (default on).",
+    default=None,
+    help="With --nproc: also run one process and print the largest loss difference (default on; under "
+    "your own launcher, off).",
 )
+@click.option("--nnodes", type=int, help=_option_doc("nnodes"))
+@click.option("--node-rank", type=int, help=_option_doc("node_rank"))
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help=_option_doc("rdzv_endpoint"))
+@click.option("--rdzv-id", metavar="NAME", help=_option_doc("rdzv_id"))
 @override_options
 def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
@@ -379,24 +391,46 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     Each run is recorded in PROJECT/runs/<time>-<id>/ (options, model config, per-step loss, learning
     rate, tokens/s and memory, the summary and a loss-curve PNG) unless --no-record; `scaffold runs`
     lists and plots them. A progress bar shows when stderr is a terminal.
+
+    Several machines: run the same command on each with --nproc, --nnodes and --rdzv-endpoint; or start
+    it under your own launcher (torchrun ... -m scaffold test PROJECT, or srun with MASTER_ADDR and
+    MASTER_PORT set) without --nproc: each process is then one rank, and rank 0 keeps the record.
     """
     from .atomic import scratch_dir
     from .build import build_for_test
+    from .data import is_sample
     from .devices import resolve_device, resolve_dtype
     from .runs import record_options, recording
     from .smoke import TestOptions, precision, run
 
-    nproc, parallel, timeout, compare = (flags.pop(k) for k in ("nproc", "parallel", "timeout", "compare"))
+    launch_keys = (
+        "nproc",
+        "parallel",
+        "timeout",
+        "compare",
+        "nnodes",
+        "node_rank",
+        "rdzv_endpoint",
+        "rdzv_id",
+    )
+    launch_flags = {k: flags.pop(k) for k in launch_keys}
+    nproc, compare = launch_flags["nproc"], launch_flags["compare"]
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
     proj = overrides.load_project(project, {"test": test_flags})
     options = TestOptions(**proj.manifest["test"])
-    if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
-        options.dataset = str(proj.path / options.dataset)
+    if options.dataset and not is_sample(options.dataset) and not Path(options.dataset).is_absolute():
+        options.dataset = str(proj.path / options.dataset)  # the manifest's: relative to the project
     _check_dataset_options(options)
     _check_sequence_length(options, proj, "sequence_length" in test_flags)
     device = resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
-    dist = _distributed_options(nproc, parallel, timeout, options, device)
+    from .distributed import launched
+
+    me = launched() if nproc is None else None
+    if me is not None:
+        _refuse_launch_flags(launch_flags)
+        return _test_as_rank(me, proj, options, device, overrides, force, no_record, launch_flags)
+    dist = _distributed_options(launch_flags, options, device)
     if overrides.checkpoint is not None:
         from .checkpoint import find_checkpoint
 
@@ -417,9 +451,11 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
             if dist is not None:
                 from .distributed import launch
 
+                procs = f"{dist.nproc} process{'es' if dist.nproc > 1 else ''}"
+                nodes = f" on each of {dist.nnodes} nodes" if dist.nnodes > 1 else ""
                 click.echo(
-                    f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} "
-                    f"processes on {device.type}, {precision(options)}"
+                    f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {procs}"
+                    f"{nodes} on {device.type}, {precision(options)}"
                 )
                 report = launch(
                     result.output_dir,
@@ -427,7 +463,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
                     dist,
                     checkpoint=overrides.checkpoint,
                     no_init=overrides.no_init_weights,
-                    compare=compare,
+                    compare=compare is not False,
                 )
             else:
                 click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {precision(options)}")
@@ -444,25 +480,117 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     click.echo(report.summary())  # the last line, as before records
 
 
-def _distributed_options(
-    nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any
-):
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _distributed_options(flags: dict[str, Any], options: Any, device: Any):
     """--nproc and its companions as DistributedOptions (None: one process); bad values are usage errors."""
     from .distributed import DEFAULT_TIMEOUT, DistributedOptions, check
 
-    if nproc is None:
-        for flag, value in (("--parallel", parallel), ("--timeout", timeout)):
+    if flags["nproc"] is None:
+        for key, value in flags.items():
             if value is not None:
-                raise UsageError(f"{flag} needs --nproc")
+                raise UsageError(f"{_flag(key)} needs --nproc")
         return None
-    dist = DistributedOptions(nproc=nproc, parallel=parallel or "ddp", timeout=timeout or DEFAULT_TIMEOUT)
+    dist = DistributedOptions(
+        nproc=flags["nproc"],
+        parallel=flags["parallel"] or "ddp",
+        timeout=flags["timeout"] or DEFAULT_TIMEOUT,
+        nnodes=1 if flags["nnodes"] is None else flags["nnodes"],
+        node_rank=flags["node_rank"],
+        rdzv_endpoint=flags["rdzv_endpoint"],
+        rdzv_id=flags["rdzv_id"] or "scaffold",
+    )
+    for key in ("node_rank", "rdzv_id"):
+        if flags[key] is not None and dist.nnodes == 1:
+            raise UsageError(f"{_flag(key)} needs --nnodes above 1")
     check(dist, options, device)
     return dist
 
 
+def _refuse_launch_flags(flags: dict[str, Any]) -> None:
+    """Under the user's own launcher, the launcher decides the processes and the rendezvous."""
+    for key in ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"):
+        if flags[key] is not None:
+            raise UsageError(
+                f"{_flag(key)} is for `scaffold test --nproc N` (scaffold starts torch.distributed.run); "
+                "this process already runs under a launcher (RANK and WORLD_SIZE are set), which decides it"
+            )
+
+
+def _test_as_rank(
+    me: Any,
+    proj: Any,
+    options: Any,
+    device: Any,
+    overrides: Overrides,
+    force: bool,
+    no_record: bool,
+    flags: dict[str, Any],
+) -> None:
+    """`scaffold test` as one rank of a job the user's launcher (torchrun, srun) started: the build is
+    made in turn (rank 0 first), every rank trains its share, rank 0 records the run and prints it."""
+    from .atomic import scratch_dir
+    from .build import build_for_test
+    from .distributed import DEFAULT_TIMEOUT, in_turn, process_group, train_as_rank
+    from .runs import record_options, recording
+    from .smoke import precision, run
+
+    def echo(line: str) -> None:
+        if me.rank == 0:
+            click.echo(line)
+
+    parallel = flags["parallel"] or "ddp"
+    timeout = flags["timeout"] or DEFAULT_TIMEOUT
+    if overrides.checkpoint is not None:
+        from .checkpoint import find_checkpoint
+
+        find_checkpoint(overrides.checkpoint)
+    with process_group(me, device, timeout) as rank_device, scratch_dir("test") as tmp:
+        output_dir = overrides.output_dir
+        if output_dir is None and overrides.changes_build:
+            output_dir = Path(tmp) / "model"  # this rank's own
+        result = in_turn(me, lambda: build_for_test(proj, output_dir, force=force))
+        echo(result.message)
+        record = record_options(proj, options, device, overrides, result.output_dir)
+        record["distributed"] = {"parallel": parallel, "world_size": me.world}
+        project_dir = None if no_record or me.rank != 0 else proj.path
+        with recording(project_dir, record, result.output_dir, rank_device, options.steps, echo) as rec:
+            echo(
+                f"testing {proj.name} ({proj.blueprint.name}) with {parallel} as rank {me.rank} of "
+                f"{me.world} (your launcher) on {device.type}, {precision(options)}"
+            )
+            report = train_as_rank(
+                me,
+                result.output_dir,
+                options,
+                parallel,
+                rank_device,
+                timeout=timeout,
+                checkpoint=overrides.checkpoint,
+                no_init=overrides.no_init_weights,
+                on_step=rec.step if rec else None,
+            )
+            if flags["compare"] and me.rank == 0:
+                echo("one process, for comparison:")
+                reference = run(
+                    result.output_dir,
+                    options,
+                    log=lambda line: None,
+                    checkpoint=overrides.checkpoint,
+                    no_init=overrides.no_init_weights,
+                )
+                report.reference_losses = reference.losses
+            said = rec.finish("completed", report) if rec else []
+    for line in said:
+        echo(line)
+    echo(report.summary())
+
+
 def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """--dataset / --dataset-project as the test.dataset key; a path given here is relative to the cwd."""
-    from .data import DATASET_MANIFEST
+    from .data import DATASET_MANIFEST, is_sample
     from .errors import UsageError
 
     dataset, dataset_project = flags.pop("dataset", None), flags.pop("dataset_project", None)
@@ -471,7 +599,7 @@ def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
     if dataset_project is not None:
         dataset = dataset_project / DATASET_MANIFEST
     if dataset is not None:
-        flags["dataset"] = str(dataset.absolute())
+        flags["dataset"] = str(dataset) if is_sample(str(dataset)) else str(dataset.absolute())
     return flags
 
 
