@@ -13,6 +13,7 @@ Where each command lives (the pipeline, top to bottom):
                             devices.py answers which device, which dtype, how much memory
               distributed.py  the same steps in N processes (--nproc); runs.py records each run
   runs        runs.py       the recorded runs as a table, their loss curves on one figure
+  sweep       sweep.py      every combination of a few --set values trained and compared (test's path)
   update      update.py     the project moved to the installed blueprint, merged with edits (merge.py)
   diff/status update.py     the user's edits, and whether the project is behind its blueprint
   show        show.py       what constructing the project gives, on the meta device
@@ -346,6 +347,11 @@ def _option_doc(name: str) -> str:
     default=None,
     help=_doc("test.packed"),
 )
+@click.option(
+    "--random-tokens",
+    is_flag=True,
+    help="Train on random tokens whatever test.dataset says (a quick smoke test: --random-tokens --steps 3).",
+)
 @click.option("--no-record", is_flag=True, help="Do not write a run record under PROJECT/runs/.")
 @click.option(
     "--nproc",
@@ -415,7 +421,15 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     )
     launch_flags = {k: flags.pop(k) for k in launch_keys}
     nproc, compare = launch_flags["nproc"], launch_flags["compare"]
+    random_tokens = flags.pop("random_tokens")
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
+    if random_tokens:
+        given = [
+            f"--{k.replace('_', '-')}" for k in ("dataset", "dataset_config", "packed") if k in test_flags
+        ]
+        if given:
+            raise UsageError(f"--random-tokens and {', '.join(given)} disagree: give one")
+        test_flags.update(dataset="", dataset_config="", packed=False)
     proj = overrides.load_project(project, {"test": test_flags})
     options = TestOptions(**proj.manifest["test"])
     if options.dataset and not is_sample(options.dataset) and not Path(options.dataset).is_absolute():
@@ -742,12 +756,14 @@ cli.add_command(diff_cmd, name="status")
 
 @cli.command()
 @click.argument("targets", nargs=-1, required=True, metavar="PROJECT | RUN...")
-@click.option("--plot", is_flag=True, help="Draw the loss curves of the RUNs on one figure (needs -o).")
+@click.option(
+    "--plot", is_flag=True, help="Draw the loss curves of the RUNs (a PROJECT: all its runs) on one figure."
+)
 @click.option(
     "-o",
     "--output-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The PNG file --plot writes.",
+    help="The PNG file --plot writes (default for one PROJECT: PROJECT/runs/all-runs.png).",
 )
 def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None:
     """List the runs `scaffold test` recorded for PROJECT, or with --plot draw several runs' loss
@@ -755,13 +771,14 @@ def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None
 
     \b
       scaffold runs projects/my_llama
+      scaffold runs --plot projects/my_llama                # every run, in projects/my_llama/runs/all-runs.png
       scaffold runs --plot projects/a:latest projects/b:20260101T120000Z-1a2b3c -o compare.png
       scaffold runs --plot projects/a/runs/20260101T120000Z-1a2b3c projects/b:latest -o compare.png
 
     A RUN is a run folder or PROJECT:RUN, where RUN is a run id, a unique prefix of one, or latest.
     Plotting needs matplotlib (pip install 'scaffold[plot]').
     """
-    from .runs import load_run, plot_runs, resolve_run, runs_table
+    from .runs import ALL_RUNS_PLOT, RUNS_DIR, is_project, plot_runs, runs_of, runs_table
 
     if not plot:
         if output_file is not None:
@@ -772,10 +789,72 @@ def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None
             click.echo(runs_table(Path(target)), nl=False)
         return
     if output_file is None:
-        raise UsageError("--plot needs -o FILE (the PNG to write)")
-    chosen = [load_run(resolve_run(t)) for t in targets]
+        if len(targets) != 1 or not is_project(Path(targets[0])):
+            raise UsageError("--plot needs -o FILE (the PNG to write) unless it is given one PROJECT")
+        output_file = Path(targets[0]) / RUNS_DIR / ALL_RUNS_PLOT
+    chosen = runs_of(targets)
     labels = plot_runs(chosen, output_file)
     click.echo(f"wrote {output_file}: {len(labels)} loss curves ({', '.join(labels)})")
+
+
+@cli.command()
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    required=True,
+    metavar="KEY=V1,V2,...",
+    help="A manifest key and the values to try, comma-separated (each read as TOML, as --set reads it); "
+    "one value fixes the key for every variant. Repeatable: every combination is trained.",
+)
+@click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
+@click.option("--batch-size", type=click.IntRange(min=1), help=_doc("test.batch_size"))
+@click.option("--sequence-length", type=click.IntRange(min=1), help=_doc("test.sequence_length"))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=_doc("test.lr"))
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), help=_doc("test.seed"))
+@click.option("--device", help=_doc("test.device"))
+@click.option("--dtype", help=_doc("test.dtype"))
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="Train every variant on this dataset (as `scaffold test --dataset`), e.g. sample:tinyshakespeare.",
+)
+@click.option("--packed/--no-packed", default=None, help=_doc("test.packed"))
+@click.option(
+    "-o",
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PNG of every variant's loss curve (default PROJECT/runs/sweep-<id>.png).",
+)
+def sweep(project: Path, sets: tuple[str, ...], output_file: Path | None, **flags: Any) -> None:
+    """Train every combination of the values given with --set, from the same seed on the same data,
+    and compare them: one table (parameters, loss first -> last, best loss, tokens/s, peak memory)
+    and one figure of all the loss curves.
+
+    \b
+      scaffold sweep projects/my_llama --set model.norm_position=pre,post,sandwich \\
+          --set model.qk_norm=none,head --dataset sample:tinyshakespeare --steps 100
+
+    Each variant is built into a temporary folder and trained as `scaffold test PROJECT --set ...`
+    would; the project's files and model/ are left as they are. Each leaves a run record in
+    PROJECT/runs/. Rerunning the same command skips the variants already completed, so a stopped
+    sweep resumes; a variant that fails does not stop the others, and its row says why (the exit code
+    is then the first failure's).
+    """
+    from .sweep import failed, run_sweep, table
+
+    layer = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
+    result = run_sweep(project, sets, layer, echo=click.echo, plot_file=output_file)
+    click.echo(table(result), nl=False)
+    bad = failed(result)
+    if bad:
+        click.echo(
+            f"error: {len(bad)} of {len(result.variants)} variants did not complete (their rows say why); "
+            "rerun the command to retry them",
+            err=True,
+        )
+        click.get_current_context().exit(bad[0].exit_code)
 
 
 @cli.command()
