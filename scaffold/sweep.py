@@ -182,7 +182,9 @@ def run_sweep(
         except (ScaffoldError, OSError) as err:
             variant.status = "failed" if isinstance(err, TestFailure) else "error"
             variant.exit_code = getattr(err, "exit_code", EXIT_USAGE)
-            variant.error = "; ".join(" ".join(line.split()) for line in str(err).splitlines()) or type(err).__name__
+            variant.error = (
+                "; ".join(" ".join(line.split()) for line in str(err).splitlines()) or type(err).__name__
+            )
             echo(f"{head}: {variant.status}: {variant.error}")
         except Exception as err:  # a bug in a library for this variant: the others still run
             variant.status, variant.exit_code = "error", EXIT_INTERNAL

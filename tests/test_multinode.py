@@ -166,7 +166,12 @@ def test_the_launchers_environment_is_read():
 
 
 def test_multinode_flags_under_a_launcher_are_refused(project, monkeypatch):
-    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+    for name, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "1",
+    }.items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(cli, ["test", str(project), "--nnodes", "2"])
     assert result.exit_code == EXIT_USAGE, result.output
