@@ -13,6 +13,7 @@ Where each command lives (the pipeline, top to bottom):
                             devices.py answers which device, which dtype, how much memory
               distributed.py  the same steps in N processes (--nproc); runs.py records each run
   runs        runs.py       the recorded runs as a table, their loss curves on one figure
+  sweep       sweep.py      every combination of a few --set values trained and compared (test's path)
   update      update.py     the project moved to the installed blueprint, merged with edits (merge.py)
   diff/status update.py     the user's edits, and whether the project is behind its blueprint
   show        show.py       what constructing the project gives, on the meta device
@@ -333,6 +334,13 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) ->
 MAX_TIMEOUT = 7 * 24 * 3600.0  # a week
 
 
+def _option_doc(name: str) -> str:
+    """A command-line option's help, written once in scaffold/schema.py."""
+    from .schema import OPTIONS
+
+    return OPTIONS[name]
+
+
 @cli.command(name="test")
 @click.argument("project", type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
@@ -355,8 +363,8 @@ MAX_TIMEOUT = 7 * 24 * 3600.0  # a week
 @click.option(
     "--dataset",
     type=click.Path(path_type=Path),
-    help="Train on this text, JSON Lines, CSV or Parquet file, folder of them, save_to_disk folder or "
-    "dataset.toml instead of random tokens.",
+    help="Train on this text, JSON Lines, CSV or Parquet file, folder of them, save_to_disk folder, "
+    "dataset.toml or shipped sample (sample:tinyshakespeare) instead of random tokens.",
 )
 @click.option(
     "--dataset-project",
@@ -368,6 +376,11 @@ MAX_TIMEOUT = 7 * 24 * 3600.0  # a week
     "--packed/--no-packed",
     default=None,
     help=_doc("test.packed"),
+)
+@click.option(
+    "--random-tokens",
+    is_flag=True,
+    help="Train on random tokens whatever test.dataset says (a quick smoke test: --random-tokens --steps 3).",
 )
 @click.option("--no-record", is_flag=True, help="Do not write a run record under PROJECT/runs/.")
 @click.option(
@@ -389,9 +402,14 @@ MAX_TIMEOUT = 7 * 24 * 3600.0  # a week
 )
 @click.option(
     "--compare/--no-compare",
-    default=True,
-    help="With --nproc: also run one process and print the largest loss difference (default on).",
+    default=None,
+    help="With --nproc: also run one process and print the largest loss difference (default on; under "
+    "your own launcher, off).",
 )
+@click.option("--nnodes", type=int, help=_option_doc("nnodes"))
+@click.option("--node-rank", type=int, help=_option_doc("node_rank"))
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help=_option_doc("rdzv_endpoint"))
+@click.option("--rdzv-id", metavar="NAME", help=_option_doc("rdzv_id"))
 @override_options
 def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, **flags: Any) -> None:
     """Train the built model of PROJECT for a few steps: forward, backward and optimizer, on random
@@ -410,24 +428,54 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     Each run is recorded in PROJECT/runs/<time>-<id>/ (options, model config, per-step loss, learning
     rate, tokens/s and memory, the summary and a loss-curve PNG) unless --no-record; `scaffold runs`
     lists and plots them. A progress bar shows when stderr is a terminal.
+
+    Several machines: run the same command on each with --nproc, --nnodes and --rdzv-endpoint; or start
+    it under your own launcher (torchrun ... -m scaffold test PROJECT, or srun with MASTER_ADDR and
+    MASTER_PORT set) without --nproc: each process is then one rank, and rank 0 keeps the record.
     """
     from .atomic import scratch_dir
     from .build import build_for_test
+    from .data import is_sample
     from .devices import resolve_device, resolve_dtype
     from .runs import record_options, recording
     from .smoke import TestOptions, precision, run
 
-    nproc, parallel, timeout, compare = (flags.pop(k) for k in ("nproc", "parallel", "timeout", "compare"))
+    launch_keys = (
+        "nproc",
+        "parallel",
+        "timeout",
+        "compare",
+        "nnodes",
+        "node_rank",
+        "rdzv_endpoint",
+        "rdzv_id",
+    )
+    launch_flags = {k: flags.pop(k) for k in launch_keys}
+    nproc, compare = launch_flags["nproc"], launch_flags["compare"]
+    random_tokens = flags.pop("random_tokens")
     test_flags = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
+    if random_tokens:
+        given = [
+            f"--{k.replace('_', '-')}" for k in ("dataset", "dataset_config", "packed") if k in test_flags
+        ]
+        if given:
+            raise UsageError(f"--random-tokens and {', '.join(given)} disagree: give one")
+        test_flags.update(dataset="", dataset_config="", packed=False)
     proj = overrides.load_project(project, {"test": test_flags})
     options = TestOptions(**proj.manifest["test"])
-    if options.dataset and not Path(options.dataset).is_absolute():  # the manifest's: relative to the project
-        options.dataset = str(proj.path / options.dataset)
+    if options.dataset and not is_sample(options.dataset) and not Path(options.dataset).is_absolute():
+        options.dataset = str(proj.path / options.dataset)  # the manifest's: relative to the project
     _check_dataset_options(options)
     _check_sequence_length(options, proj, "sequence_length" in test_flags)
     device = resolve_device(options.device)  # refuse a device that does not exist before building anything
     resolve_dtype(options.dtype)
-    dist = _distributed_options(nproc, parallel, timeout, options, device)
+    from .distributed import launched
+
+    me = launched() if nproc is None else None
+    if me is not None:
+        _refuse_launch_flags(launch_flags)
+        return _test_as_rank(me, proj, options, device, overrides, force, no_record, launch_flags)
+    dist = _distributed_options(launch_flags, options, device)
     if overrides.checkpoint is not None:
         from .checkpoint import find_checkpoint
 
@@ -448,9 +496,11 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
             if dist is not None:
                 from .distributed import launch
 
+                procs = f"{dist.nproc} process{'es' if dist.nproc > 1 else ''}"
+                nodes = f" on each of {dist.nnodes} nodes" if dist.nnodes > 1 else ""
                 click.echo(
-                    f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {dist.nproc} "
-                    f"processes on {device.type}, {precision(options)}"
+                    f"testing {proj.name} ({proj.blueprint.name}) with {dist.parallel} over {procs}"
+                    f"{nodes} on {device.type}, {precision(options)}"
                 )
                 report = launch(
                     result.output_dir,
@@ -458,7 +508,7 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
                     dist,
                     checkpoint=overrides.checkpoint,
                     no_init=overrides.no_init_weights,
-                    compare=compare,
+                    compare=compare is not False,
                 )
             else:
                 click.echo(f"testing {proj.name} ({proj.blueprint.name}) on {device}, {precision(options)}")
@@ -475,25 +525,117 @@ def test_cmd(project: Path, overrides: Overrides, force: bool, no_record: bool, 
     click.echo(report.summary())  # the last line, as before records
 
 
-def _distributed_options(
-    nproc: int | None, parallel: str | None, timeout: float | None, options: Any, device: Any
-):
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _distributed_options(flags: dict[str, Any], options: Any, device: Any):
     """--nproc and its companions as DistributedOptions (None: one process); bad values are usage errors."""
     from .distributed import DEFAULT_TIMEOUT, DistributedOptions, check
 
-    if nproc is None:
-        for flag, value in (("--parallel", parallel), ("--timeout", timeout)):
+    if flags["nproc"] is None:
+        for key, value in flags.items():
             if value is not None:
-                raise UsageError(f"{flag} needs --nproc")
+                raise UsageError(f"{_flag(key)} needs --nproc")
         return None
-    dist = DistributedOptions(nproc=nproc, parallel=parallel or "ddp", timeout=timeout or DEFAULT_TIMEOUT)
+    dist = DistributedOptions(
+        nproc=flags["nproc"],
+        parallel=flags["parallel"] or "ddp",
+        timeout=flags["timeout"] or DEFAULT_TIMEOUT,
+        nnodes=1 if flags["nnodes"] is None else flags["nnodes"],
+        node_rank=flags["node_rank"],
+        rdzv_endpoint=flags["rdzv_endpoint"],
+        rdzv_id=flags["rdzv_id"] or "scaffold",
+    )
+    for key in ("node_rank", "rdzv_id"):
+        if flags[key] is not None and dist.nnodes == 1:
+            raise UsageError(f"{_flag(key)} needs --nnodes above 1")
     check(dist, options, device)
     return dist
 
 
+def _refuse_launch_flags(flags: dict[str, Any]) -> None:
+    """Under the user's own launcher, the launcher decides the processes and the rendezvous."""
+    for key in ("nnodes", "node_rank", "rdzv_endpoint", "rdzv_id"):
+        if flags[key] is not None:
+            raise UsageError(
+                f"{_flag(key)} is for `scaffold test --nproc N` (scaffold starts torch.distributed.run); "
+                "this process already runs under a launcher (RANK and WORLD_SIZE are set), which decides it"
+            )
+
+
+def _test_as_rank(
+    me: Any,
+    proj: Any,
+    options: Any,
+    device: Any,
+    overrides: Overrides,
+    force: bool,
+    no_record: bool,
+    flags: dict[str, Any],
+) -> None:
+    """`scaffold test` as one rank of a job the user's launcher (torchrun, srun) started: the build is
+    made in turn (rank 0 first), every rank trains its share, rank 0 records the run and prints it."""
+    from .atomic import scratch_dir
+    from .build import build_for_test
+    from .distributed import DEFAULT_TIMEOUT, in_turn, process_group, train_as_rank
+    from .runs import record_options, recording
+    from .smoke import precision, run
+
+    def echo(line: str) -> None:
+        if me.rank == 0:
+            click.echo(line)
+
+    parallel = flags["parallel"] or "ddp"
+    timeout = flags["timeout"] or DEFAULT_TIMEOUT
+    if overrides.checkpoint is not None:
+        from .checkpoint import find_checkpoint
+
+        find_checkpoint(overrides.checkpoint)
+    with process_group(me, device, timeout) as rank_device, scratch_dir("test") as tmp:
+        output_dir = overrides.output_dir
+        if output_dir is None and overrides.changes_build:
+            output_dir = Path(tmp) / "model"  # this rank's own
+        result = in_turn(me, lambda: build_for_test(proj, output_dir, force=force))
+        echo(result.message)
+        record = record_options(proj, options, device, overrides, result.output_dir)
+        record["distributed"] = {"parallel": parallel, "world_size": me.world}
+        project_dir = None if no_record or me.rank != 0 else proj.path
+        with recording(project_dir, record, result.output_dir, rank_device, options.steps, echo) as rec:
+            echo(
+                f"testing {proj.name} ({proj.blueprint.name}) with {parallel} as rank {me.rank} of "
+                f"{me.world} (your launcher) on {device.type}, {precision(options)}"
+            )
+            report = train_as_rank(
+                me,
+                result.output_dir,
+                options,
+                parallel,
+                rank_device,
+                timeout=timeout,
+                checkpoint=overrides.checkpoint,
+                no_init=overrides.no_init_weights,
+                on_step=rec.step if rec else None,
+            )
+            if flags["compare"] and me.rank == 0:
+                echo("one process, for comparison:")
+                reference = run(
+                    result.output_dir,
+                    options,
+                    log=lambda line: None,
+                    checkpoint=overrides.checkpoint,
+                    no_init=overrides.no_init_weights,
+                )
+                report.reference_losses = reference.losses
+            said = rec.finish("completed", report) if rec else []
+    for line in said:
+        echo(line)
+    echo(report.summary())
+
+
 def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """--dataset / --dataset-project as the test.dataset key; a path given here is relative to the cwd."""
-    from .data import DATASET_MANIFEST
+    from .data import DATASET_MANIFEST, is_sample
     from .errors import UsageError
 
     dataset, dataset_project = flags.pop("dataset", None), flags.pop("dataset_project", None)
@@ -502,7 +644,7 @@ def _dataset_flags(flags: dict[str, Any]) -> dict[str, Any]:
     if dataset_project is not None:
         dataset = dataset_project / DATASET_MANIFEST
     if dataset is not None:
-        flags["dataset"] = str(dataset.absolute())
+        flags["dataset"] = str(dataset) if is_sample(str(dataset)) else str(dataset.absolute())
     return flags
 
 
@@ -645,12 +787,14 @@ cli.add_command(diff_cmd, name="status")
 
 @cli.command()
 @click.argument("targets", nargs=-1, required=True, metavar="PROJECT | RUN...")
-@click.option("--plot", is_flag=True, help="Draw the loss curves of the RUNs on one figure (needs -o).")
+@click.option(
+    "--plot", is_flag=True, help="Draw the loss curves of the RUNs (a PROJECT: all its runs) on one figure."
+)
 @click.option(
     "-o",
     "--output-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The PNG file --plot writes.",
+    help="The PNG file --plot writes (default for one PROJECT: PROJECT/runs/all-runs.png).",
 )
 def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None:
     """List the runs `scaffold test` recorded for PROJECT, or with --plot draw several runs' loss
@@ -658,13 +802,14 @@ def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None
 
     \b
       scaffold runs projects/my_llama
+      scaffold runs --plot projects/my_llama                # every run, in projects/my_llama/runs/all-runs.png
       scaffold runs --plot projects/a:latest projects/b:20260101T120000Z-1a2b3c -o compare.png
       scaffold runs --plot projects/a/runs/20260101T120000Z-1a2b3c projects/b:latest -o compare.png
 
     A RUN is a run folder or PROJECT:RUN, where RUN is a run id, a unique prefix of one, or latest.
     Plotting needs matplotlib (pip install 'scaffold[plot]').
     """
-    from .runs import load_run, plot_runs, resolve_run, runs_table
+    from .runs import ALL_RUNS_PLOT, RUNS_DIR, is_project, plot_runs, runs_of, runs_table
 
     if not plot:
         if output_file is not None:
@@ -675,12 +820,74 @@ def runs(targets: tuple[str, ...], plot: bool, output_file: Path | None) -> None
             click.echo(runs_table(Path(target)), nl=False)
         return
     if output_file is None:
-        raise UsageError("--plot needs -o FILE (the PNG to write)")
+        if len(targets) != 1 or not is_project(Path(targets[0])):
+            raise UsageError("--plot needs -o FILE (the PNG to write) unless it is given one PROJECT")
+        output_file = Path(targets[0]) / RUNS_DIR / ALL_RUNS_PLOT
+    chosen = runs_of(targets)
     if not output_file.name or output_file.name in (".", "..") or output_file.is_dir():
         raise UsageError(f"-o/--output-file must name a file to write, got {str(output_file)!r}")
-    chosen = [load_run(resolve_run(t)) for t in targets]
     labels = plot_runs(chosen, output_file)
     click.echo(f"wrote {output_file}: {len(labels)} loss curves ({', '.join(labels)})")
+
+
+@cli.command()
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    required=True,
+    metavar="KEY=V1,V2,...",
+    help="A manifest key and the values to try, comma-separated (each read as TOML, as --set reads it); "
+    "one value fixes the key for every variant. Repeatable: every combination is trained.",
+)
+@click.option("--steps", type=click.IntRange(min=1), help=_doc("test.steps"))
+@click.option("--batch-size", type=click.IntRange(min=1), help=_doc("test.batch_size"))
+@click.option("--sequence-length", type=click.IntRange(min=1), help=_doc("test.sequence_length"))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=_doc("test.lr"))
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), help=_doc("test.seed"))
+@click.option("--device", help=_doc("test.device"))
+@click.option("--dtype", help=_doc("test.dtype"))
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="Train every variant on this dataset (as `scaffold test --dataset`), e.g. sample:tinyshakespeare.",
+)
+@click.option("--packed/--no-packed", default=None, help=_doc("test.packed"))
+@click.option(
+    "-o",
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The PNG of every variant's loss curve (default PROJECT/runs/sweep-<id>.png).",
+)
+def sweep(project: Path, sets: tuple[str, ...], output_file: Path | None, **flags: Any) -> None:
+    """Train every combination of the values given with --set, from the same seed on the same data,
+    and compare them: one table (parameters, loss first -> last, best loss, tokens/s, peak memory)
+    and one figure of all the loss curves.
+
+    \b
+      scaffold sweep projects/my_llama --set model.norm_position=pre,post,sandwich \\
+          --set model.qk_norm=none,head --dataset sample:tinyshakespeare --steps 100
+
+    Each variant is built into a temporary folder and trained as `scaffold test PROJECT --set ...`
+    would; the project's files and model/ are left as they are. Each leaves a run record in
+    PROJECT/runs/. Rerunning the same command skips the variants already completed, so a stopped
+    sweep resumes; a variant that fails does not stop the others, and its row says why (the exit code
+    is then the first failure's).
+    """
+    from .sweep import failed, run_sweep, table
+
+    layer = {k: v for k, v in _dataset_flags(flags).items() if v is not None}
+    result = run_sweep(project, sets, layer, echo=click.echo, plot_file=output_file)
+    click.echo(table(result), nl=False)
+    bad = failed(result)
+    if bad:
+        click.echo(
+            f"error: {len(bad)} of {len(result.variants)} variants did not complete (their rows say why); "
+            "rerun the command to retry them",
+            err=True,
+        )
+        click.get_current_context().exit(bad[0].exit_code)
 
 
 @cli.command()

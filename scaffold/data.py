@@ -5,6 +5,8 @@ A dataset is any of:
 - a text (``.txt``), JSON Lines (``.jsonl``, ``.json``), CSV (``.csv``, ``.tsv``) or Parquet file;
 - a folder of such files (all of them, in path order; hidden files are skipped);
 - a folder written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict);
+- ``sample:NAME``, a sample shipped with scaffold (:data:`SAMPLES`; ``sample:tinyshakespeare`` is the
+  shipped llama_4m project's data);
 - a dataset manifest, ``dataset.toml`` (or a folder holding one: a *dataset project*)::
 
       [dataset]
@@ -78,6 +80,28 @@ SAMPLE_BY = ("line", "paragraph", "document")
 MANIFEST_KEYS = ("description", "files", "saved", "text_column", "split", "sample_by")
 TOKENIZE_CHUNK = 64  # documents tokenized per call
 
+# Text shipped with the package (scaffold/samples/), named ``sample:NAME`` wherever a dataset goes.
+# tinyshakespeare.txt: the first 200 KB (to a paragraph's end) of Andrej Karpathy's Tiny Shakespeare
+# (char-rnn, data/tinyshakespeare/input.txt), a selection of Shakespeare's plays: public domain.
+SAMPLE_PREFIX = "sample:"
+SAMPLES = {"tinyshakespeare": ("tinyshakespeare.txt", "Tiny Shakespeare, 200 KB, shipped with scaffold")}
+
+
+def is_sample(spec: str | Path) -> bool:
+    """Whether a dataset spec names a shipped sample (``sample:NAME``) rather than a path."""
+    return isinstance(spec, str) and spec.startswith(SAMPLE_PREFIX)
+
+
+def sample_source(spec: str) -> DatasetSource:
+    """The shipped sample ``spec`` names; an unknown name is a DataError listing the samples."""
+    name = spec[len(SAMPLE_PREFIX) :]
+    if name not in SAMPLES:
+        known = ", ".join(SAMPLE_PREFIX + n for n in SAMPLES)
+        raise DataError(f"{spec}: no such sample (shipped: {known})")
+    file, description = SAMPLES[name]
+    path = Path(__file__).resolve().parent / "samples" / file
+    return DatasetSource(origin=path, files=[path], description=description)
+
 
 @dataclass
 class DatasetSource:
@@ -133,6 +157,10 @@ def resolve(
 
     ``manifest`` and ``key`` say where ``path`` was given (a project manifest's key), for messages.
     """
+    if is_sample(path):
+        if config:
+            raise DataError(f"{path}: a sample has no configurations (got {config!r})")
+        return sample_source(str(path))
     path = Path(path)
     if not path.exists():
         if manifest is not None:

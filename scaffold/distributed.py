@@ -50,9 +50,17 @@ JOB_FILE = "job.json"
 
 @dataclass
 class DistributedOptions:
-    nproc: int = 2
+    nproc: int = 2  # processes on this node
     parallel: str = "ddp"
     timeout: float = DEFAULT_TIMEOUT  # seconds for the whole run; then every rank is stopped
+    nnodes: int = 1
+    node_rank: int | None = None  # None: c10d rendezvous (ranks by arrival); else static
+    rdzv_endpoint: str | None = None  # HOST:PORT; None on one node: 127.0.0.1 at a free port
+    rdzv_id: str = "scaffold"
+
+    @property
+    def world(self) -> int:
+        return self.nproc * self.nnodes
 
 
 @dataclass
@@ -120,6 +128,7 @@ def check(dist: DistributedOptions, opts: TestOptions, device, model_dir: Path |
         raise UsageError(f"--parallel must be one of {', '.join(PARALLEL)}, got {dist.parallel!r}")
     if dist.nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {dist.nproc}")
+    check_nodes(dist)
     if device.type not in ("cpu", "cuda"):
         raise UsageError(
             f"--nproc runs on the CPU (gloo) or CUDA (NCCL), not on {device.type}", key="test.device"
@@ -149,19 +158,51 @@ def check(dist: DistributedOptions, opts: TestOptions, device, model_dir: Path |
             "float32, or --parallel ddp or fsdp2",
             key="test.dtype",
         )
-    if dist.parallel != "tp" and opts.batch_size % dist.nproc:
+    check_world(dist.parallel, dist.world, opts, model_dir, _processes(dist))
+
+
+def _processes(dist: DistributedOptions) -> str:
+    if dist.nnodes == 1:
+        return f"--nproc {dist.nproc} processes"
+    return f"{dist.world} processes (--nproc {dist.nproc} on each of --nnodes {dist.nnodes})"
+
+
+def check_nodes(dist: DistributedOptions) -> None:
+    """Usage errors of the multi-node options."""
+    if dist.nnodes < 1:
+        raise UsageError(f"--nnodes must be at least 1, got {dist.nnodes}")
+    if dist.nnodes > 1 and not dist.rdzv_endpoint:
         raise UsageError(
-            f"--batch-size {opts.batch_size} does not split across --nproc {dist.nproc} processes "
-            f"({dist.parallel} gives each a share of the rows): use a multiple of {dist.nproc}"
+            f"--nnodes {dist.nnodes} needs --rdzv-endpoint HOST:PORT, the same on every node "
+            "(where the nodes meet)"
         )
-    if dist.parallel == "tp" and model_dir is not None:
+    if dist.rdzv_endpoint is not None:
+        host, _, port = dist.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--rdzv-endpoint {dist.rdzv_endpoint!r}: give HOST:PORT (a port 1 to 65535)")
+    if dist.node_rank is not None and not 0 <= dist.node_rank < dist.nnodes:
+        raise UsageError(
+            f"--node-rank {dist.node_rank} is not a node of --nnodes {dist.nnodes} (0 to {dist.nnodes - 1})"
+        )
+    if not dist.rdzv_id or any(c.isspace() for c in dist.rdzv_id):
+        raise UsageError(f"--rdzv-id {dist.rdzv_id!r}: give a name without spaces")
+
+
+def check_world(parallel: str, world: int, opts: TestOptions, model_dir: Path | None, processes: str) -> None:
+    """Whether the batch (ddp, fsdp2) or the model (tp) splits across ``world`` processes."""
+    if parallel != "tp" and opts.batch_size % world:
+        raise UsageError(
+            f"--batch-size {opts.batch_size} does not split across {processes} "
+            f"({parallel} gives each a share of the rows): use a multiple of {world}"
+        )
+    if parallel == "tp" and model_dir is not None:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
         for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
             value = config.get(key)
-            if isinstance(value, int) and value % dist.nproc:
+            if isinstance(value, int) and value % world:
                 raise UsageError(
-                    f"tensor parallelism over {dist.nproc} processes splits {key} = {value}: "
-                    f"it must divide by {dist.nproc}",
+                    f"tensor parallelism over {world} processes splits {key} = {value}: "
+                    f"it must divide by {world}",
                     key=f"model.{key}",
                 )
 
@@ -188,29 +229,11 @@ def launch(
     device = resolve_device(opts.device)
     model_dir = Path(model_dir)
     check(dist, opts, device, model_dir)
-    if dist.parallel == "tp" and (checkpoint is not None or no_init):
-        raise UsageError(
-            '--parallel tp loads the model directory\'s weights with from_pretrained(tp_plan="auto"); '
-            "--load-from-checkpoint and --no-init-weights are not available with it"
-        )
-    if save_to is not None and dist.parallel == "tp":
-        raise UsageError("saving the gathered state dict is offered for ddp and fsdp2")
+    _refuse_with_tp(dist.parallel, checkpoint, no_init, save_to)
     with scratch_dir("dist") as job:
-        weights_dir = model_dir
-        if dist.parallel == "tp" and not any(model_dir.glob("*.safetensors")):
-            weights_dir = _with_initial_weights(model_dir, job / "model", opts)
-        spec = {
-            "model_dir": str(model_dir.resolve()),
-            "weights_dir": str(Path(weights_dir).resolve()),
-            "options": asdict(opts),
-            "parallel": dist.parallel,
-            "device_type": device.type,
-            "backend": backend_for(device.type),
-            "timeout": dist.timeout,
-            "checkpoint": str(checkpoint) if checkpoint is not None else None,
-            "no_init": no_init,
-            "save_to": str(Path(save_to).resolve()) if save_to is not None else None,
-        }
+        spec = job_spec(
+            model_dir, job, opts, dist.parallel, device, dist.timeout, checkpoint, no_init, save_to
+        )
         (job / JOB_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
         _run_torchrun(job, dist, log)
         result = json.loads((job / "result.json").read_text(encoding="utf-8"))
@@ -222,6 +245,46 @@ def launch(
         reference = run(model_dir, opts, log=lambda line: None, checkpoint=checkpoint, no_init=no_init)
         report.reference_losses = reference.losses
     return report
+
+
+def _refuse_with_tp(parallel: str, checkpoint: Any, no_init: bool, save_to: Any) -> None:
+    if parallel == "tp" and (checkpoint is not None or no_init):
+        raise UsageError(
+            '--parallel tp loads the model directory\'s weights with from_pretrained(tp_plan="auto"); '
+            "--load-from-checkpoint and --no-init-weights are not available with it"
+        )
+    if save_to is not None and parallel == "tp":
+        raise UsageError("saving the gathered state dict is offered for ddp and fsdp2")
+
+
+def job_spec(
+    model_dir: Path,
+    scratch: Path,
+    opts: TestOptions,
+    parallel: str,
+    device,
+    timeout: float,
+    checkpoint: str | Path | None,
+    no_init: bool,
+    save_to: str | Path | None = None,
+) -> dict[str, Any]:
+    """What every rank needs to know of a run (the launcher's job file). ``scratch`` holds the initial
+    weights tensor parallelism loads when the model directory has none."""
+    weights_dir = model_dir
+    if parallel == "tp" and not any(model_dir.glob("*.safetensors")):
+        weights_dir = _with_initial_weights(model_dir, scratch / "model", opts)
+    return {
+        "model_dir": str(model_dir.resolve()),
+        "weights_dir": str(Path(weights_dir).resolve()),
+        "options": asdict(opts),
+        "parallel": parallel,
+        "device_type": device.type,
+        "backend": backend_for(device.type),
+        "timeout": timeout,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "no_init": no_init,
+        "save_to": str(Path(save_to).resolve()) if save_to is not None else None,
+    }
 
 
 def _with_initial_weights(model_dir: Path, out: Path, opts: TestOptions) -> Path:
@@ -249,8 +312,7 @@ def _run_torchrun(job: Path, dist: DistributedOptions, log: Callable[[str], None
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = [
         sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", "1", "--nproc-per-node", str(dist.nproc),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",  # port 0: the OS picks a free one
+        *rendezvous_args(dist),
         "--max-restarts", "0",
         "--log-dir", str(job / "torchrun"),  # in the job folder, swept with it (default: a folder in /tmp)
         "-m", "scaffold.distributed", str(job),
@@ -299,6 +361,18 @@ def _run_torchrun(job: Path, dist: DistributedOptions, log: Callable[[str], None
         err.exit_code = first["exit_code"]
         raise err
     raise TestFailure(f"--nproc {dist.nproc}: torch.distributed.run exited with {proc.returncode}")
+
+
+def rendezvous_args(dist: DistributedOptions) -> list[str]:
+    """torch.distributed.run's options for ``dist``: one node meets on 127.0.0.1 at a free port (port 0:
+    the OS picks one); several meet at ``rdzv_endpoint``, by c10d (ranks in order of arrival) or, with
+    a node rank, statically (node 0 hosts the store at the endpoint)."""
+    args = ["--nnodes", str(dist.nnodes), "--nproc-per-node", str(dist.nproc)]
+    endpoint = dist.rdzv_endpoint or "127.0.0.1:0"
+    if dist.node_rank is not None:
+        host, _, port = endpoint.rpartition(":")
+        return [*args, "--node-rank", str(dist.node_rank), "--master-addr", host, "--master-port", port]
+    return [*args, "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", dist.rdzv_id]
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -460,58 +534,93 @@ def _death(rank: int, exit_code: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def worker(job: Path) -> int:
-    """One rank of a run: read the job, train, write the result (rank 0) or this rank's error."""
-    from datetime import timedelta
+@dataclass
+class Rank:
+    """Where this process is among the ranks; ``job`` is the launcher's job folder (None when the
+    user's own launcher started it), where it leaves its pid, progress marks, error and result."""
 
-    import torch
+    rank: int
+    local_rank: int
+    world: int
+    job: Path | None = None
+
+    def mark(self, stage: int) -> None:
+        if self.job is not None:
+            _mark(self.job, self.local_rank, stage)
+
+
+def worker(job: Path) -> int:
+    """One rank of a run: read the job, train, write the result (each node's local rank 0) or this
+    rank's error. Files in the job folder are named by local rank: each node's CLI has its own."""
     import torch.distributed as tdist
 
     _die_with_launcher(job)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    me = Rank(
+        int(os.environ["RANK"]),
+        int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
+        int(os.environ["WORLD_SIZE"]),
+        job,
+    )
     # torchrun gives each worker its own session: the launcher stops a hung one by this pid
-    (job / f"pid-{rank}").write_text(str(os.getpid()), encoding="ascii")
+    (job / f"pid-{me.local_rank}").write_text(str(os.getpid()), encoding="ascii")
     from .atomic import fault_point
 
-    fault_point(f"dist-start-rank{rank}")  # tests stop or kill one rank here (SCAFFOLD_FAULT)
+    fault_point(f"dist-start-rank{me.rank}")  # tests stop or kill one rank here (SCAFFOLD_FAULT)
     spec = json.loads((job / JOB_FILE).read_text(encoding="utf-8"))
-    _mark(job, rank, JOINING)
+    me.mark(JOINING)
     try:
-        if spec["device_type"] == "cuda":
-            torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
-        else:
-            device = torch.device("cpu")
-        tdist.init_process_group(
-            spec["backend"],
-            timeout=timedelta(seconds=spec["timeout"]),
-            device_id=device if device.type == "cuda" else None,
-        )
-        _mark(job, rank, LOADING)
-        result = _run_rank(job, spec, rank, world, device)
-        (job / f"done-{rank}.json").write_text("{}", encoding="utf-8")
-        if rank == 0:
+        device = join_group(me, spec["device_type"], spec["backend"], spec["timeout"])
+        me.mark(LOADING)
+        result = run_rank(me, spec, device)
+        (job / f"done-{me.local_rank}.json").write_text("{}", encoding="utf-8")
+        if me.local_rank == 0:
             (job / "result.json").write_text(json.dumps(result), encoding="utf-8")
         code = 0
     except ScaffoldError as err:
-        code = _write_error(job, rank, str(err).splitlines()[0], err.exit_code)
+        code = _write_error(me, str(err).splitlines()[0], err.exit_code)
     except Exception as err:
         text = " ".join(str(err).split())
-        code = _write_error(job, rank, f"internal error: {type(err).__name__}: {text[:500]}", EXIT_INTERNAL)
+        code = _write_error(me, f"internal error: {type(err).__name__}: {text[:500]}", EXIT_INTERNAL)
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
     return code
 
 
-def _write_error(job: Path, rank: int, message: str, exit_code: int) -> int:
-    record = {"rank": rank, "message": message, "exit_code": exit_code, "time": time.time()}
-    (job / f"error-{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+def join_group(me: Rank, device_type: str, backend: str, timeout: float):
+    """Join the process group (from the launcher's environment: MASTER_ADDR, MASTER_PORT, RANK,
+    WORLD_SIZE); returns this rank's device (cuda: the GPU of its local rank)."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as tdist
+
+    if device_type == "cuda":
+        torch.cuda.set_device(me.local_rank)
+        device = torch.device("cuda", me.local_rank)
+    else:
+        device = torch.device("cpu")
+    tdist.init_process_group(
+        backend,
+        timeout=timedelta(seconds=timeout),
+        device_id=device if device.type == "cuda" else None,
+    )
+    return device
+
+
+def _write_error(me: Rank, message: str, exit_code: int) -> int:
+    record = {"rank": me.rank, "message": message, "exit_code": exit_code, "time": time.time()}
+    assert me.job is not None
+    (me.job / f"error-{me.local_rank}.json").write_text(json.dumps(record), encoding="utf-8")
     return exit_code
 
 
-def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) -> dict[str, Any]:
+def run_rank(
+    me: Rank, spec: dict[str, Any], device, on_step: Callable[..., None] | None = None
+) -> dict[str, Any]:
+    """Train this rank's share of the job ``spec`` (what :func:`launch` writes); every rank returns the
+    combined result. ``on_step`` (rank 0's run record) is called after each step with the whole batch's
+    loss."""
     import torch
     import torch.distributed as tdist
 
@@ -519,6 +628,7 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
     from .atomic import fault_point
     from .devices import resolve_dtype
 
+    rank, world = me.rank, me.world
     opts = TestOptions(**spec["options"])
     opts.device = str(device)
     parallel = spec["parallel"]
@@ -553,13 +663,13 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
         model = shard_fsdp2(model, compute, sum_reduction=spec["backend"] == "gloo")
 
     steps = 0
-    _mark(job, rank, _step_stage(0))  # how far this rank got, for naming a rank that hangs
+    me.mark(_step_stage(0))  # how far this rank got, for naming a rank that hangs
 
     def loss_value(loss) -> float:
         nonlocal steps
         fault_point(f"dist-step-rank{rank}")  # tests stop or kill one rank here (SCAFFOLD_FAULT)
         steps += 1
-        _mark(job, rank, _loss_stage(steps))
+        me.mark(_loss_stage(steps))
         if parallel == "tp":
             return loss.item()
         total = loss.detach().float().clone()
@@ -568,21 +678,117 @@ def _run_rank(job: Path, spec: dict[str, Any], rank: int, world: int, device) ->
         )  # each rank's loss is its share of the batch mean: the mean is the sum / world
         return total.item() / world
 
-    def log(line: str) -> None:  # the losses are the whole batch's: rank 0 prints them once
-        if rank == 0:
+    def log(line: str) -> None:  # the losses are the whole batch's: each node's local rank 0 prints them
+        if me.local_rank == 0:
             print(line, flush=True)
 
-    def on_step(step: int, *_: Any) -> None:
-        _mark(job, rank, _step_stage(step))
+    def after_step(step: int, *args: Any) -> None:
+        me.mark(_step_stage(step))
+        if on_step is not None and rank == 0:
+            on_step(step, *args)
 
-    report = smoke.train(model, opts, data, device=device, log=log, loss_value=loss_value, on_step=on_step)
+    report = smoke.train(model, opts, data, device=device, log=log, loss_value=loss_value, on_step=after_step)
     if spec.get("save_to"):
         _save_full(inner, model, parallel, Path(spec["save_to"]), rank)
     gathered: list[Any] = [None] * world
     tdist.all_gather_object(gathered, asdict(report))
-    if rank != 0:
-        return {}
     return _combine(gathered, report, parallel, spec["backend"], str(device.type))
+
+
+# ---------------------------------------------------------------------------------------------
+# Under the user's own launcher (torchrun or srun on every node): each process is one rank
+# ---------------------------------------------------------------------------------------------
+
+SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+def launched(environ: dict[str, str] | None = None) -> Rank | None:
+    """This process's rank when a launcher the user started runs it: torchrun (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or Slurm's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
+    taken only when MASTER_ADDR is set too, so that a plain command inside an allocation stays one
+    process; they are copied to torch's names). None: not under a launcher."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK" if "LOCAL_RANK" in env else "RANK")
+    elif all(v in env for v in SLURM_VARS[:2]) and "MASTER_ADDR" in env:
+        names = SLURM_VARS if "SLURM_LOCALID" in env else (*SLURM_VARS[:2], "SLURM_PROCID")
+    else:
+        return None
+    values = []
+    for name in names:
+        try:
+            values.append(int(env[name]))
+        except ValueError:
+            raise UsageError(f"environment variable {name}={env[name]!r} is not a whole number") from None
+    rank, world, local = values
+    if not 0 <= rank < world:
+        raise UsageError(f"environment variable {names[0]}={rank} is not a rank of {names[1]}={world}")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not env.get(name):
+            raise UsageError(
+                f"{names[0]} and {names[1]} are set (a launcher started this process) but {name} is not: "
+                "set MASTER_ADDR to the first node's address and MASTER_PORT to a free port there"
+            )
+    if names[0] != "RANK":  # torch's env:// rendezvous reads these names
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    return Rank(rank, local, world)
+
+
+@contextlib.contextmanager
+def process_group(me: Rank, device, timeout: float) -> Iterator[Any]:
+    """This process joined to the others its launcher started; yields this rank's device."""
+    import torch
+    import torch.distributed as tdist
+
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"a distributed run trains on the CPU (gloo) or CUDA (NCCL), not on {device.type}")
+    if device.type == "cuda" and me.local_rank >= torch.cuda.device_count():
+        raise UsageError(
+            f"local rank {me.local_rank} needs GPU {me.local_rank}; this node has {torch.cuda.device_count()}"
+        )
+    rank_device = join_group(me, device.type, backend_for(device.type), timeout)
+    try:
+        yield rank_device
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def in_turn(me: Rank, work: Callable[[], Any]) -> Any:
+    """Run ``work`` (a build) on rank 0 first, then on each other node's local rank 0, then on the
+    remaining ranks: on a shared file system the first builds and the rest find the build up to date;
+    on separate ones each node builds its own, once."""
+    import torch.distributed as tdist
+
+    mine = 0 if me.rank == 0 else 1 if me.local_rank == 0 else 2
+    result = None
+    for turn in range(3):
+        if turn == mine:
+            result = work()
+        tdist.barrier()
+    return result
+
+
+def train_as_rank(
+    me: Rank,
+    model_dir: Path,
+    opts: TestOptions,
+    parallel: str,
+    device,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    checkpoint: str | Path | None = None,
+    no_init: bool = False,
+    on_step: Callable[..., None] | None = None,
+) -> DistributedReport:
+    """Train this rank's share of ``opts`` (inside :func:`process_group`); every rank gets the report."""
+    _refuse_with_tp(parallel, checkpoint, no_init, None)
+    check_world(parallel, me.world, opts, model_dir, f"the launcher's {me.world} processes (WORLD_SIZE)")
+    if opts.fuse_optim_with_backward:
+        raise UsageError("--fuse-optim-with-backward runs with one process only")
+    with scratch_dir("dist") as scratch:
+        spec = job_spec(Path(model_dir), scratch, opts, parallel, device, timeout, checkpoint, no_init)
+        return DistributedReport(**run_rank(me, spec, device, on_step))
 
 
 def _combine(

@@ -393,6 +393,28 @@ def runs_table(project_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_project(path: Path) -> bool:
+    return path.is_dir() and ((path / "scaffold.toml").is_file() or (path / RUNS_DIR).is_dir())
+
+
+def runs_of(targets: Sequence[str]) -> list[Run]:
+    """The runs ``scaffold runs --plot`` draws: a project stands for all its runs, oldest first."""
+    chosen: list[Run] = []
+    for target in targets:
+        path = Path(target)
+        if ":" not in target and not is_run(path) and is_project(path):
+            found = project_runs(path)
+            if not found:
+                raise UsageError(f"{target} has no recorded runs (scaffold test records one per run)")
+            chosen += found
+        else:
+            chosen.append(load_run(resolve_run(target)))
+    return chosen
+
+
+ALL_RUNS_PLOT = "all-runs.png"  # `scaffold runs --plot PROJECT`'s default output, in PROJECT/runs/
+
+
 # -- plotting --------------------------------------------------------------------------------------
 
 
@@ -400,9 +422,12 @@ class PlotUnavailable(UsageError):
     """matplotlib (the ``plot`` extra) is not installed."""
 
 
-def plot_runs(runs: Sequence[Run], output: Path, title: str | None = None) -> list[str]:
-    """Draw the loss curves of ``runs`` on one figure, one line each, and save it as a PNG at
-    ``output`` (atomically). Returns the lines' labels, also stored in the PNG's metadata."""
+def plot_runs(
+    runs: Sequence[Run], output: Path, title: str | None = None, labels: Sequence[str] | None = None
+) -> list[str]:
+    """Draw the loss curves of ``runs`` on one figure, one line each (labelled ``labels``, default each
+    run's PROJECT:RUN), and save it as a PNG at ``output`` (atomically). Returns the lines' labels, also
+    stored in the PNG's metadata."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -413,9 +438,10 @@ def plot_runs(runs: Sequence[Run], output: Path, title: str | None = None) -> li
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)  # the Agg backend: no display needed, no global pyplot state
     ax = fig.add_subplot()
-    for run in runs:
+    for i, run in enumerate(runs):
         points = [(s["step"], s["loss"]) for s in run.steps if isinstance(s.get("loss"), int | float)]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=run.label, linewidth=1.2)
+        label = labels[i] if labels is not None else run.label
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=label, linewidth=1.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

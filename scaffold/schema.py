@@ -703,7 +703,8 @@ FIELDS: tuple[Field, ...] = (
         "dataset",
         STR,
         "Train on this dataset instead of random tokens: a text, JSON Lines, CSV or Parquet file, a folder "
-        "of them, a save_to_disk folder, or a dataset.toml or folder holding one (relative to the project).",
+        "of them, a save_to_disk folder, a dataset.toml or folder holding one (relative to the project), or a "
+        "sample shipped with scaffold (sample:tinyshakespeare).",
     ),
     Field("test", "dataset_config", STR, "The configuration of test.dataset's dataset.toml to use."),
     Field(
@@ -723,6 +724,14 @@ OPTIONS: dict[str, str] = {
     "its weights then come from --load-from-checkpoint or the model directory.",
     "load_from_checkpoint": "Load the weights from this safetensors checkpoint (a folder in the Hugging Face "
     "layout, or a .safetensors file); strict: every tensor must fit.",
+    # scaffold test's multi-node options (torch.distributed.run's own)
+    "nnodes": "With --nproc: the number of machines (nodes) taking part; run the same `scaffold test` "
+    "command on each, with the same --rdzv-endpoint (default 1: this machine alone).",
+    "node_rank": "With --nnodes: this node's rank, 0 to N-1 (static rendezvous: node 0 listens at "
+    "--rdzv-endpoint and takes ranks 0 to nproc-1). Absent: c10d rendezvous, ranks in order of arrival.",
+    "rdzv_endpoint": "With --nnodes: HOST:PORT where the nodes meet (a port free on HOST, the first node "
+    "or any reachable one); needed with --nnodes above 1.",
+    "rdzv_id": "With --nnodes: the job's name at the rendezvous, the same on every node (default scaffold).",
 }
 
 SECTIONS = ("project", "model", "tokenizer", "generation", "test")

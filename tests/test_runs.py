@@ -133,8 +133,8 @@ def test_plot_draws_one_line_per_run_of_different_projects(two_projects, tmp_pat
         }
     assert labels == [f"tiny_llama:{llama_run.name}", f"tiny_post:{causal_run.name}"]
     assert len(colours) > 4  # curves and text, not a blank canvas
-    bad = invoke("runs", "--plot", llama, "-o", out)  # a project, not a run
-    assert bad.exit_code == 2 and f"{llama}:latest" in bad.stderr
+    whole = invoke("runs", "--plot", llama, "-o", out)  # a project: all its runs (issue 26)
+    assert whole.exit_code == 0 and f"tiny_llama:{llama_run.name}" in whole.stdout
 
 
 def test_a_failed_run_says_so_in_its_summary(tiny_llama_dir, tmp_path):
