@@ -315,11 +315,17 @@ def make_config(project: Project, tokenizer) -> Any:
             "rope_theta": float(model.pop("rope_theta")),
             **scaling,
         }
+        original = scaling.get("original_max_position_embeddings")
+        if original is not None and hasattr(config_cls, "original_max_position_embeddings"):
+            # Phi-3's config keeps it at the top level too, and transformers copies that one into the table
+            model["original_max_position_embeddings"] = original
         # as transformers keeps it: in the RoPE table, and only there (transformers would copy a
         # top-level partial_rotary_factor into the table of some RoPE types and not of others)
         factor = model.pop("partial_rotary_factor", 1.0)
         if factor < 1:
             model["rope_parameters"]["partial_rotary_factor"] = float(factor)
+    if model.get("sliding_window") is not None and hasattr(config_cls, "use_sliding_window"):
+        model["use_sliding_window"] = True  # Qwen's switch: the manifest's window is on
     config = config_cls(
         **model,
         bos_token_id=tokenizer.bos_token_id,

@@ -11,6 +11,7 @@ folder and moved into place only when complete. :func:`render_files` renders the
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -95,9 +96,10 @@ CONFIG_ORDER = (
     "tie_word_embeddings",
 )
 CONFIG_COMMENTS = {
-    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "llama3" | "yarn",\n'
-    '# "rope_theta": ..., the scaling keys of that type, and partial_rotary_factor when below 1}; the\n'
-    "# manifest's rope_theta, rope_scaling and partial_rotary_factor fill it",
+    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "dynamic" |\n'
+    '# "yarn" | "longrope" | "llama3", "rope_theta": ..., the scaling keys of that type, and\n'
+    "# partial_rotary_factor when below 1}; the manifest's rope_theta, rope_scaling and\n"
+    "# partial_rotary_factor fill it",
     "hidden_dropout": "dropout on the embeddings and on each sublayer's output",
     "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
@@ -118,7 +120,8 @@ def plan_parts(arch: Mapping[str, Any]) -> list[str]:
         parts += ["ScaledWordEmbedding"]
     position = arch["position_embedding"]
     if position == "rope":
-        parts += ["rope_inv_freq", "yarn_inv_freq", "rope_attention_factor", "RotaryEmbedding"]
+        parts += ["rope_inv_freq", "yarn_inv_freq", "longrope_inv_freq", "dynamic_ntk_inv_freq", "rope_attention_factor"]
+        parts += ["RotaryEmbedding"]
         parts += ["rotate_half", "apply_rotary_pos_emb"]
         parts += ["apply_partial_rotary_pos_emb"] if partial_rotary(arch) else []
     elif position == "sinusoidal":
@@ -149,6 +152,11 @@ def _literal(value: Any) -> str:
     """A Python literal for a config default, written as a person would (1e-5, not 1e-05)."""
     text = repr(value)
     return re.sub(r"e([-+])0(\d)", r"e\1\2", text) if isinstance(value, float) else text
+
+
+def _code(value: Any) -> str:
+    """A Python literal in generated code: strings in double quotes, as the rest of the file has them."""
+    return json.dumps(value) if isinstance(value, str) else _literal(value)
 
 
 def _annotation(key: str, default: Any) -> str:
@@ -335,6 +343,22 @@ def lora_targets(arch: Mapping[str, Any], names: Mapping[str, str]) -> list[str]
     return attention + mlp
 
 
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def transformers_config_fields(bp: Blueprint, arch: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The keys transformers' config of the family has that the generated code does not read (the
+    blueprint's ``transformers_config``, and ``transformers_config_structure`` valued from the structure):
+    fields of the configuration class, so that it accepts them and config.json carries them."""
+    values = dict(bp.meta.get("transformers_config", {}))
+    values |= {k: arch[v] for k, v in bp.meta.get("transformers_config_structure", {}).items()}
+    return [
+        {"name": k, "annotation": _annotation(k, v), "default": _code(v)}
+        for k, v in values.items()
+        if k not in SPECIAL_TOKENS
+    ]
+
+
 def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
     """What the templates need besides the structure itself, derived from it here, once."""
     from . import schema
@@ -389,9 +413,19 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         "final_norm": arch["norm_position"] != "post",
         "positions": arch["position_embedding"] in ("rope", "sinusoidal", "learned"),
         "partial_rotary": partial_rotary(arch),
-        "padding_idx": arch["init"] in ("scaled_normal", "normal"),
+        # as the family's transformers class: a zeroed pad row that gets no gradient, or none
+        "padding_idx": bp.meta.get("embedding_padding_idx", arch["init"] in ("scaled_normal", "normal")),
+        "transformers_config": transformers_config_fields(bp, arch),
+        "special_tokens": {k: _literal(bp.meta.get("transformers_config", {}).get(k)) for k in SPECIAL_TOKENS},
+        # transformers' keys that say what the structure is: another value needs other code
+        "structure_checks": [
+            {"name": k, "structure": v, "value": _code(arch[v])}
+            for k, v in bp.meta.get("transformers_config_structure", {}).items()
+            if v != "partial_rotary_factor"  # read at run time, from rope_parameters
+        ],
+        # transformers' keys unset by default that the code cannot honour once set: key -> why
+        "refused_keys": dict(bp.meta.get("transformers_config_refused", {})),
         "residual_writers": writers,
-        "linear_bias": arch["attention_bias"] or arch["mlp_bias"] or arch["lm_head_bias"],
         "config_fields": config_fields(bp, arch),
         "lora_targets": lora_targets(arch, bp.names),
     }
