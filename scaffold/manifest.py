@@ -36,6 +36,12 @@ ROPE_SCALING_KEYS = {
 }
 # Keys a scaling type requires as lists of positive numbers (longrope's factors, one per frequency).
 ROPE_SCALING_LISTS = {"longrope": ("short_factor", "long_factor")}
+
+
+def _positive_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
 # Keys a scaling type may add (positive numbers, or a boolean for yarn's truncate), as transformers has them.
 ROPE_SCALING_OPTIONAL = {
     "yarn": ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"),
@@ -213,12 +219,13 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                     bad.add(k)
             for k in ROPE_SCALING_LISTS.get(kind, ()):
                 v = scaling.get(k)
-                numbers = isinstance(v, list) and v and all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v
-                )
+                numbers = isinstance(v, list) and v and all(_positive_number(x) for x in v)
                 if not numbers:
                     problems.append(
-                        (f"model.rope_scaling.{k}", f"must be a list of positive numbers for {kind}, got {v!r}")
+                        (
+                            f"model.rope_scaling.{k}",
+                            f"must be a list of positive numbers for {kind}, got {v!r}",
+                        )
                     )
             if kind == "llama3" and not bad & {"low_freq_factor", "high_freq_factor"}:
                 low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
@@ -243,7 +250,11 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
             known |= set(ROPE_SCALING_LISTS.get(kind, ()))
             known |= {"truncate"} if kind == "yarn" else set()
             expected = ", ".join(
-                [*ROPE_SCALING_KEYS[kind], *ROPE_SCALING_LISTS.get(kind, ()), *ROPE_SCALING_OPTIONAL.get(kind, ())]
+                [
+                    *ROPE_SCALING_KEYS[kind],
+                    *ROPE_SCALING_LISTS.get(kind, ()),
+                    *ROPE_SCALING_OPTIONAL.get(kind, ()),
+                ]
             )
             for k in sorted(set(scaling) - known):
                 problems.append(

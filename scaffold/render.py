@@ -120,8 +120,8 @@ def plan_parts(arch: Mapping[str, Any]) -> list[str]:
         parts += ["ScaledWordEmbedding"]
     position = arch["position_embedding"]
     if position == "rope":
-        parts += ["rope_inv_freq", "yarn_inv_freq", "longrope_inv_freq", "dynamic_ntk_inv_freq", "rope_attention_factor"]
-        parts += ["RotaryEmbedding"]
+        parts += ["rope_inv_freq", "yarn_inv_freq", "longrope_inv_freq", "dynamic_ntk_inv_freq"]
+        parts += ["rope_attention_factor", "RotaryEmbedding"]
         parts += ["rotate_half", "apply_rotary_pos_emb"]
         parts += ["apply_partial_rotary_pos_emb"] if partial_rotary(arch) else []
     elif position == "sinusoidal":
@@ -416,7 +416,9 @@ def plan(bp: Blueprint, model: Mapping[str, Any]) -> dict[str, Any]:
         # as the family's transformers class: a zeroed pad row that gets no gradient, or none
         "padding_idx": bp.meta.get("embedding_padding_idx", arch["init"] in ("scaled_normal", "normal")),
         "transformers_config": transformers_config_fields(bp, arch),
-        "special_tokens": {k: _literal(bp.meta.get("transformers_config", {}).get(k)) for k in SPECIAL_TOKENS},
+        "special_tokens": {
+            k: _literal(bp.meta.get("transformers_config", {}).get(k)) for k in SPECIAL_TOKENS
+        },
         # transformers' keys that say what the structure is: another value needs other code
         "structure_checks": [
             {"name": k, "structure": v, "value": _code(arch[v])}

@@ -509,3 +509,55 @@ def test_structure_keys_of_transformers_config_are_checked(tmp_path_factory):
     assert cls(use_parallel_residual=True).use_parallel_residual is True
     with pytest.raises(ValueError, match="use_parallel_residual"):
         cls(use_parallel_residual=False)
+
+
+# ------------------------------------------------------------------------------------ RoPE in manifests
+
+MANIFEST_ROPE = {
+    "llama-dynamic": ("llama", {"rope_type": "dynamic", "factor": 2.0}),
+    "phi3-longrope": (
+        "phi3",
+        {
+            "rope_type": "longrope",
+            "short_factor": [1.0 + 0.1 * i for i in range(8)],
+            "long_factor": [2.0 + 0.5 * i for i in range(8)],
+            "original_max_position_embeddings": 8,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_ROPE)
+def test_manifest_rope_scaling_builds_transformers_model(case, tmp_path):
+    """dynamic and longrope in a manifest (as scaffold import writes them) build the model transformers'
+    class of the family computes, short and long inputs alike; Phi-3's config.json keeps the original
+    context at the top level too, as transformers' does."""
+    family, scaling = MANIFEST_ROPE[case]
+    overrides = {**FAMILIES[family], "max_position_embeddings": 16}
+    if family == "phi3":  # transformers' Phi-3 takes the top-level one over the table's
+        overrides["original_max_position_embeddings"] = 8
+    hf = tiny_hf_model(family, rope_parameters={**scaling, "rope_theta": 10000.0}, **overrides)
+    table = model_table(hf.config, family)
+    assert table["rope_scaling"]["rope_type"] == scaling["rope_type"]
+    ours = scaffold_model(tmp_path, family, table)
+    load_weights(ours, hf)
+    if family == "phi3":
+        assert ours.config.original_max_position_embeddings == 8
+    with torch.no_grad():
+        for length in (6, 24, 6):
+            x = ids((1, length), seed=length)
+            assert_close(ours(x).logits, hf(x).logits, 1e-5, f"{case}, {length} tokens")
+
+
+def test_manifest_longrope_factors_checked():
+    from scaffold import manifest
+    from scaffold.blueprints import load
+    from scaffold.errors import ManifestError
+
+    bp = load("phi3")
+    m = manifest.merge(*bp.base_layers(), bp.preset(bp.default_preset))
+    m["model"]["rope_scaling"] = {"rope_type": "longrope", "short_factor": [1.0, -2.0], "long_factor": "x"}
+    with pytest.raises(ManifestError) as err:
+        manifest.validate(m, model_keys=bp.model_keys, path="p/scaffold.toml")
+    found = dict(err.value.problems)
+    assert "model.rope_scaling.short_factor" in found and "model.rope_scaling.long_factor" in found
