@@ -325,7 +325,9 @@ def make_config(project: Project, tokenizer) -> Any:
         if factor < 1:
             model["rope_parameters"]["partial_rotary_factor"] = float(factor)
     if model.get("sliding_window") is not None and hasattr(config_cls, "use_sliding_window"):
-        model["use_sliding_window"] = True  # Qwen's switch: the manifest's window is on
+        # Qwen's switches: the manifest's window is on, and without layer_types every layer slides
+        model["use_sliding_window"] = True
+        model.setdefault("max_window_layers", 0)
     config = config_cls(
         **model,
         bos_token_id=tokenizer.bos_token_id,

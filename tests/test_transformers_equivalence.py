@@ -334,6 +334,11 @@ def test_qwen_use_sliding_window_switch(tmp_path_factory):
     cls = config_class("qwen2", tmp_path_factory)
     assert cls(**TINY_HF, sliding_window=4).sliding_window is None
     assert cls(**TINY_HF, sliding_window=4, use_sliding_window=True).sliding_window == 4
+    # without layer_types, the layers from max_window_layers on slide (28 by default: none of these two)
+    for first in (0, 1, 28):
+        kwargs = {**TINY_HF, "sliding_window": 4, "use_sliding_window": True, "max_window_layers": first}
+        theirs = type(pair("qwen2", tmp_path_factory)[0].config)(**kwargs)
+        assert cls(**kwargs).layer_types == theirs.layer_types
 
 
 @pytest.mark.parametrize("family", FAMILIES)
