@@ -406,6 +406,14 @@ def make_config(project: Project, tokenizer) -> Any:
     meta = project.blueprint.meta
     config_cls = import_config_class(project)
     model = to_hf(project.architecture, project.manifest["model"])
+    original = (model.get("rope_parameters") or {}).get("original_max_position_embeddings")
+    if original is not None and hasattr(config_cls, "original_max_position_embeddings"):
+        # Phi-3's config keeps it at the top level too, and transformers copies that one into the table
+        model["original_max_position_embeddings"] = original
+    if model.get("sliding_window") is not None and hasattr(config_cls, "use_sliding_window"):
+        # Qwen's switches: the manifest's window is on, and without layer_types every layer slides
+        model["use_sliding_window"] = True
+        model.setdefault("max_window_layers", 0)
     config = config_cls(
         **model,
         bos_token_id=tokenizer.bos_token_id,

@@ -31,10 +31,21 @@ ROPE_SCALING_KEYS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "linear": ("factor",),
     "yarn": ("factor", "original_max_position_embeddings"),
+    "dynamic": ("factor",),
+    "longrope": (),
 }
+# Keys a scaling type requires as lists of positive numbers (longrope's factors, one per frequency).
+ROPE_SCALING_LISTS = {"longrope": ("short_factor", "long_factor")}
+
+
+def _positive_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
 # Keys a scaling type may add (positive numbers, or a boolean for yarn's truncate), as transformers has them.
 ROPE_SCALING_OPTIONAL = {
     "yarn": ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"),
+    "longrope": ("factor", "attention_factor", "original_max_position_embeddings"),
 }
 
 
@@ -226,6 +237,16 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                         (f"model.rope_scaling.{k}", f"must be a positive number for {kind}, got {v!r}")
                     )
                     bad.add(k)
+            for k in ROPE_SCALING_LISTS.get(kind, ()):
+                v = scaling.get(k)
+                numbers = isinstance(v, list) and v and all(_positive_number(x) for x in v)
+                if not numbers:
+                    problems.append(
+                        (
+                            f"model.rope_scaling.{k}",
+                            f"must be a list of positive numbers for {kind}, got {v!r}",
+                        )
+                    )
             if kind == "llama3" and not bad & {"low_freq_factor", "high_freq_factor"}:
                 low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
                 if low >= high:
@@ -246,8 +267,15 @@ def _cross_checks(m: Mapping[str, Any], skip: Iterable[str] = ()) -> list[tuple[
                     ("model.rope_scaling.truncate", f"must be true or false, got {scaling['truncate']!r}")
                 )
             known = {"rope_type", "type", *ROPE_SCALING_KEYS[kind], *ROPE_SCALING_OPTIONAL.get(kind, ())}
+            known |= set(ROPE_SCALING_LISTS.get(kind, ()))
             known |= {"truncate"} if kind == "yarn" else set()
-            expected = ", ".join([*ROPE_SCALING_KEYS[kind], *ROPE_SCALING_OPTIONAL.get(kind, ())])
+            expected = ", ".join(
+                [
+                    *ROPE_SCALING_KEYS[kind],
+                    *ROPE_SCALING_LISTS.get(kind, ()),
+                    *ROPE_SCALING_OPTIONAL.get(kind, ()),
+                ]
+            )
             for k in sorted(set(scaling) - known):
                 problems.append(
                     (f"model.rope_scaling.{k}", f"unknown key for rope_type {kind}; expected {expected}")

@@ -97,9 +97,10 @@ CONFIG_ORDER = (
     "tie_word_embeddings",
 )
 CONFIG_COMMENTS = {
-    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "llama3" | "yarn",\n'
-    '# "rope_theta": ..., the scaling keys of that type, and partial_rotary_factor when below 1}; the\n'
-    "# manifest's rope_theta, rope_scaling and partial_rotary_factor fill it",
+    "rope_parameters": 'RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "dynamic" |\n'
+    '# "yarn" | "longrope" | "llama3", "rope_theta": ..., the scaling keys of that type, and\n'
+    "# partial_rotary_factor when below 1}; the manifest's rope_theta, rope_scaling and\n"
+    "# partial_rotary_factor fill it",
     "hidden_dropout": "dropout on the embeddings and on each sublayer's output",
     "alibi_trainable": "learn the ALiBi slopes (saved with the weights) instead of keeping the initial ones",
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
@@ -116,7 +117,8 @@ def plan_parts(a: Architecture) -> list[str]:
         parts += ["ScaledWordEmbedding"]
     single = a.attention.single_head
     if a.rope is not None:
-        parts += ["rope_inv_freq", "yarn_inv_freq", "rope_attention_factor", "RotaryEmbedding"]
+        parts += ["rope_inv_freq", "yarn_inv_freq", "longrope_inv_freq", "dynamic_ntk_inv_freq"]
+        parts += ["rope_attention_factor", "RotaryEmbedding"]
         parts += ["rotate_half", "apply_rotary_pos_emb"]
         parts += ["apply_partial_rotary_pos_emb"] if a.rope.partial else []
     elif a.position_embedding == "sinusoidal":
@@ -151,6 +153,11 @@ def _literal(value: Any) -> str:
     """A Python literal for a config default, written as a person would (1e-5, not 1e-05)."""
     text = repr(value)
     return re.sub(r"e([-+])0(\d)", r"e\1\2", text) if isinstance(value, float) else text
+
+
+def _code(value: Any) -> str:
+    """A Python literal in generated code: strings in double quotes, as the rest of the file has them."""
+    return json.dumps(value) if isinstance(value, str) else _literal(value)
 
 
 def _annotation(key: str, default: Any) -> str:
@@ -350,6 +357,22 @@ def lora_targets(a: Architecture) -> list[str]:
     return attention + mlp
 
 
+SPECIAL_TOKENS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def transformers_config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
+    """The keys transformers' config of the family has that the generated code does not read (the
+    blueprint's ``transformers_config``, and ``transformers_config_structure`` valued from the structure):
+    fields of the configuration class, so that it accepts them and config.json carries them."""
+    values = dict(bp.meta.get("transformers_config", {}))
+    values |= {k: a.structure[v] for k, v in bp.meta.get("transformers_config_structure", {}).items()}
+    return [
+        {"name": k, "annotation": _annotation(k, v), "default": _code(v)}
+        for k, v in values.items()
+        if k not in SPECIAL_TOKENS
+    ]
+
+
 def _sparse_rule(a: Architecture) -> str:
     """The generated decoder layer's test of whether layer ``layer_idx`` is sparse, from the config keys
     that choose the dense layers (as transformers' Qwen-MoE and DeepSeek decide it)."""
@@ -412,7 +435,20 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "final_norm": a.norm.final,
         "positions": a.rope is not None or a.absolute_positions,
         "partial_rotary": a.rope is not None and a.rope.partial,
-        "padding_idx": a.init in ("scaled_normal", "normal"),
+        # as the family's transformers class: a zeroed pad row that gets no gradient, or none
+        "padding_idx": bp.meta.get("embedding_padding_idx", a.init in ("scaled_normal", "normal")),
+        "transformers_config": transformers_config_fields(bp, a),
+        "special_tokens": {
+            k: _literal(bp.meta.get("transformers_config", {}).get(k)) for k in SPECIAL_TOKENS
+        },
+        # transformers' keys that say what the structure is: another value needs other code
+        "structure_checks": [
+            {"name": k, "structure": v, "value": _code(a.structure[v])}
+            for k, v in bp.meta.get("transformers_config_structure", {}).items()
+            if v != "partial_rotary_factor"  # read at run time, from rope_parameters
+        ],
+        # transformers' keys unset by default that the code cannot honour once set: key -> why
+        "refused_keys": dict(bp.meta.get("transformers_config_refused", {})),
         "residual_writers": writers,
         "linear_bias": a.attention.bias or a.mlp.bias or a.lm_head_bias,
         "config_fields": config_fields(bp, a),

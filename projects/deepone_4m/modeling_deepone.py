@@ -129,8 +129,9 @@ def alibi_attention_mask(
         bias = torch.where(attention_mask, bias, float("-inf"))  # (B, H, T, S)
     else:
         bias = bias + attention_mask.float()
-    # clamped so that fully masked rows (left padding) stay finite, as in transformers' own masks
-    return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
+    # clamped so that fully masked rows (left padding) stay finite, as in transformers' own masks (in
+    # the target dtype: float64's minimum does not fit a float32 clamp)
+    return bias.to(dtype).clamp(min=torch.finfo(dtype).min)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -293,7 +294,7 @@ class DeeponeAttention(nn.Module):
             past = cache.get_seq_length(self.layer_idx)
             k, v = cache.update(k, v, self.layer_idx)  # keys and values of the whole prefix
         out, weights = alibi_attention_forward(self, q, k, v, attention_mask, self.alibi.slopes, past, self.scaling)
-        if record is not None:
+        if record is not None and weights is not None:  # only eager attention returns the weights
             record.append(weights)
         # (B, T, heads, D) -> (B, T, heads * D)
         return self.o_proj(out.reshape(*input_shape, -1).contiguous())
@@ -371,6 +372,10 @@ class DeeponePreTrainedModel(PreTrainedModel):
                 init.xavier_uniform_(proj.weight, gain=beta)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (DeeponeForSequenceClassification, DeeponeForTokenClassification)):
+            init.normal_(module.score.weight, mean=0.0, std=std)  # a task head: as the output head
+            if module.score.bias is not None:
+                init.zeros_(module.score.bias)
         elif isinstance(module, DeeponeForCausalLM):
             init.normal_(module.lm_head.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
@@ -404,18 +409,21 @@ class DeeponeModel(DeeponePreTrainedModel):
     ) -> BaseModelOutputWithPast:
         # older transformers 5.x releases (5.17) pass the cache as past_key_values, newer ones as cache
         cache = cache if cache is not None else past_key_values
-        for unused in ("return_dict", "cache_position"):
-            kwargs.pop(unused, None)
+        kwargs.pop("cache_position", None)
+        # as transformers' models: a flag not passed to the call is read from the config
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         output_attentions = kwargs.pop("output_attentions", None)
         if output_attentions is None:
             output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if output_attentions and self.config._attn_implementation != "eager":
-            # as transformers' own models: only eager attention materialises the weights
+            # as transformers' own models: only eager attention materialises the weights (attentions is ())
             logger.warning_once(
                 f"`{self.config._attn_implementation}` attention does not return attention weights: "
                 "load the model with attn_implementation='eager' for output_attentions=True"
             )
-            output_attentions = False
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -441,7 +449,8 @@ class DeeponeModel(DeeponePreTrainedModel):
             all_hidden.append(x)
         # positional: the cache field is past_key_values in older 5.x releases and cache in newer ones
         attentions = tuple(kwargs["attention_weights"]) if output_attentions else None
-        return BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None, attentions)
+        output = BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None, attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class DeeponeForCausalLM(DeeponePreTrainedModel, GenerationMixin):
@@ -480,6 +489,7 @@ class DeeponeForCausalLM(DeeponePreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -492,7 +502,9 @@ class DeeponeForCausalLM(DeeponePreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         cache = getattr(outputs, CACHE_FIELD)
         result = CausalLMOutputWithPast(loss, logits, cache, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class DeeponeForSequenceClassification(DeeponePreTrainedModel):
@@ -528,6 +540,7 @@ class DeeponeForSequenceClassification(DeeponePreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
@@ -548,20 +561,25 @@ class DeeponeForSequenceClassification(DeeponePreTrainedModel):
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
         cache = getattr(outputs, CACHE_FIELD)
         result = SequenceClassifierOutputWithPast(loss, pooled, cache, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class DeeponeForTokenClassification(DeeponePreTrainedModel):
-    """DeeponeModel with a linear score on every token (tagging), ``config.num_labels`` outputs and
-    dropout ``config.classifier_dropout`` (0.1 when unset, as transformers' own)."""
+    """DeeponeModel with a linear score (with a bias) on every token (tagging), ``config.num_labels``
+    outputs and dropout ``config.classifier_dropout``, else ``config.hidden_dropout``, else 0.1, as
+    transformers' own."""
 
     def __init__(self, config: ScaffoldDeeponeConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = DeeponeModel(config)
         dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
         self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -584,6 +602,7 @@ class DeeponeForTokenClassification(DeeponePreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
@@ -591,7 +610,9 @@ class DeeponeForTokenClassification(DeeponePreTrainedModel):
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config)
         result = TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 __all__ = [

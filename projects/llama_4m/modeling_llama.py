@@ -83,6 +83,8 @@ def rope_inv_freq(head_dim: int, theta: float, rope_scaling: dict | None = None)
         return torch.where(is_medium, blended, scaled)
     if kind == "yarn":
         return yarn_inv_freq(inv_freq, head_dim, theta, rope_scaling)
+    if kind == "longrope":  # the short factors; RotaryEmbedding swaps in the long ones past the original context
+        return longrope_inv_freq(head_dim, theta, rope_scaling["short_factor"])
     return inv_freq
 
 
@@ -109,10 +111,36 @@ def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, theta: float, rope_scal
     return inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
 
 
-def rope_attention_factor(rope_scaling: dict | None = None) -> float:
-    """Factor on the cos and sin tables: YaRN's ``attention_factor`` (by default ``0.1 ln(factor) + 1``), else 1."""
+def longrope_inv_freq(head_dim: int, theta: float, factors: list[float]) -> torch.Tensor:
+    """LongRoPE (Ding et al., 2024; Phi-3): each frequency divided by its own factor."""
+    ext_factors = torch.tensor(factors, dtype=torch.float32)
+    return 1.0 / (ext_factors * theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+def dynamic_ntk_inv_freq(head_dim: int, theta: float, factor: float, seq_len, max_positions: int) -> torch.Tensor:
+    """Dynamic NTK: the base stretched for ``seq_len`` positions beyond ``max_positions`` (``seq_len`` may be
+    a 0-d tensor, as transformers passes it)."""
+    if isinstance(seq_len, torch.Tensor):
+        seq_len = torch.maximum(seq_len, torch.tensor(max_positions, dtype=seq_len.dtype, device=seq_len.device))
+    else:
+        seq_len = max(seq_len, max_positions)
+    base = theta * ((factor * seq_len / max_positions) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(device=getattr(base, "device", None), dtype=torch.float)
+    return 1.0 / (base ** (exponents / head_dim))
+
+
+def rope_attention_factor(rope_scaling: dict | None = None, max_positions: int | None = None) -> float:
+    """Factor on the cos and sin tables: YaRN's ``attention_factor`` (by default ``0.1 ln(factor) + 1``),
+    LongRoPE's (by default ``sqrt(1 + ln(factor) / ln(original context))``), else 1."""
     scaling = rope_scaling or {}
-    if scaling.get("rope_type", scaling.get("type")) != "yarn":
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "longrope":
+        if scaling.get("attention_factor") is not None:
+            return scaling["attention_factor"]
+        original = scaling.get("original_max_position_embeddings", max_positions)
+        factor = scaling.get("factor") or max_positions / original
+        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    if kind != "yarn":
         return 1.0
     if scaling.get("attention_factor") is not None:
         return float(scaling["attention_factor"])
@@ -130,16 +158,41 @@ class RotaryEmbedding(nn.Module):
     ``inv_freq`` is a non-persistent buffer: never stored in checkpoints, and recomputed in float32
     whenever the module moves or changes dtype (``_apply``), so ``.to(bfloat16)``, ``to_empty`` and
     loading from the meta device all leave it exact. ``attention_scaling`` multiplies the tables (YaRN's
-    attention factor; 1 for the other scalings).
+    and LongRoPE's attention factors; 1 for the other scalings). As transformers' rotary embeddings:
+    dynamic NTK recomputes the frequencies once positions pass the longest seen beyond
+    ``max_position_embeddings`` (and back to the original ones below it); longrope takes its long
+    factors whenever a position passes ``original_max_position_embeddings``.
     """
 
-    def __init__(self, head_dim: int, theta: float, rope_scaling: dict | None = None):
+    # every rope_type of transformers' ROPE_INIT_FUNCTIONS computed here; any other is refused, naming it
+    ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+
+    def __init__(
+        self, head_dim: int, theta: float, rope_scaling: dict | None = None, max_position_embeddings: int = 2048
+    ):
         super().__init__()
         self.head_dim, self.theta, self.rope_scaling = head_dim, theta, rope_scaling
-        self.attention_scaling = rope_attention_factor(rope_scaling)
+        self.kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+        if self.kind not in self.ROPE_TYPES:
+            raise ValueError(
+                f"rope_parameters.rope_type: {self.kind!r} is not supported by this model; "
+                f"supported: {', '.join(self.ROPE_TYPES)}"
+            )
+        for key in ("short_factor", "long_factor") if self.kind == "longrope" else ():
+            if len(rope_scaling[key]) != head_dim // 2:
+                raise ValueError(
+                    f"rope_parameters.{key}: {len(rope_scaling[key])} factors for a rotated width of {head_dim}; "
+                    f"longrope takes one per frequency ({head_dim // 2})"
+                )
+        self.max_position_embeddings = max_position_embeddings
+        self.max_seq_len_cached = max_position_embeddings  # dynamic NTK: the length inv_freq was made for
+        self.attention_scaling = rope_attention_factor(rope_scaling, max_position_embeddings)
         self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
 
     def compute_inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        if self.kind == "dynamic" and self.max_seq_len_cached > self.max_position_embeddings:
+            factor, longest = self.rope_scaling["factor"], self.max_position_embeddings
+            return dynamic_ntk_inv_freq(self.head_dim, self.theta, factor, self.max_seq_len_cached, longest).to(device)
         return rope_inv_freq(self.head_dim, self.theta, self.rope_scaling).to(device)
 
     def _apply(self, fn, recurse=True):
@@ -147,9 +200,25 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = self.compute_inv_freq(self.inv_freq.device)
         return self
 
+    def frequencies(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """The inverse frequencies for these positions: fixed, except under dynamic NTK and longrope."""
+        if self.kind == "dynamic":
+            seq_len = torch.max(position_ids) + 1
+            if seq_len > self.max_seq_len_cached:  # growth: stretch the base for the longer context
+                self.max_seq_len_cached = seq_len
+                self.inv_freq = self.compute_inv_freq(self.inv_freq.device)
+            elif seq_len < self.max_position_embeddings < self.max_seq_len_cached:  # back in the original range
+                self.max_seq_len_cached = self.max_position_embeddings
+                self.inv_freq = self.compute_inv_freq(self.inv_freq.device)
+        elif self.kind == "longrope":
+            original = self.rope_scaling.get("original_max_position_embeddings", self.max_position_embeddings)
+            long = longrope_inv_freq(self.head_dim, self.theta, self.rope_scaling["long_factor"])
+            return torch.where(torch.max(position_ids) + 1 > original, long.to(self.inv_freq.device), self.inv_freq)
+        return self.inv_freq
+
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # position_ids: (B, T) -> freqs: (B, T, head_dim / 2), computed in float32
-        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
+        freqs = position_ids[..., None].float() * self.frequencies(position_ids).to(x.device)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
         return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(
             x.dtype
@@ -285,7 +354,7 @@ class LlamaAttention(nn.Module):
             sliding_window=self.sliding_window,
             **kwargs,
         )
-        if record is not None:
+        if record is not None and weights is not None:  # only eager attention returns the weights
             record.append(weights)
         # (B, T, heads, D) -> (B, T, heads * D)
         return self.o_proj(out.reshape(*input_shape, -1).contiguous())
@@ -346,6 +415,8 @@ class LlamaPreTrainedModel(PreTrainedModel):
             elif getattr(module, "writes_residual", False):  # o_proj and down_proj
                 std = std / math.sqrt(2 * config.num_hidden_layers)
             truncated_normal_(module.weight, std)
+            if module.bias is not None:  # the structure's biases, and the token classification head's
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             if config.tie_word_embeddings:  # also the output head: take the head's scale
                 std = config.hidden_size**-0.5
@@ -371,7 +442,7 @@ class LlamaModel(LlamaPreTrainedModel):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         rope = config.rope_parameters
-        self.rotary_emb = RotaryEmbedding(config.head_dim, rope["rope_theta"], rope)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, rope["rope_theta"], rope, config.max_position_embeddings)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -389,18 +460,21 @@ class LlamaModel(LlamaPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         # older transformers 5.x releases (5.17) pass the cache as past_key_values, newer ones as cache
         cache = cache if cache is not None else past_key_values
-        for unused in ("return_dict", "cache_position"):
-            kwargs.pop(unused, None)
+        kwargs.pop("cache_position", None)
+        # as transformers' models: a flag not passed to the call is read from the config
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         output_attentions = kwargs.pop("output_attentions", None)
         if output_attentions is None:
             output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if output_attentions and self.config._attn_implementation != "eager":
-            # as transformers' own models: only eager attention materialises the weights
+            # as transformers' own models: only eager attention materialises the weights (attentions is ())
             logger.warning_once(
                 f"`{self.config._attn_implementation}` attention does not return attention weights: "
                 "load the model with attn_implementation='eager' for output_attentions=True"
             )
-            output_attentions = False
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -429,7 +503,8 @@ class LlamaModel(LlamaPreTrainedModel):
             all_hidden.append(x)
         # positional: the cache field is past_key_values in older 5.x releases and cache in newer ones
         attentions = tuple(kwargs["attention_weights"]) if output_attentions else None
-        return BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None, attentions)
+        output = BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None, attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
@@ -468,6 +543,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -480,7 +556,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         cache = getattr(outputs, CACHE_FIELD)
         result = CausalLMOutputWithPast(loss, logits, cache, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class LlamaForSequenceClassification(LlamaPreTrainedModel):
@@ -516,6 +594,7 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
@@ -536,20 +615,25 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
         cache = getattr(outputs, CACHE_FIELD)
         result = SequenceClassifierOutputWithPast(loss, pooled, cache, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class LlamaForTokenClassification(LlamaPreTrainedModel):
-    """LlamaModel with a linear score on every token (tagging), ``config.num_labels`` outputs and
-    dropout ``config.classifier_dropout`` (0.1 when unset, as transformers' own)."""
+    """LlamaModel with a linear score (with a bias) on every token (tagging), ``config.num_labels``
+    outputs and dropout ``config.classifier_dropout``, else ``config.hidden_dropout``, else 0.1, as
+    transformers' own."""
 
     def __init__(self, config: ScaffoldLlamaConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = LlamaModel(config)
         dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
         self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -572,6 +656,7 @@ class LlamaForTokenClassification(LlamaPreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
@@ -579,7 +664,9 @@ class LlamaForTokenClassification(LlamaPreTrainedModel):
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config)
         result = TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 __all__ = [

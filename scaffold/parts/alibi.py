@@ -91,8 +91,9 @@ def alibi_attention_mask(
         bias = torch.where(attention_mask, bias, float("-inf"))  # (B, H, T, S)
     else:
         bias = bias + attention_mask.float()
-    # clamped so that fully masked rows (left padding) stay finite, as in transformers' own masks
-    return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
+    # clamped so that fully masked rows (left padding) stay finite, as in transformers' own masks (in
+    # the target dtype: float64's minimum does not fit a float32 clamp)
+    return bias.to(dtype).clamp(min=torch.finfo(dtype).min)
 
 
 def flex_alibi_attention_forward(

@@ -1,5 +1,6 @@
-"""Rotary position embedding (RoPE), with optional linear / llama3 / yarn frequency scaling, over the whole
-head or only its first features (partial rotary)."""
+"""Rotary position embedding (RoPE), with the frequency scalings of transformers' ``ROPE_INIT_FUNCTIONS``
+(linear, dynamic NTK, yarn, longrope, llama3) computed as transformers computes them, over the whole head
+or only its first features (partial rotary)."""
 
 import math
 
@@ -30,7 +31,27 @@ def rope_inv_freq(head_dim: int, theta: float, rope_scaling: dict | None = None)
         return torch.where(is_medium, blended, scaled)
     if kind == "yarn":
         return yarn_inv_freq(inv_freq, head_dim, theta, rope_scaling)
+    if kind == "longrope":  # the short factors; RotaryEmbedding swaps in the long ones past the original context
+        return longrope_inv_freq(head_dim, theta, rope_scaling["short_factor"])
     return inv_freq
+
+
+def longrope_inv_freq(head_dim: int, theta: float, factors: list[float]) -> torch.Tensor:
+    """LongRoPE (Ding et al., 2024; Phi-3): each frequency divided by its own factor."""
+    ext_factors = torch.tensor(factors, dtype=torch.float32)
+    return 1.0 / (ext_factors * theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+def dynamic_ntk_inv_freq(head_dim: int, theta: float, factor: float, seq_len, max_positions: int) -> torch.Tensor:
+    """Dynamic NTK: the base stretched for ``seq_len`` positions beyond ``max_positions`` (``seq_len`` may be
+    a 0-d tensor, as transformers passes it)."""
+    if isinstance(seq_len, torch.Tensor):
+        seq_len = torch.maximum(seq_len, torch.tensor(max_positions, dtype=seq_len.dtype, device=seq_len.device))
+    else:
+        seq_len = max(seq_len, max_positions)
+    base = theta * ((factor * seq_len / max_positions) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(device=getattr(base, "device", None), dtype=torch.float)
+    return 1.0 / (base ** (exponents / head_dim))
 
 
 def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, theta: float, rope_scaling: dict) -> torch.Tensor:
@@ -56,10 +77,18 @@ def yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, theta: float, rope_scal
     return inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
 
 
-def rope_attention_factor(rope_scaling: dict | None = None) -> float:
-    """Factor on the cos and sin tables: YaRN's ``attention_factor`` (by default ``0.1 ln(factor) + 1``), else 1."""
+def rope_attention_factor(rope_scaling: dict | None = None, max_positions: int | None = None) -> float:
+    """Factor on the cos and sin tables: YaRN's ``attention_factor`` (by default ``0.1 ln(factor) + 1``),
+    LongRoPE's (by default ``sqrt(1 + ln(factor) / ln(original context))``), else 1."""
     scaling = rope_scaling or {}
-    if scaling.get("rope_type", scaling.get("type")) != "yarn":
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "longrope":
+        if scaling.get("attention_factor") is not None:
+            return scaling["attention_factor"]
+        original = scaling.get("original_max_position_embeddings", max_positions)
+        factor = scaling.get("factor") or max_positions / original
+        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    if kind != "yarn":
         return 1.0
     if scaling.get("attention_factor") is not None:
         return float(scaling["attention_factor"])
@@ -77,16 +106,41 @@ class RotaryEmbedding(nn.Module):
     ``inv_freq`` is a non-persistent buffer: never stored in checkpoints, and recomputed in float32
     whenever the module moves or changes dtype (``_apply``), so ``.to(bfloat16)``, ``to_empty`` and
     loading from the meta device all leave it exact. ``attention_scaling`` multiplies the tables (YaRN's
-    attention factor; 1 for the other scalings).
+    and LongRoPE's attention factors; 1 for the other scalings). As transformers' rotary embeddings:
+    dynamic NTK recomputes the frequencies once positions pass the longest seen beyond
+    ``max_position_embeddings`` (and back to the original ones below it); longrope takes its long
+    factors whenever a position passes ``original_max_position_embeddings``.
     """
 
-    def __init__(self, head_dim: int, theta: float, rope_scaling: dict | None = None):
+    # every rope_type of transformers' ROPE_INIT_FUNCTIONS computed here; any other is refused, naming it
+    ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+
+    def __init__(
+        self, head_dim: int, theta: float, rope_scaling: dict | None = None, max_position_embeddings: int = 2048
+    ):
         super().__init__()
         self.head_dim, self.theta, self.rope_scaling = head_dim, theta, rope_scaling
-        self.attention_scaling = rope_attention_factor(rope_scaling)
+        self.kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
+        if self.kind not in self.ROPE_TYPES:
+            raise ValueError(
+                f"rope_parameters.rope_type: {self.kind!r} is not supported by this model; "
+                f"supported: {', '.join(self.ROPE_TYPES)}"
+            )
+        for key in ("short_factor", "long_factor") if self.kind == "longrope" else ():
+            if len(rope_scaling[key]) != head_dim // 2:
+                raise ValueError(
+                    f"rope_parameters.{key}: {len(rope_scaling[key])} factors for a rotated width of {head_dim}; "
+                    f"longrope takes one per frequency ({head_dim // 2})"
+                )
+        self.max_position_embeddings = max_position_embeddings
+        self.max_seq_len_cached = max_position_embeddings  # dynamic NTK: the length inv_freq was made for
+        self.attention_scaling = rope_attention_factor(rope_scaling, max_position_embeddings)
         self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
 
     def compute_inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        if self.kind == "dynamic" and self.max_seq_len_cached > self.max_position_embeddings:
+            factor, longest = self.rope_scaling["factor"], self.max_position_embeddings
+            return dynamic_ntk_inv_freq(self.head_dim, self.theta, factor, self.max_seq_len_cached, longest).to(device)
         return rope_inv_freq(self.head_dim, self.theta, self.rope_scaling).to(device)
 
     def _apply(self, fn, recurse=True):
@@ -94,9 +148,25 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = self.compute_inv_freq(self.inv_freq.device)
         return self
 
+    def frequencies(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """The inverse frequencies for these positions: fixed, except under dynamic NTK and longrope."""
+        if self.kind == "dynamic":
+            seq_len = torch.max(position_ids) + 1
+            if seq_len > self.max_seq_len_cached:  # growth: stretch the base for the longer context
+                self.max_seq_len_cached = seq_len
+                self.inv_freq = self.compute_inv_freq(self.inv_freq.device)
+            elif seq_len < self.max_position_embeddings < self.max_seq_len_cached:  # back in the original range
+                self.max_seq_len_cached = self.max_position_embeddings
+                self.inv_freq = self.compute_inv_freq(self.inv_freq.device)
+        elif self.kind == "longrope":
+            original = self.rope_scaling.get("original_max_position_embeddings", self.max_position_embeddings)
+            long = longrope_inv_freq(self.head_dim, self.theta, self.rope_scaling["long_factor"])
+            return torch.where(torch.max(position_ids) + 1 > original, long.to(self.inv_freq.device), self.inv_freq)
+        return self.inv_freq
+
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # position_ids: (B, T) -> freqs: (B, T, head_dim / 2), computed in float32
-        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
+        freqs = position_ids[..., None].float() * self.frequencies(position_ids).to(x.device)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
         return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(
             x.dtype

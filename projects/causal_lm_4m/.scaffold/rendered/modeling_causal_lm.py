@@ -205,7 +205,7 @@ class CausalLMAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        if record is not None:
+        if record is not None and weights is not None:  # only eager attention returns the weights
             record.append(weights)
         # (B, T, heads, D) -> (B, T, heads * D)
         return self.o_proj(out.reshape(*input_shape, -1).contiguous())
@@ -303,18 +303,21 @@ class CausalLMModel(CausalLMPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         # older transformers 5.x releases (5.17) pass the cache as past_key_values, newer ones as cache
         cache = cache if cache is not None else past_key_values
-        for unused in ("return_dict", "cache_position"):
-            kwargs.pop(unused, None)
+        kwargs.pop("cache_position", None)
+        # as transformers' models: a flag not passed to the call is read from the config
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         output_attentions = kwargs.pop("output_attentions", None)
         if output_attentions is None:
             output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if output_attentions and self.config._attn_implementation != "eager":
-            # as transformers' own models: only eager attention materialises the weights
+            # as transformers' own models: only eager attention materialises the weights (attentions is ())
             logger.warning_once(
                 f"`{self.config._attn_implementation}` attention does not return attention weights: "
                 "load the model with attn_implementation='eager' for output_attentions=True"
             )
-            output_attentions = False
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -341,7 +344,8 @@ class CausalLMModel(CausalLMPreTrainedModel):
             all_hidden.append(x)
         # positional: the cache field is past_key_values in older 5.x releases and cache in newer ones
         attentions = tuple(kwargs["attention_weights"]) if output_attentions else None
-        return BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None, attentions)
+        output = BaseModelOutputWithPast(x, cache if use_cache else None, tuple(all_hidden) if all_hidden else None, attentions)
+        return output if return_dict else output.to_tuple()
 
 
 class CausalLMForCausalLM(CausalLMPreTrainedModel, GenerationMixin):
@@ -380,6 +384,7 @@ class CausalLMForCausalLM(CausalLMPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -392,7 +397,9 @@ class CausalLMForCausalLM(CausalLMPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         cache = getattr(outputs, CACHE_FIELD)
         result = CausalLMOutputWithPast(loss, logits, cache, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class CausalLMForSequenceClassification(CausalLMPreTrainedModel):
@@ -428,6 +435,7 @@ class CausalLMForSequenceClassification(CausalLMPreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
@@ -448,20 +456,25 @@ class CausalLMForSequenceClassification(CausalLMPreTrainedModel):
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
         cache = getattr(outputs, CACHE_FIELD)
         result = SequenceClassifierOutputWithPast(loss, pooled, cache, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 class CausalLMForTokenClassification(CausalLMPreTrainedModel):
-    """CausalLMModel with a linear score on every token (tagging), ``config.num_labels`` outputs and
-    dropout ``config.classifier_dropout`` (0.1 when unset, as transformers' own)."""
+    """CausalLMModel with a linear score (with a bias) on every token (tagging), ``config.num_labels``
+    outputs and dropout ``config.classifier_dropout``, else ``config.hidden_dropout``, else 0.1, as
+    transformers' own."""
 
     def __init__(self, config: ScaffoldCausalLMConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = CausalLMModel(config)
         dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout", None)
         self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -484,6 +497,7 @@ class CausalLMForTokenClassification(CausalLMPreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
@@ -491,7 +505,9 @@ class CausalLMForTokenClassification(CausalLMPreTrainedModel):
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config)
         result = TokenClassifierOutput(loss, logits, outputs.hidden_states, outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        if return_dict is None:  # as transformers' models: the config decides unless the call does
+            return_dict = self.config.return_dict
+        return result if return_dict else result.to_tuple()
 
 
 __all__ = [

@@ -34,9 +34,10 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     max_position_embeddings: int = 2048
-    # RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "llama3" | "yarn",
-    # "rope_theta": ..., the scaling keys of that type, and partial_rotary_factor when below 1}; the
-    # manifest's rope_theta, rope_scaling and partial_rotary_factor fill it
+    # RoPE as transformers 5.x spells it: {"rope_type": "default" | "linear" | "dynamic" |
+    # "yarn" | "longrope" | "llama3", "rope_theta": ..., the scaling keys of that type, and
+    # partial_rotary_factor when below 1}; the manifest's rope_theta, rope_scaling and
+    # partial_rotary_factor fill it
     rope_parameters: dict | None = None
     rms_norm_eps: float = 1e-5
     sliding_window: int | None = None
@@ -44,9 +45,11 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
-    bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
     pad_token_id: int | None = None
+    # keys of transformers' own config of the family, with its defaults, kept for the tools that read them
+    pretraining_tp: int = 1
     # the structure modeling_llama.py was generated for: informational, the code does not read it
     norm_type: str = "rmsnorm"
     norm_bias: bool = True
