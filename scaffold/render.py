@@ -85,7 +85,13 @@ CONFIG_ORDER = (
     "sliding_window",
     "sliding_window_pattern",
     "layer_types",
+    "no_rope_layers",
+    "no_rope_layer_interval",
     "query_pre_attn_scalar",
+    "attention_multiplier",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "logits_scaling",
     "attn_logit_softcapping",
     "final_logit_softcapping",
     "attention_dropout",
@@ -104,6 +110,12 @@ CONFIG_COMMENTS = {
     "alibi_slope_init": "the one ALiBi slope of each layer: its initial value",
     "layer_types": "each layer's attention, full_attention or sliding_attention; absent: derived (__post_init__)",
     "sliding_window_pattern": "with layer_types absent, every N-th layer attends fully, the others within the window",
+    "no_rope_layers": "per layer, 1: RoPE turns queries and keys, 0: no positions (NoPE); absent: derived (__post_init__)",
+    "no_rope_layer_interval": "with no_rope_layers absent, every N-th layer attends without RoPE",
+    "attention_multiplier": "the attention scores' scale (in place of head_dim^-0.5)",
+    "embedding_multiplier": "the token embeddings are multiplied by this",
+    "residual_multiplier": "each sublayer's output is multiplied by this before the residual add",
+    "logits_scaling": "the output logits are divided by this",
 }
 
 
@@ -132,6 +144,8 @@ def plan_parts(a: Architecture) -> list[str]:
         parts += ["logit_softcap"]
     if a.attention.softcap is not None and not single:
         parts += ["softcap_eager_attention_forward"]
+    if a.attention.sinks:
+        parts += ["sink_eager_attention_forward"]
     if a.mlp.act == "gelu_pytorch_tanh":
         parts += ["gelu_pytorch_tanh"]
     if a.norm.position == "deepnorm":
@@ -156,6 +170,8 @@ def _annotation(key: str, default: Any) -> str:
         return "dict | None"
     if key == "layer_types":
         return "list[str] | None"
+    if key == "no_rope_layers":
+        return "list[int] | None"
     f = schema.BY_PATH.get(f"model.{key}")
     names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
     types = [t for t in (f.types if f else (type(default),)) if t in names]
@@ -173,9 +189,16 @@ def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
 
     arch = a.structure
     # the number-valued structural keys that are set: their code reads the value, so it is config
-    numeric = {k: arch[k] for k in schema.NUMERIC_STRUCTURE if arch[k] is not None}
+    numeric = {
+        k: arch[k] for k in schema.NUMERIC_STRUCTURE if arch[k] is not None and k not in schema.FOLDED_STRUCTURE
+    }
     defaults = {**schema.companions(arch), **bp.defaults.get("model", {}), **numeric}
-    keys = (set(bp.model_keys) | set(schema.companions(arch)) | set(schema.UNIVERSAL_MODEL_KEYS)) - set(arch)
+    keys = (
+        set(bp.model_keys)
+        | set(schema.companions(arch))
+        | schema.optional_companions(arch)
+        | set(schema.UNIVERSAL_MODEL_KEYS)
+    ) - set(arch)
     keys |= set(numeric)
     if not a.attention.single_head:
         keys |= {"num_attention_heads", "num_key_value_heads", "head_dim"}
@@ -193,7 +216,7 @@ def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
     fields = []
     for key in ordered:
         # absent, these follow from others (__post_init__), so a default would be wrong for other sizes
-        derived = ("rope_parameters", "num_key_value_heads", "head_dim", "layer_types")
+        derived = ("rope_parameters", "num_key_value_heads", "head_dim", "layer_types", "no_rope_layers")
         default = None if key in derived else defaults.get(key)
         if key == "tie_word_embeddings" and default is None:
             default = False
@@ -287,6 +310,26 @@ def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
         )
     if att.query_pre_attn_scalar is not None:
         parts.append("Attention scores are scaled by query_pre_attn_scalar^-0.5.")
+    if att.multiplier is not None:
+        parts.append("Attention scores are scaled by attention_multiplier, not head_dim^-0.5.")
+    if att.sinks:
+        parts.append(
+            "Each head has a learned sink logit (``sinks``): one more softmax column that takes probability mass "
+            "and adds nothing to the output; eager and flex_attention apply it, sdpa cannot."
+        )
+    if a.nope_layers:
+        parts.append("Layers whose ``no_rope_layers`` entry is 0 attend without RoPE (NoPE).")
+    if a.local_rope is not None:
+        parts.append(
+            "Sliding-window layers turn queries and keys with their own RoPE (base rope_local_base_freq), "
+            "full-attention layers with rope_theta and its scaling: ``rope_parameters`` holds one table per type."
+        )
+    if a.embedding_multiplier is not None:
+        parts.append("Token embeddings are multiplied by embedding_multiplier.")
+    if a.residual_multiplier is not None:
+        parts.append("Each sublayer's output is multiplied by residual_multiplier before the residual add.")
+    if a.logits_scaling is not None:
+        parts.append("The output logits are divided by logits_scaling.")
     if att.softcap is not None:
         parts.append("Attention scores are soft-capped, ``c * tanh(s / c)``, before the mask.")
     if a.final_logit_softcapping is not None:
@@ -382,13 +425,14 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": a.windowed,
         # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
-        "layer_types": a.per_layer_types,
+        "layer_types": a.per_layer_types or a.rope_by_layer_type,
         "model_keys": sorted(a.model_keys),
         "numeric_structure": list(schema.NUMERIC_STRUCTURE),
         "hidden_dropout": "hidden_dropout" in a.model_keys,
         "final_norm": a.norm.final,
         "positions": a.rope is not None or a.absolute_positions,
         "partial_rotary": a.rope is not None and a.rope.partial,
+        "rope_by_layer_type": a.rope_by_layer_type,
         "padding_idx": a.init in ("scaled_normal", "normal"),
         "residual_writers": writers,
         "linear_bias": a.attention.bias or a.mlp.bias or a.lm_head_bias,

@@ -48,6 +48,11 @@ def each_of(*choices: str) -> Check:
     return check
 
 
+def zeros_and_ones(v: Any) -> str | None:
+    bad = [x for x in v if isinstance(x, bool) or x not in (0, 1)]
+    return f"entries must be 0 or 1; got {bad[0]!r}" if bad else None
+
+
 def dtype_name(v: Any) -> str | None:
     """test.dtype: a dtype scaffold test trains in, by any name it accepts (bf16 for bfloat16...);
     the message lists the dtypes themselves."""
@@ -149,13 +154,32 @@ STRUCTURE: dict[str, Any] = {
     "qk_norm": "none",
     "qkv_bias": False,
     "init": "scaled_normal",
+    "nope_layers": False,
+    "attention_sinks": False,
     # structural by presence: set, the code for them is generated and reads their values from the config
     "attn_logit_softcapping": None,
     "final_logit_softcapping": None,
     "query_pre_attn_scalar": None,
+    "rope_local_base_freq": None,
+    "embedding_multiplier": None,
+    "residual_multiplier": None,
+    "attention_multiplier": None,
+    "logits_scaling": None,
 }
 # The structural keys that are numbers: absent (None) leaves their code out; set, their value is config.
-NUMERIC_STRUCTURE = ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar")
+NUMERIC_STRUCTURE = (
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "query_pre_attn_scalar",
+    "rope_local_base_freq",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "attention_multiplier",
+    "logits_scaling",
+)
+# Number-valued structural keys whose value lives inside another config field, not in one of their own
+# (the sliding layers' RoPE base is in rope_parameters, per layer type, as transformers 5 keeps it).
+FOLDED_STRUCTURE = ("rope_local_base_freq",)
 
 # Number keys a structural value needs, with the value used when the manifest has none: a family that
 # never mentions layer_norm_eps accepts it (and gets 1e-5) once norm_type = layernorm.
@@ -169,6 +193,11 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     ("attention", "single_head"): {"alibi_slope_init": 0.5},
     ("init", "scaled_normal"): {"initializer_range": 0.02},
     ("init", "normal"): {"initializer_range": 0.02},
+    ("nope_layers", True): {"no_rope_layer_interval": 4},
+}
+# Model keys a structural value makes acceptable without a default (absent: derived from others).
+OPTIONAL_COMPANIONS: dict[tuple[str, Any], tuple[str, ...]] = {
+    ("nope_layers", True): ("no_rope_layers",),
 }
 # Model keys every family understands besides the structural ones.
 UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
@@ -177,6 +206,11 @@ UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
 def structure_of(model: Mapping[str, Any]) -> dict[str, Any]:
     """The resolved structure of a ``[model]`` table: every structural key, defaults filled in."""
     return {key: model.get(key, default) for key, default in STRUCTURE.items()}
+
+
+def optional_companions(structure: Mapping[str, Any]) -> set[str]:
+    """The model keys ``structure`` accepts that have no default (derived when absent)."""
+    return {k for (key, value), keys in OPTIONAL_COMPANIONS.items() if structure.get(key) == value for k in keys}
 
 
 def companions(structure: Mapping[str, Any]) -> dict[str, Any]:
@@ -266,6 +300,22 @@ FIELDS: tuple[Field, ...] = (
         INT,
         "When layer_types is absent: every N-th layer attends to everything, the others within sliding_window "
         "(Gemma 2: 2; transformers' Gemma 3 name).",
+        (positive,),
+    ),
+    Field(
+        "model",
+        "no_rope_layers",
+        (list,),
+        "With nope_layers: one entry per layer, 1 where RoPE turns queries and keys, 0 where the layer attends "
+        "without positions (NoPE); absent: every no_rope_layer_interval-th layer has none (SmolLM3, Llama 4).",
+        (zeros_and_ones,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "no_rope_layer_interval",
+        INT,
+        "With nope_layers and no_rope_layers absent: every N-th layer (N, 2N, ...) attends without RoPE (SmolLM3: 4).",
         (positive,),
     ),
     Field("model", "tie_word_embeddings", BOOL, "Share the input embedding with the output head."),
@@ -406,6 +456,61 @@ FIELDS: tuple[Field, ...] = (
         "query_pre_attn_scalar",
         NUM,
         "Scale attention scores by query_pre_attn_scalar^-0.5 instead of head_dim^-0.5 (Gemma 2); null: head_dim.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "nope_layers",
+        BOOL,
+        "Some layers attend without RoPE (NoPE), as model.no_rope_layers says (SmolLM3, Llama 4); needs "
+        "position_embedding = rope.",
+    ),
+    Field(
+        "model",
+        "rope_local_base_freq",
+        NUM,
+        "The sliding-window layers' own RoPE base (Gemma 3: 10000, the full layers keeping rope_theta and "
+        "rope_scaling), as transformers 5's per-layer-type rope_parameters; null: one RoPE for every layer.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "attention_sinks",
+        BOOL,
+        "A learned sink logit per head (gpt-oss's `sinks`): one more softmax column that takes probability mass "
+        "and adds nothing to the output. eager, flex_attention and flash kernels taking s_aux; not sdpa.",
+    ),
+    Field(
+        "model",
+        "embedding_multiplier",
+        NUM,
+        "Multiply the token embeddings by this (Granite: 12); null: off.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "residual_multiplier",
+        NUM,
+        "Multiply each sublayer's output by this before the residual add (Granite: 0.22; pre-norm only); null: off.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "attention_multiplier",
+        NUM,
+        "Scale attention scores by this instead of head_dim^-0.5 (Granite: 1/64); null: head_dim^-0.5.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "logits_scaling",
+        NUM,
+        "Divide the output logits by this (Granite: 8); null: off.",
         (positive,),
         nullable=True,
     ),

@@ -79,6 +79,8 @@ class Attention:
     qkv_bias: bool = False  # on q, k and v only
     softcap: float | None = None  # attn_logit_softcapping
     query_pre_attn_scalar: float | None = None
+    multiplier: float | None = None  # attention_multiplier: the score scale itself (Granite)
+    sinks: bool = False  # a learned sink logit per head (gpt-oss)
 
     @property
     def single_head(self) -> bool:
@@ -124,7 +126,7 @@ class Layer:
     index: int
     attention_type: str = FULL  # full_attention | sliding_attention
     sliding_window: int | None = None  # the window of a sliding layer
-    rope: bool = False  # whether RoPE turns this layer's queries and keys
+    rope: Rope | None = None  # the RoPE turning this layer's queries and keys (None: no positions here)
 
     @property
     def sliding(self) -> bool:
@@ -150,6 +152,12 @@ class Architecture:
     lm_head_bias: bool = False
     tie_word_embeddings: bool = False
     final_logit_softcapping: float | None = None
+    # the sliding layers' own RoPE (Gemma 3's local base), when it differs from ``rope``
+    local_rope: Rope | None = None
+    nope_layers: bool = False  # some layers attend without RoPE (config.no_rope_layers)
+    embedding_multiplier: float | None = None  # Granite's scalings
+    residual_multiplier: float | None = None
+    logits_scaling: float | None = None
     init: str = "scaled_normal"
     alibi_trainable: bool = False
     # whether the family's config carries per-layer attention types (layer_types / a window pattern)
@@ -183,6 +191,19 @@ class Architecture:
     def sliding_window(self) -> int | None:
         """The window the sliding layers use (None when no layer slides)."""
         return next((layer.sliding_window for layer in self.layers if layer.sliding), None)
+
+    @property
+    def rope_by_layer_type(self) -> bool:
+        """Whether each attention type has its own RoPE (transformers 5's per-layer-type rope_parameters)."""
+        return self.local_rope is not None
+
+    def rope_parameters(self) -> dict[str, Any] | None:
+        """transformers 5's ``rope_parameters``: one table, or one per attention type."""
+        if self.rope is None:
+            return None
+        if self.local_rope is None:
+            return self.rope.parameters()
+        return {FULL: self.rope.parameters(), SLIDING: self.local_rope.parameters()}
 
     @property
     def alibi(self) -> bool:
