@@ -60,6 +60,8 @@ class ScaffoldCausalLMConfig(PreTrainedConfig):
     qk_norm: str = "none"
     qkv_bias: bool = False
     init: str = "xavier"
+    nope_layers: bool = False
+    attention_sinks: bool = False
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:

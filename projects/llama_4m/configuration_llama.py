@@ -66,6 +66,8 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     qk_norm: str = "none"
     qkv_bias: bool = False
     init: str = "scaled_normal"
+    nope_layers: bool = False
+    attention_sinks: bool = False
 
     def __post_init__(self, **kwargs):
         if self.rope_parameters is None:

@@ -59,6 +59,8 @@ class ScaffoldSingleHeadConfig(PreTrainedConfig):
     qk_norm: str = "none"
     qkv_bias: bool = False
     init: str = "scaled_normal"
+    nope_layers: bool = False
+    attention_sinks: bool = False
 
 
 __all__ = ["ScaffoldSingleHeadConfig"]

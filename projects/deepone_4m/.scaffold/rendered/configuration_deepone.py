@@ -61,6 +61,8 @@ class ScaffoldDeeponeConfig(PreTrainedConfig):
     qk_norm: str = "none"
     qkv_bias: bool = False
     init: str = "deepnet"
+    nope_layers: bool = False
+    attention_sinks: bool = False
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
