@@ -119,12 +119,16 @@ def _rope(s: Mapping[str, Any]) -> str:
     if s.get("rope_local_base_freq"):
         theta += f" (sliding layers: {s['rope_local_base_freq']:g})"
     text = f"RoPE on q, k{part}{theta}"
+    if s.get("rope_interleaved"):
+        text += ", adjacent pairs"
     if s.get("nope_layers"):
         text += ", skipped where no_rope_layers is 0"
     return text
 
 
 def _qk_norm(s: Mapping[str, Any]) -> str:
+    if s["qk_norm"] == "l2":
+        return "q, k / rms (per head, no weight, after RoPE)"
     return f"{_norm(s)} on q, k ({'per head' if s['qk_norm'] == 'head' else 'whole projection'})"
 
 
@@ -152,7 +156,8 @@ def _scores(s: Mapping[str, Any]) -> str:
 def _out(s: Mapping[str, Any]) -> str | None:
     if s["attention"] == "single_head":
         return None
-    return "o_proj" + _bias(s["attention_bias"])
+    gate = " (out * sigmoid(gate), the gate from q_proj)" if s.get("attention_output_gate") else ""
+    return "o_proj" + _bias(s["attention_bias"]) + gate
 
 
 def _layer_groups(s: Mapping[str, Any]) -> list[tuple[int, int, str]]:

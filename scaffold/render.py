@@ -127,8 +127,13 @@ def plan_parts(a: Architecture) -> list[str]:
     single = a.attention.single_head
     if a.rope is not None:
         parts += ["rope_inv_freq", "yarn_inv_freq", "rope_attention_factor", "RotaryEmbedding"]
-        parts += ["rotate_half", "apply_rotary_pos_emb"]
-        parts += ["apply_partial_rotary_pos_emb"] if a.rope.partial else []
+        if a.rope.interleaved:
+            parts += ["rotate_interleaved", "apply_interleaved_rotary_pos_emb"]
+        else:
+            parts += ["rotate_half", "apply_rotary_pos_emb"]
+            parts += ["apply_partial_rotary_pos_emb"] if a.rope.partial else []
+    if a.attention.qk_norm == "l2":
+        parts += ["weightless_rms_norm"]
     elif a.position_embedding == "sinusoidal":
         parts += ["SinusoidalPositionEmbedding"]
     elif a.alibi:
@@ -281,6 +286,8 @@ def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
     position = POSITION_DOCS[a.position_embedding]
     if a.rope is not None and a.rope.partial:
         position = f"rotary position embeddings on the first {a.rope.partial_rotary_factor:g} of each head's features"
+    if a.rope is not None and a.rope.interleaved:
+        position += " (adjacent feature pairs turned together)"
     att = a.attention
     if att.single_head:
         attention = "one attention head with a fused query-key matrix and no output projection"
@@ -291,9 +298,13 @@ def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
             attention += " with biases"
         elif att.qkv_bias:
             attention += " with query, key and value biases"
-        if att.qk_norm != "none":
+        if att.qk_norm == "l2":
+            attention += " (queries and keys divided by their RMS, head by head, with no weight, after RoPE)"
+        elif att.qk_norm != "none":
             width = "each head" if att.qk_norm == "head" else "all heads at once"
             attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
+        if att.output_gate:
+            attention += " (its output gated by sigmoid of a second half of q_proj)"
         attention += {
             "fused": " (q, k and v from one projection stored [q; k; v])",
             "fused_per_head": " (q, k and v from one projection, interleaved per head)",
@@ -433,6 +444,14 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "positions": a.rope is not None or a.absolute_positions,
         "partial_rotary": a.rope is not None and a.rope.partial,
         "rope_by_layer_type": a.rope_by_layer_type,
+        # the function turning queries and keys
+        "apply_rope": (
+            "apply_interleaved_rotary_pos_emb"
+            if a.rope is not None and a.rope.interleaved
+            else "apply_partial_rotary_pos_emb"
+            if a.rope is not None and a.rope.partial
+            else "apply_rotary_pos_emb"
+        ),
         "padding_idx": a.init in ("scaled_normal", "normal"),
         "residual_writers": writers,
         "linear_bias": a.attention.bias or a.mlp.bias or a.lm_head_bias,

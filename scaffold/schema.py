@@ -129,7 +129,7 @@ QKV_LAYOUTS = ("separate", "fused", "fused_per_head")
 MLP_LAYOUTS = ("separate", "fused")
 # transformers' ACT2FN names the generated code can use (read without importing transformers)
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_pytorch_tanh", "gelu_new", "tanh", "sigmoid")
-QK_NORMS = ("none", "head", "full")
+QK_NORMS = ("none", "head", "full", "l2")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 EMBEDDING_SCALES = ("none", "sqrt_hidden")
 INITS = ("scaled_normal", "xavier", "deepnet", "normal")
@@ -156,6 +156,8 @@ STRUCTURE: dict[str, Any] = {
     "init": "scaled_normal",
     "nope_layers": False,
     "attention_sinks": False,
+    "attention_output_gate": False,
+    "rope_interleaved": False,
     # structural by presence: set, the code for them is generated and reads their values from the config
     "attn_logit_softcapping": None,
     "final_logit_softcapping": None,
@@ -378,8 +380,9 @@ FIELDS: tuple[Field, ...] = (
         "model",
         "qk_norm",
         STR,
-        "Normalise queries and keys before RoPE: none, head (each head over head_dim: Qwen3) or full (over "
-        "all heads' width at once: OLMo 2), with the model's norm_type.",
+        "Normalise queries and keys: none, head (each head over head_dim: Qwen3) or full (over all heads' "
+        "width at once: OLMo 2), both before RoPE with the model's norm_type, or l2 (each head divided by its "
+        "RMS, no weight, after RoPE: Llama 4).",
         (one_of(*QK_NORMS),),
     ),
     Field(
@@ -481,6 +484,19 @@ FIELDS: tuple[Field, ...] = (
         BOOL,
         "A learned sink logit per head (gpt-oss's `sinks`): one more softmax column that takes probability mass "
         "and adds nothing to the output. eager, flex_attention and flash kernels taking s_aux; not sdpa.",
+    ),
+    Field(
+        "model",
+        "attention_output_gate",
+        BOOL,
+        "Gate attention's output by sigmoid(gate) before o_proj, the gate a second half of each head's q_proj "
+        "output (Qwen3-Next's gated attention); needs qkv_layout = separate.",
+    ),
+    Field(
+        "model",
+        "rope_interleaved",
+        BOOL,
+        "RoPE turns adjacent feature pairs (x0, x1), (x2, x3)... (GLM) instead of the two halves of each head.",
     ),
     Field(
         "model",

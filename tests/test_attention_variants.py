@@ -226,3 +226,104 @@ def test_manifest_names_the_bad_key(tmp_path, family, model, test, key, message)
         create_project("bad", family, projects_dir=tmp_path, overrides=overrides)
     assert key in str(err.value) and message in str(err.value)
     assert not (tmp_path / "bad").exists()
+
+
+# -- gated output, L2 qk-norm, interleaved RoPE ----------------------------------------------------------
+
+
+def test_interleaved_rope_equals_glm():
+    from transformers.models.glm.modeling_glm import apply_rotary_pos_emb as glm
+
+    from scaffold.parts.rotary import RotaryEmbedding, apply_interleaved_rotary_pos_emb
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 5, 16)
+    for rotary_dim in (16, 8):  # whole heads, and GLM's half (partial_rotary_factor = 0.5)
+        cos, sin = RotaryEmbedding(rotary_dim, 10000.0)(q, torch.arange(5)[None].expand(2, 5))
+        ours = apply_interleaved_rotary_pos_emb(q, k, cos, sin)
+        theirs = glm(q, k, cos, sin)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        assert not torch.allclose(ours[0], apply_half(q, k, cos, sin)[0])
+
+
+def apply_half(q, k, cos, sin):
+    from scaffold.parts.rotary import apply_partial_rotary_pos_emb
+
+    return apply_partial_rotary_pos_emb(q, k, cos, sin)
+
+
+def test_l2_norm_equals_llama4s():
+    from transformers.models.llama4.modeling_llama4 import Llama4TextL2Norm
+
+    from scaffold.parts.norms import weightless_rms_norm
+
+    x = torch.randn(2, 4, 5, 16, dtype=torch.bfloat16)
+    assert torch.equal(weightless_rms_norm(x, 1e-5), Llama4TextL2Norm(1e-5)(x))
+
+
+def test_qwen3_next_gated_attention_equals_transformers(tmp_path):
+    """Qwen3-Next's full-attention layer (sigmoid output gate from q_proj, unit-offset per-head q/k norms,
+    a quarter of each head rotated) against scaffold's attention with those keys."""
+    from transformers import Qwen3NextConfig
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttention
+
+    config = Qwen3NextConfig(
+        **{k: TINY_HF[k] for k in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads")},
+        head_dim=16,
+        num_hidden_layers=1,
+        partial_rotary_factor=0.25,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    theirs = Qwen3NextAttention(config, 0).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.3)
+    model = _load(
+        _project(
+            tmp_path,
+            "gated",
+            "qwen3",
+            num_hidden_layers=1,
+            head_dim=16,
+            norm_type="rmsnorm_unit_offset",
+            partial_rotary_factor=0.25,
+            attention_output_gate=True,
+        )
+    )
+    ours = model.model.layers[0].self_attn
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 7, TINY_HF["hidden_size"])
+    mask = torch.full((7, 7), float("-inf")).triu(1)[None, None]
+    with torch.no_grad():
+        rope = model.model.rotary_emb(x, torch.arange(7)[None].expand(2, 7))
+        expected, _ = theirs(x, rope, mask)
+        torch.testing.assert_close(ours(x, mask, position_embeddings=rope), expected, atol=1e-5, rtol=1e-5)
+        theirs.q_proj.weight[16:32].zero_()  # head 0's gate rows: sigmoid(0) = 1/2 on its output
+        ours.load_state_dict(theirs.state_dict(), strict=True)
+        torch.testing.assert_close(ours(x, mask, position_embeddings=rope), theirs(x, rope, mask)[0])
+    _check_generation(model)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"qk_norm": "l2"},
+        {"qk_norm": "l2", "nope_layers": True, "no_rope_layers": [1, 0]},
+        {"rope_interleaved": True, "partial_rotary_factor": 0.5},
+        {"attention_output_gate": True, "qk_norm": "head"},
+    ],
+    ids=["l2", "l2-nope", "interleaved-partial", "gate"],
+)
+def test_variant_on_a_llama(tmp_path, model):
+    """Each option on a Llama: it changes the network, eager = sdpa, the cache and packing hold."""
+    from tests._parity import assert_family_checks
+
+    variant = _load(_project(tmp_path, "variant", **model))
+    assert type(variant).__name__ == "ScaffoldLlamaForCausalLM"
+    assert_family_checks(variant)
+    if "no_rope_layers" in model:  # Llama 4 normalises only the layers that turn by RoPE
+        source = (tmp_path / "projects" / "variant" / "modeling_llama.py").read_text()
+        assert "        if self.use_rope:\n            cos, sin" in source
+        assert source.count("weightless_rms_norm(q,") == 1

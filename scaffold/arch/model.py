@@ -52,6 +52,7 @@ class Rope:
     scaling: Mapping[str, Any] = field(default_factory=frozen_mapping)  # without rope_type
     type: str = "default"  # default | linear | llama3 | yarn | ...
     partial_rotary_factor: float = 1.0
+    interleaved: bool = False  # adjacent feature pairs turned (GLM), not the two halves of each head
 
     @property
     def partial(self) -> bool:
@@ -81,6 +82,7 @@ class Attention:
     query_pre_attn_scalar: float | None = None
     multiplier: float | None = None  # attention_multiplier: the score scale itself (Granite)
     sinks: bool = False  # a learned sink logit per head (gpt-oss)
+    output_gate: bool = False  # sigmoid(gate) on the output, the gate from q_proj (Qwen3-Next)
 
     @property
     def single_head(self) -> bool:

@@ -10,6 +10,7 @@ path, for ``manifest.validate``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from .. import schema
@@ -101,11 +102,15 @@ def resolve(
     types = types or [FULL] * layers
     window = model.get("sliding_window") if windowed else None
     rope = rope_of(model) if s["position_embedding"] == "rope" else None
+    if rope is not None and s["rope_interleaved"]:
+        rope = replace(rope, interleaved=True)
     local_rope = None
     if rope is not None and s["rope_local_base_freq"] is not None and windowed:
         # the sliding layers' RoPE: its own base, unscaled, the rotated fraction of the full layers'
         local_rope = Rope(
-            theta=float(s["rope_local_base_freq"]), partial_rotary_factor=rope.partial_rotary_factor
+            theta=float(s["rope_local_base_freq"]),
+            partial_rotary_factor=rope.partial_rotary_factor,
+            interleaved=rope.interleaved,
         )
     nope = rope is not None and bool(s["nope_layers"])
     with_rope = no_rope_layers_of(model, len(types)) if nope else [1] * len(types)
@@ -134,6 +139,7 @@ def resolve(
             query_pre_attn_scalar=s["query_pre_attn_scalar"],
             multiplier=s["attention_multiplier"],
             sinks=bool(s["attention_sinks"]),
+            output_gate=bool(s["attention_output_gate"]),
         ),
         mlp=Mlp(
             kind=s["mlp"],
@@ -381,6 +387,10 @@ def _position_and_scale_checks(
             )
         if single:
             out.append(("model.attention_multiplier", "single_head attention scores by its own rule; unset it"))
+    if structure["attention_output_gate"] and (single or structure["qkv_layout"] != "separate"):
+        out.append(("model.attention_output_gate", "the gate comes from q_proj: it needs multi_head attention with qkv_layout = separate"))
+    if structure["rope_interleaved"] and position != "rope":
+        out.append(("model.rope_interleaved", f"interleaves RoPE's pairs; position_embedding is {position!r}"))
     if structure["residual_multiplier"] is not None and (
         structure["norm_position"] != "pre" or structure["parallel_residual"]
     ):

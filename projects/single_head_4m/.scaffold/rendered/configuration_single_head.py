@@ -61,6 +61,8 @@ class ScaffoldSingleHeadConfig(PreTrainedConfig):
     init: str = "scaled_normal"
     nope_layers: bool = False
     attention_sinks: bool = False
+    attention_output_gate: bool = False
+    rope_interleaved: bool = False
 
 
 __all__ = ["ScaffoldSingleHeadConfig"]
