@@ -195,7 +195,9 @@ def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
     arch = a.structure
     # the number-valued structural keys that are set: their code reads the value, so it is config
     numeric = {
-        k: arch[k] for k in schema.NUMERIC_STRUCTURE if arch[k] is not None and k not in schema.FOLDED_STRUCTURE
+        k: arch[k]
+        for k in schema.NUMERIC_STRUCTURE
+        if arch[k] is not None and k not in schema.FOLDED_STRUCTURE
     }
     defaults = {**schema.companions(arch), **bp.defaults.get("model", {}), **numeric}
     keys = (

@@ -212,7 +212,9 @@ def structure_of(model: Mapping[str, Any]) -> dict[str, Any]:
 
 def optional_companions(structure: Mapping[str, Any]) -> set[str]:
     """The model keys ``structure`` accepts that have no default (derived when absent)."""
-    return {k for (key, value), keys in OPTIONAL_COMPANIONS.items() if structure.get(key) == value for k in keys}
+    return {
+        k for (key, value), keys in OPTIONAL_COMPANIONS.items() if structure.get(key) == value for k in keys
+    }
 
 
 def companions(structure: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from scaffold import arch
 from scaffold.arch.hf_config import from_hf, to_hf
 from scaffold.blueprints import load as load_blueprint
 from scaffold.parts.attention import sink_eager_attention_forward
-from tests._parity import TINY_HF, assert_packed_equals_alone, assert_close
+from tests._parity import TINY_HF, assert_close, assert_packed_equals_alone
 
 
 def _resolved(family: str, **model):
@@ -124,7 +124,9 @@ def _check_generation(model):
     prompt = _ids(seed=2, shape=(1, 6))
     greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0, "eos_token_id": 300}
     with torch.no_grad():
-        assert torch.equal(model.generate(prompt, **greedy), model.generate(prompt, use_cache=False, **greedy))
+        assert torch.equal(
+            model.generate(prompt, **greedy), model.generate(prompt, use_cache=False, **greedy)
+        )
 
 
 def test_sinks_on_a_llama(tmp_path):
@@ -191,12 +193,30 @@ REFUSED = [
     ("llama", {"attention_sinks": True}, {"attn_implementation": "sdpa"}, "test.attn_implementation", "sink"),
     ("gemma2", {"attention_sinks": True}, None, "model.attention_sinks", "soft-caps"),
     ("llama", {"nope_layers": True, "position_embedding": "alibi"}, None, "model.nope_layers", "'alibi'"),
-    ("smollm3", {"no_rope_layers": [1, 0]}, None, "model.no_rope_layers", "2 entries for num_hidden_layers = 4"),
+    (
+        "smollm3",
+        {"no_rope_layers": [1, 0]},
+        None,
+        "model.no_rope_layers",
+        "2 entries for num_hidden_layers = 4",
+    ),
     ("smollm3", {"no_rope_layers": [1, 0, 2, 1]}, None, "model.no_rope_layers", "0 or 1"),
     ("llama", {"no_rope_layers": [1, 1, 1, 1]}, None, "model.no_rope_layers", "unknown key"),
-    ("gemma3", {"position_embedding": "none"}, None, "model.rope_local_base_freq", "position_embedding = rope"),
+    (
+        "gemma3",
+        {"position_embedding": "none"},
+        None,
+        "model.rope_local_base_freq",
+        "position_embedding = rope",
+    ),
     ("gemma2", {"attention_multiplier": 0.1}, None, "model.attention_multiplier", "query_pre_attn_scalar"),
-    ("llama", {"residual_multiplier": 0.5, "norm_position": "post"}, None, "model.residual_multiplier", "pre"),
+    (
+        "llama",
+        {"residual_multiplier": 0.5, "norm_position": "post"},
+        None,
+        "model.residual_multiplier",
+        "pre",
+    ),
     ("gemma", {"embedding_multiplier": 2.0}, None, "model.embedding_multiplier", "embedding_scale"),
 ]
 
@@ -269,7 +289,9 @@ def test_qwen3_next_gated_attention_equals_transformers(tmp_path):
     from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttention
 
     config = Qwen3NextConfig(
-        **{k: TINY_HF[k] for k in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads")},
+        **{
+            k: TINY_HF[k] for k in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
+        },
         head_dim=16,
         num_hidden_layers=1,
         partial_rotary_factor=0.25,

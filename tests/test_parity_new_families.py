@@ -88,7 +88,9 @@ def test_gemma3_layer_types_turn_with_their_own_rope(tmp_path):
     assert (_logits(ours) - before).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("key", ["embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"])
+@pytest.mark.parametrize(
+    "key", ["embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"]
+)
 def test_granite_scalings_bite(tmp_path, key):
     hf = tiny_hf_model("granite", **GRANITE)
     ours = scaffold_model(tmp_path, "granite", model_table(hf.config, "granite"))
@@ -124,10 +126,21 @@ def test_import_maps_the_family_both_ways(tmp_path, case):
     assert f'blueprint = "{FAMILY[model_type]}"' in text
     out = build(load_project(project)).output_dir
     ours = json.loads((out / "config.json").read_text())
-    back = AutoConfig.for_model(model_type, **{k: v for k, v in ours.items() if k not in ("model_type", "auto_map", "architectures")})
+    back = AutoConfig.for_model(
+        model_type, **{k: v for k, v in ours.items() if k not in ("model_type", "auto_map", "architectures")}
+    )
     theirs = hf.config
-    for key in ("no_rope_layers", "layer_types", "rope_parameters", "sliding_window", "embedding_multiplier",
-                "residual_multiplier", "attention_multiplier", "logits_scaling", "num_hidden_layers"):
+    for key in (
+        "no_rope_layers",
+        "layer_types",
+        "rope_parameters",
+        "sliding_window",
+        "embedding_multiplier",
+        "residual_multiplier",
+        "attention_multiplier",
+        "logits_scaling",
+        "num_hidden_layers",
+    ):
         if hasattr(theirs, key):
             assert getattr(back, key) == getattr(theirs, key), key
 
@@ -155,7 +168,10 @@ def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
 
     model = load_blueprint(family).preset(preset)["model"]
     project = create_project(
-        f"{family}_{preset}", family, projects_dir=tmp_path, preset=preset,
+        f"{family}_{preset}",
+        family,
+        projects_dir=tmp_path,
+        preset=preset,
         overrides={"model": {"vocab_size": model["vocab_size"]}},
     )
     out = build(load_project(project)).output_dir

@@ -364,14 +364,20 @@ def _position_and_scale_checks(
             out.append(("model.no_rope_layers", f"has {len(flags)} entries for num_hidden_layers = {layers}"))
     if structure["rope_local_base_freq"] is not None and position != "rope":
         out.append(
-            ("model.rope_local_base_freq", f"a second RoPE base needs position_embedding = rope, not {position!r}")
+            (
+                "model.rope_local_base_freq",
+                f"a second RoPE base needs position_embedding = rope, not {position!r}",
+            )
         )
     if structure["attention_sinks"]:
         if single or position == "alibi":
             out.append(("model.attention_sinks", "sinks need multi_head attention without ALiBi"))
         if structure["attn_logit_softcapping"] is not None:
             out.append(
-                ("model.attention_sinks", "no attention function both soft-caps scores and adds sinks; unset one")
+                (
+                    "model.attention_sinks",
+                    "no attention function both soft-caps scores and adds sinks; unset one",
+                )
             )
         if backend == "sdpa":
             out.append(
@@ -383,14 +389,26 @@ def _position_and_scale_checks(
     if structure["attention_multiplier"] is not None:
         if structure["query_pre_attn_scalar"] is not None:
             out.append(
-                ("model.attention_multiplier", "both it and query_pre_attn_scalar set the score scale; unset one")
+                (
+                    "model.attention_multiplier",
+                    "both it and query_pre_attn_scalar set the score scale; unset one",
+                )
             )
         if single:
-            out.append(("model.attention_multiplier", "single_head attention scores by its own rule; unset it"))
+            out.append(
+                ("model.attention_multiplier", "single_head attention scores by its own rule; unset it")
+            )
     if structure["attention_output_gate"] and (single or structure["qkv_layout"] != "separate"):
-        out.append(("model.attention_output_gate", "the gate comes from q_proj: it needs multi_head attention with qkv_layout = separate"))
+        out.append(
+            (
+                "model.attention_output_gate",
+                "the gate comes from q_proj: it needs multi_head attention with qkv_layout = separate",
+            )
+        )
     if structure["rope_interleaved"] and position != "rope":
-        out.append(("model.rope_interleaved", f"interleaves RoPE's pairs; position_embedding is {position!r}"))
+        out.append(
+            ("model.rope_interleaved", f"interleaves RoPE's pairs; position_embedding is {position!r}")
+        )
     if structure["residual_multiplier"] is not None and (
         structure["norm_position"] != "pre" or structure["parallel_residual"]
     ):
