@@ -50,7 +50,17 @@ def diagram_structure(a: Architecture) -> dict[str, Any]:
     )
     if a.rope is not None:
         s["rope_theta"] = a.rope.theta
+    # each layer's positions when they vary by layer (NoPE layers, a RoPE per layer type)
+    s["layer_positions"] = [_layer_rope(a, layer.rope) for layer in a.layers]
     return s
+
+
+def _layer_rope(a: Architecture, rope: Any) -> str:
+    if a.rope is None or not (a.nope_layers or a.rope_by_layer_type):
+        return ""
+    if rope is None:
+        return "no RoPE (NoPE)"
+    return f"RoPE theta {rope.theta:g}" + (f", {rope.type} scaling" if rope.type != "default" else "")
 
 
 def structure_of(
@@ -106,10 +116,19 @@ def _rope(s: Mapping[str, Any]) -> str:
     factor = s["partial_rotary_factor"]
     part = "" if factor in (None, 1, 1.0) else f" on {factor:g} of each head"
     theta = f", theta {s['rope_theta']:g}" if s.get("rope_theta") else ""
-    return f"RoPE on q, k{part}{theta}"
+    if s.get("rope_local_base_freq"):
+        theta += f" (sliding layers: {s['rope_local_base_freq']:g})"
+    text = f"RoPE on q, k{part}{theta}"
+    if s.get("rope_interleaved"):
+        text += ", adjacent pairs"
+    if s.get("nope_layers"):
+        text += ", skipped where no_rope_layers is 0"
+    return text
 
 
 def _qk_norm(s: Mapping[str, Any]) -> str:
+    if s["qk_norm"] == "l2":
+        return "q, k / rms (per head, no weight, after RoPE)"
     return f"{_norm(s)} on q, k ({'per head' if s['qk_norm'] == 'head' else 'whole projection'})"
 
 
@@ -120,6 +139,8 @@ def _scores(s: Mapping[str, Any]) -> str:
         q, k = "q", "k"
     scale = s["query_pre_attn_scalar"]
     score = f"{q} {k}^T / sqrt({scale if scale else 'head_dim'})"
+    if s.get("attention_multiplier"):
+        score = f"{q} {k}^T * {s['attention_multiplier']:g}"
     if s["attn_logit_softcapping"]:
         cap = s["attn_logit_softcapping"]
         score = f"{cap:g} tanh(({score}) / {cap:g})"
@@ -127,19 +148,24 @@ def _scores(s: Mapping[str, Any]) -> str:
         slopes = "one slope" if s["attention"] == "single_head" else "per-head slopes"
         slopes += ", trainable" if s.get("alibi_trainable") else ""
         score += f" - m (i - j) [ALiBi, {slopes}]"
+    if s.get("attention_sinks"):
+        return f"softmax([{score} + causal mask, sink per head])[:-1] v"
     return f"softmax({score} + causal mask) v"
 
 
 def _out(s: Mapping[str, Any]) -> str | None:
     if s["attention"] == "single_head":
         return None
-    return "o_proj" + _bias(s["attention_bias"])
+    gate = " (out * sigmoid(gate), the gate from q_proj)" if s.get("attention_output_gate") else ""
+    return "o_proj" + _bias(s["attention_bias"]) + gate
 
 
 def _layer_groups(s: Mapping[str, Any]) -> list[tuple[int, int, str]]:
-    """Consecutive runs of the same attention type: (first layer, last layer, type)."""
+    """Consecutive runs of the same attention type (and positions): (first layer, last layer, type)."""
     groups: list[tuple[int, int, str]] = []
-    for i, kind in enumerate(s["layer_types"]):
+    positions = s.get("layer_positions") or [""] * len(s["layer_types"])
+    for i, (kind, rope) in enumerate(zip(s["layer_types"], positions)):
+        kind = f"{kind}, {rope}" if rope else kind
         if groups and groups[-1][2] == kind:
             groups[-1] = (groups[-1][0], i, kind)
         else:
@@ -148,15 +174,20 @@ def _layer_groups(s: Mapping[str, Any]) -> list[tuple[int, int, str]]:
 
 
 def _attention_kind(s: Mapping[str, Any], kind: str) -> str:
+    kind, _, rope = kind.partition(", ")
+    rope = f", {rope}" if rope else ""
     if kind == "sliding_attention":
-        return f"sliding-window attention (window {s['sliding_window']})"
-    return "full causal attention" if kind == "full_attention" else kind
+        return f"sliding-window attention (window {s['sliding_window']}){rope}"
+    return ("full causal attention" if kind == "full_attention" else kind) + rope
 
 
 def _residual_lines(s: Mapping[str, Any]) -> list[str]:
     """The block as formulas over the residual stream x."""
     n = _norm(s)
     pos = s["norm_position"]
+    if s.get("residual_multiplier") and pos == "pre":
+        r = f"{s['residual_multiplier']:g}"
+        return [f"x = x + {r} attn({n}(x))", f"x = x + {r} mlp({n}(x))"]
     if s["parallel_residual"]:
         if pos == "pre":
             return [f"x = x + attn({n}(x)) + mlp({n}(x))   [parallel residual]"]
@@ -174,6 +205,8 @@ def _embedding(s: Mapping[str, Any]) -> str:
     text = f"embed_tokens {s.get('vocab_size', '?')} x {s.get('hidden_size', '?')}"
     if s["embedding_scale"] == "sqrt_hidden":
         text += " * sqrt(hidden_size)"
+    if s.get("embedding_multiplier"):
+        text += f" * {s['embedding_multiplier']:g}"
     if s["position_embedding"] in ("sinusoidal", "learned"):
         text += f" + {POSITION_NAMES[s['position_embedding']]}"
     return text
@@ -183,6 +216,8 @@ def _head(s: Mapping[str, Any]) -> str:
     text = (
         "lm_head" + (" (tied to embed_tokens)" if s["tie_word_embeddings"] else "") + _bias(s["lm_head_bias"])
     )
+    if s.get("logits_scaling"):
+        text += f", logits / {s['logits_scaling']:g}"
     if s["final_logit_softcapping"]:
         cap = s["final_logit_softcapping"]
         text += f", logits = {cap:g} tanh(logits / {cap:g})"

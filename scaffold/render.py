@@ -86,7 +86,13 @@ CONFIG_ORDER = (
     "sliding_window",
     "sliding_window_pattern",
     "layer_types",
+    "no_rope_layers",
+    "no_rope_layer_interval",
     "query_pre_attn_scalar",
+    "attention_multiplier",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "logits_scaling",
     "attn_logit_softcapping",
     "final_logit_softcapping",
     "attention_dropout",
@@ -107,6 +113,12 @@ CONFIG_COMMENTS = {
     "layer_types": "each layer's attention, full_attention or sliding_attention; absent: derived (__post_init__)",
     "mlp_only_layers": "the layers with a dense feed-forward instead of experts; absent: none",
     "sliding_window_pattern": "with layer_types absent, every N-th layer attends fully, the others within the window",
+    "no_rope_layers": "per layer, 1: RoPE turns queries and keys, 0: no positions (NoPE); absent: derived (__post_init__)",
+    "no_rope_layer_interval": "with no_rope_layers absent, every N-th layer attends without RoPE",
+    "attention_multiplier": "the attention scores' scale (in place of head_dim^-0.5)",
+    "embedding_multiplier": "the token embeddings are multiplied by this",
+    "residual_multiplier": "each sublayer's output is multiplied by this before the residual add",
+    "logits_scaling": "the output logits are divided by this",
 }
 
 
@@ -119,8 +131,13 @@ def plan_parts(a: Architecture) -> list[str]:
     if a.rope is not None:
         parts += ["rope_inv_freq", "yarn_inv_freq", "longrope_inv_freq", "dynamic_ntk_inv_freq"]
         parts += ["rope_attention_factor", "RotaryEmbedding"]
-        parts += ["rotate_half", "apply_rotary_pos_emb"]
-        parts += ["apply_partial_rotary_pos_emb"] if a.rope.partial else []
+        if a.rope.interleaved:
+            parts += ["rotate_interleaved", "apply_interleaved_rotary_pos_emb"]
+        else:
+            parts += ["rotate_half", "apply_rotary_pos_emb"]
+            parts += ["apply_partial_rotary_pos_emb"] if a.rope.partial else []
+    if a.attention.qk_norm == "l2":
+        parts += ["weightless_rms_norm"]
     elif a.position_embedding == "sinusoidal":
         parts += ["SinusoidalPositionEmbedding"]
     elif a.alibi:
@@ -138,6 +155,8 @@ def plan_parts(a: Architecture) -> list[str]:
         parts += ["softcap_eager_attention_forward"]
     if a.mlp.moe:
         parts += ["grouped_mm_usable", "grouped_linear", "grouped_experts_forward", "load_balancing_loss"]
+    if a.attention.sinks:
+        parts += ["sink_eager_attention_forward"]
     if a.mlp.act == "gelu_pytorch_tanh":
         parts += ["gelu_pytorch_tanh"]
     if a.norm.position == "deepnorm":
@@ -167,7 +186,7 @@ def _annotation(key: str, default: Any) -> str:
         return "dict | None"
     if key == "layer_types":
         return "list[str] | None"
-    if key == "mlp_only_layers":
+    if key in ("mlp_only_layers", "no_rope_layers"):
         return "list[int] | None"
     f = schema.BY_PATH.get(f"model.{key}")
     names = {int: "int", float: "float", bool: "bool", str: "str", dict: "dict", list: "list"}
@@ -186,10 +205,16 @@ def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
 
     arch = a.structure
     # the number-valued structural keys that are set: their code reads the value, so it is config
-    numeric = {k: arch[k] for k in schema.NUMERIC_STRUCTURE if arch[k] is not None}
+    numeric = {
+        k: arch[k]
+        for k in schema.NUMERIC_STRUCTURE
+        if arch[k] is not None and k not in schema.FOLDED_STRUCTURE
+    }
     needed = schema.companions(arch, bp.model_keys)
     defaults = {**needed, **bp.defaults.get("model", {}), **numeric}
-    keys = (set(bp.model_keys) | set(needed) | set(schema.UNIVERSAL_MODEL_KEYS)) - set(arch)
+    keys = (
+        set(bp.model_keys) | set(needed) | schema.optional_companions(arch) | set(schema.UNIVERSAL_MODEL_KEYS)
+    ) - set(arch)
     keys |= set(numeric)
     if not a.attention.single_head:
         keys |= {"num_attention_heads", "num_key_value_heads", "head_dim"}
@@ -207,7 +232,14 @@ def config_fields(bp: Blueprint, a: Architecture) -> list[dict[str, str]]:
     fields = []
     for key in ordered:
         # absent, these follow from others (__post_init__), so a default would be wrong for other sizes
-        derived = ("rope_parameters", "num_key_value_heads", "head_dim", "layer_types", "mlp_only_layers")
+        derived = (
+            "rope_parameters",
+            "num_key_value_heads",
+            "head_dim",
+            "layer_types",
+            "mlp_only_layers",
+            "no_rope_layers",
+        )
         default = None if key in derived else defaults.get(key)
         if key == "tie_word_embeddings" and default is None:
             default = False
@@ -272,6 +304,8 @@ def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
     position = POSITION_DOCS[a.position_embedding]
     if a.rope is not None and a.rope.partial:
         position = f"rotary position embeddings on the first {a.rope.partial_rotary_factor:g} of each head's features"
+    if a.rope is not None and a.rope.interleaved:
+        position += " (adjacent feature pairs turned together)"
     att = a.attention
     if att.single_head:
         attention = "one attention head with a fused query-key matrix and no output projection"
@@ -282,9 +316,13 @@ def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
             attention += " with biases"
         elif att.qkv_bias:
             attention += " with query, key and value biases"
-        if att.qk_norm != "none":
+        if att.qk_norm == "l2":
+            attention += " (queries and keys divided by their RMS, head by head, with no weight, after RoPE)"
+        elif att.qk_norm != "none":
             width = "each head" if att.qk_norm == "head" else "all heads at once"
             attention += f" ({norm_name} on queries and keys over {width}, before RoPE)"
+        if att.output_gate:
+            attention += " (its output gated by sigmoid of a second half of q_proj)"
         attention += {
             "fused": " (q, k and v from one projection stored [q; k; v])",
             "fused_per_head": " (q, k and v from one projection, interleaved per head)",
@@ -301,6 +339,26 @@ def describe(bp: Blueprint, a: Architecture) -> tuple[str, str]:
         )
     if att.query_pre_attn_scalar is not None:
         parts.append("Attention scores are scaled by query_pre_attn_scalar^-0.5.")
+    if att.multiplier is not None:
+        parts.append("Attention scores are scaled by attention_multiplier, not head_dim^-0.5.")
+    if att.sinks:
+        parts.append(
+            "Each head has a learned sink logit (``sinks``): one more softmax column that takes probability mass "
+            "and adds nothing to the output; eager and flex_attention apply it, sdpa cannot."
+        )
+    if a.nope_layers:
+        parts.append("Layers whose ``no_rope_layers`` entry is 0 attend without RoPE (NoPE).")
+    if a.local_rope is not None:
+        parts.append(
+            "Sliding-window layers turn queries and keys with their own RoPE (base rope_local_base_freq), "
+            "full-attention layers with rope_theta and its scaling: ``rope_parameters`` holds one table per type."
+        )
+    if a.embedding_multiplier is not None:
+        parts.append("Token embeddings are multiplied by embedding_multiplier.")
+    if a.residual_multiplier is not None:
+        parts.append("Each sublayer's output is multiplied by residual_multiplier before the residual add.")
+    if a.logits_scaling is not None:
+        parts.append("The output logits are divided by logits_scaling.")
     if att.softcap is not None:
         parts.append("Attention scores are soft-capped, ``c * tanh(s / c)``, before the mask.")
     if a.final_logit_softcapping is not None:
@@ -426,7 +484,7 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "act2fn": act not in TORCH_ACTIVATIONS,
         "sliding_window": a.windowed,
         # per-layer attention types (transformers' layer_types): one mask per type, chosen per layer
-        "layer_types": a.per_layer_types,
+        "layer_types": a.per_layer_types or a.rope_by_layer_type,
         "model_keys": sorted(a.model_keys),
         "numeric_structure": list(schema.NUMERIC_STRUCTURE),
         # structural keys of a part this structure does not have (a mixture's, without one): not listed
@@ -435,6 +493,15 @@ def plan(bp: Blueprint, a: Architecture) -> dict[str, Any]:
         "final_norm": a.norm.final,
         "positions": a.rope is not None or a.absolute_positions,
         "partial_rotary": a.rope is not None and a.rope.partial,
+        "rope_by_layer_type": a.rope_by_layer_type,
+        # the function turning queries and keys
+        "apply_rope": (
+            "apply_interleaved_rotary_pos_emb"
+            if a.rope is not None and a.rope.interleaved
+            else "apply_partial_rotary_pos_emb"
+            if a.rope is not None and a.rope.partial
+            else "apply_rotary_pos_emb"
+        ),
         # as the family's transformers class: a zeroed pad row that gets no gradient, or none
         "padding_idx": bp.meta.get("embedding_padding_idx", a.init in ("scaled_normal", "normal")),
         "transformers_config": transformers_config_fields(bp, a),

@@ -72,6 +72,11 @@ def each_of(*choices: str) -> Check:
     return check
 
 
+def zeros_and_ones(v: Any) -> str | None:
+    bad = [x for x in v if isinstance(x, bool) or x not in (0, 1)]
+    return f"entries must be 0 or 1; got {bad[0]!r}" if bad else None
+
+
 def dtype_name(v: Any) -> str | None:
     """test.dtype: a dtype scaffold test trains in, by any name it accepts (bf16 for bfloat16...);
     the message lists the dtypes themselves."""
@@ -161,7 +166,7 @@ QKV_LAYOUTS = ("separate", "fused", "fused_per_head")
 MLP_LAYOUTS = ("separate", "fused")
 # transformers' ACT2FN names the generated code can use (read without importing transformers)
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_pytorch_tanh", "gelu_new", "tanh", "sigmoid")
-QK_NORMS = ("none", "head", "full")
+QK_NORMS = ("none", "head", "full", "l2")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 EMBEDDING_SCALES = ("none", "sqrt_hidden")
 INITS = ("scaled_normal", "xavier", "deepnet", "normal")
@@ -190,15 +195,36 @@ STRUCTURE: dict[str, Any] = {
     "router": "softmax",
     "norm_topk_prob": False,
     "shared_expert": "none",
+    "nope_layers": False,
+    "attention_sinks": False,
+    "attention_output_gate": False,
+    "rope_interleaved": False,
     # structural by presence: set, the code for them is generated and reads their values from the config
     "attn_logit_softcapping": None,
     "final_logit_softcapping": None,
     "query_pre_attn_scalar": None,
+    "rope_local_base_freq": None,
+    "embedding_multiplier": None,
+    "residual_multiplier": None,
+    "attention_multiplier": None,
+    "logits_scaling": None,
 }
 # The structural keys of a mixture of experts (mlp = "moe"); without one they are left at their defaults.
 MOE_STRUCTURE = ("router", "norm_topk_prob", "shared_expert")
 # The structural keys that are numbers: absent (None) leaves their code out; set, their value is config.
-NUMERIC_STRUCTURE = ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar")
+NUMERIC_STRUCTURE = (
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "query_pre_attn_scalar",
+    "rope_local_base_freq",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "attention_multiplier",
+    "logits_scaling",
+)
+# Number-valued structural keys whose value lives inside another config field, not in one of their own
+# (the sliding layers' RoPE base is in rope_parameters, per layer type, as transformers 5 keeps it).
+FOLDED_STRUCTURE = ("rope_local_base_freq",)
 
 # Number keys a structural value needs, with the value used when the manifest has none: a family that
 # never mentions layer_norm_eps accepts it (and gets 1e-5) once norm_type = layernorm.
@@ -226,6 +252,11 @@ COMPANIONS: dict[tuple[str, Any], dict[str, Any]] = {
     },
     ("shared_expert", "gated"): {"shared_expert_intermediate_size": 512},
     ("shared_expert", "plain"): {"shared_expert_intermediate_size": 512},
+    ("nope_layers", True): {"no_rope_layer_interval": 4},
+}
+# Model keys a structural value makes acceptable without a default (absent: derived from others).
+OPTIONAL_COMPANIONS: dict[tuple[str, Any], tuple[str, ...]] = {
+    ("nope_layers", True): ("no_rope_layers",),
 }
 # Model keys a model cannot do without (where its family has them): never absent from a resolved manifest.
 REQUIRED_MODEL_KEYS = (
@@ -254,6 +285,13 @@ UNIVERSAL_MODEL_KEYS = ("tie_word_embeddings",)
 def structure_of(model: Mapping[str, Any]) -> dict[str, Any]:
     """The resolved structure of a ``[model]`` table: every structural key, defaults filled in."""
     return {key: model.get(key, default) for key, default in STRUCTURE.items()}
+
+
+def optional_companions(structure: Mapping[str, Any]) -> set[str]:
+    """The model keys ``structure`` accepts that have no default (derived when absent)."""
+    return {
+        k for (key, value), keys in OPTIONAL_COMPANIONS.items() if structure.get(key) == value for k in keys
+    }
 
 
 def companions(structure: Mapping[str, Any], family_keys: Any = ()) -> dict[str, Any]:
@@ -364,6 +402,22 @@ FIELDS: tuple[Field, ...] = (
         "(Gemma 2: 2; transformers' Gemma 3 name).",
         (positive,),
     ),
+    Field(
+        "model",
+        "no_rope_layers",
+        (list,),
+        "With nope_layers: one entry per layer, 1 where RoPE turns queries and keys, 0 where the layer attends "
+        "without positions (NoPE); absent: every no_rope_layer_interval-th layer has none (SmolLM3, Llama 4).",
+        (zeros_and_ones,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "no_rope_layer_interval",
+        INT,
+        "With nope_layers and no_rope_layers absent: every N-th layer (N, 2N, ...) attends without RoPE (SmolLM3: 4).",
+        (positive,),
+    ),
     Field("model", "tie_word_embeddings", BOOL, "Share the input embedding with the output head."),
     Field("model", "attention_dropout", NUM, "Dropout on attention probabilities.", (probability,)),
     Field("model", "hidden_dropout", NUM, "Dropout on the embeddings and residual branches.", (probability,)),
@@ -424,8 +478,9 @@ FIELDS: tuple[Field, ...] = (
         "model",
         "qk_norm",
         STR,
-        "Normalise queries and keys before RoPE: none, head (each head over head_dim: Qwen3) or full (over "
-        "all heads' width at once: OLMo 2), with the model's norm_type.",
+        "Normalise queries and keys: none, head (each head over head_dim: Qwen3) or full (over all heads' "
+        "width at once: OLMo 2), both before RoPE with the model's norm_type, or l2 (each head divided by its "
+        "RMS, no weight, after RoPE: Llama 4).",
         (one_of(*QK_NORMS),),
     ),
     Field(
@@ -602,6 +657,74 @@ FIELDS: tuple[Field, ...] = (
         "query_pre_attn_scalar",
         NUM,
         "Scale attention scores by query_pre_attn_scalar^-0.5 instead of head_dim^-0.5 (Gemma 2); null: head_dim.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "nope_layers",
+        BOOL,
+        "Some layers attend without RoPE (NoPE), as model.no_rope_layers says (SmolLM3, Llama 4); needs "
+        "position_embedding = rope.",
+    ),
+    Field(
+        "model",
+        "rope_local_base_freq",
+        NUM,
+        "The sliding-window layers' own RoPE base (Gemma 3: 10000, the full layers keeping rope_theta and "
+        "rope_scaling), as transformers 5's per-layer-type rope_parameters; null: one RoPE for every layer.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "attention_sinks",
+        BOOL,
+        "A learned sink logit per head (gpt-oss's `sinks`): one more softmax column that takes probability mass "
+        "and adds nothing to the output. eager, flex_attention and flash kernels taking s_aux; not sdpa.",
+    ),
+    Field(
+        "model",
+        "attention_output_gate",
+        BOOL,
+        "Gate attention's output by sigmoid(gate) before o_proj, the gate a second half of each head's q_proj "
+        "output (Qwen3-Next's gated attention); needs qkv_layout = separate.",
+    ),
+    Field(
+        "model",
+        "rope_interleaved",
+        BOOL,
+        "RoPE turns adjacent feature pairs (x0, x1), (x2, x3)... (GLM) instead of the two halves of each head.",
+    ),
+    Field(
+        "model",
+        "embedding_multiplier",
+        NUM,
+        "Multiply the token embeddings by this (Granite: 12); null: off.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "residual_multiplier",
+        NUM,
+        "Multiply each sublayer's output by this before the residual add (Granite: 0.22; pre-norm only); null: off.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "attention_multiplier",
+        NUM,
+        "Scale attention scores by this instead of head_dim^-0.5 (Granite: 1/64); null: head_dim^-0.5.",
+        (positive,),
+        nullable=True,
+    ),
+    Field(
+        "model",
+        "logits_scaling",
+        NUM,
+        "Divide the output logits by this (Granite: 8); null: off.",
         (positive,),
         nullable=True,
     ),

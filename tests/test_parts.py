@@ -369,14 +369,21 @@ def test_truncated_normal_leaves_loaded_tensors_alone():
 
 
 def test_every_part_is_pasted_by_a_shipped_family():
-    """A part no family's structure pastes is dead code: delete it rather than keep testing it."""
+    """A part no family's structure pastes, nor a structural option turned on over a family (each boolean
+    key true, each qk_norm), is dead code: delete it rather than keep testing it."""
+    from scaffold import schema
     from scaffold.arch import for_blueprint
     from scaffold.blueprints import builtin_names, load
     from scaffold.render import plan_parts
 
     pasted = set()
+    options = [{k: True} for k, v in schema.STRUCTURE.items() if v is False]
+    options += [{"qk_norm": kind} for kind in schema.QK_NORMS]
     for name in builtin_names():
         bp = load(name)
         model = {**bp.defaults.get("model", {}), **bp.preset(bp.default_preset)["model"], **bp.structure}
         pasted |= set(plan_parts(for_blueprint(bp, model)))
+        if name == "llama":
+            for option in options:
+                pasted |= set(plan_parts(for_blueprint(bp, {**model, **option})))
     assert set(part_sources()) - pasted == set()

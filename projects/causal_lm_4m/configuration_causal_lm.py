@@ -60,6 +60,10 @@ class ScaffoldCausalLMConfig(PreTrainedConfig):
     qk_norm: str = "none"
     qkv_bias: bool = False
     init: str = "xavier"
+    nope_layers: bool = False
+    attention_sinks: bool = False
+    attention_output_gate: bool = False
+    rope_interleaved: bool = False
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:

@@ -69,6 +69,10 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     qk_norm: str = "none"
     qkv_bias: bool = False
     init: str = "scaled_normal"
+    nope_layers: bool = False
+    attention_sinks: bool = False
+    attention_output_gate: bool = False
+    rope_interleaved: bool = False
 
     def __post_init__(self, **kwargs):
         if self.rope_parameters is None:

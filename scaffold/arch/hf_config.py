@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import UsageError
 from .model import Architecture
 
-ROPE_MANIFEST_KEYS = ("rope_theta", "rope_scaling", "partial_rotary_factor")
+ROPE_MANIFEST_KEYS = ("rope_theta", "rope_scaling", "partial_rotary_factor", "rope_local_base_freq")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 def to_hf(arch: Architecture, model: Mapping[str, Any]) -> dict[str, Any]:
@@ -27,7 +28,8 @@ def to_hf(arch: Architecture, model: Mapping[str, Any]) -> dict[str, Any]:
         # top-level partial_rotary_factor into the table of some RoPE types and not of others)
         for key in ROPE_MANIFEST_KEYS:
             out.pop(key, None)
-        out["rope_parameters"] = arch.rope.parameters()
+        # a table per attention type when the sliding layers have their own base (Gemma 3)
+        out["rope_parameters"] = arch.rope_parameters()
     return out
 
 
@@ -54,7 +56,18 @@ def from_hf(
     for theirs, ours in (renames or {}).items():
         if theirs in config:
             config.setdefault(ours, config.pop(theirs))
+    if config.get("use_sliding_window") is False:  # the window is off (SmolLM3 keeps its size)
+        config["sliding_window"] = None
+    flags = config.get("no_rope_layers")
+    if isinstance(flags, list) and 0 in flags:  # some layers attend without RoPE
+        config.setdefault("nope_layers", True)
     rope = _table(config, "rope_parameters", where)
+    if set(rope) and set(rope) <= set(LAYER_TYPES):  # transformers 5's per-layer-type RoPE (Gemma 3)
+        local = rope.get("sliding_attention")
+        local = dict(local) if isinstance(local, Mapping) else {}
+        rope = dict(rope.get("full_attention") or {})
+        if "rope_theta" in local:
+            config.setdefault("rope_local_base_freq", local["rope_theta"])
     if rope or "rope_theta" in config:
         theta = rope.pop("rope_theta", config.get("rope_theta", 10000.0))
         if isinstance(theta, bool) or not isinstance(theta, (int, float)):

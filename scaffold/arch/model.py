@@ -52,6 +52,7 @@ class Rope:
     scaling: Mapping[str, Any] = field(default_factory=frozen_mapping)  # without rope_type
     type: str = "default"  # default | linear | llama3 | yarn | ...
     partial_rotary_factor: float = 1.0
+    interleaved: bool = False  # adjacent feature pairs turned (GLM), not the two halves of each head
 
     @property
     def partial(self) -> bool:
@@ -79,6 +80,9 @@ class Attention:
     qkv_bias: bool = False  # on q, k and v only
     softcap: float | None = None  # attn_logit_softcapping
     query_pre_attn_scalar: float | None = None
+    multiplier: float | None = None  # attention_multiplier: the score scale itself (Granite)
+    sinks: bool = False  # a learned sink logit per head (gpt-oss)
+    output_gate: bool = False  # sigmoid(gate) on the output, the gate from q_proj (Qwen3-Next)
 
     @property
     def single_head(self) -> bool:
@@ -153,7 +157,7 @@ class Layer:
     index: int
     attention_type: str = FULL  # full_attention | sliding_attention
     sliding_window: int | None = None  # the window of a sliding layer
-    rope: bool = False  # whether RoPE turns this layer's queries and keys
+    rope: Rope | None = None  # the RoPE turning this layer's queries and keys (None: no positions here)
     mlp: str = "dense"  # dense | sparse (a mixture of experts)
 
     @property
@@ -180,6 +184,12 @@ class Architecture:
     lm_head_bias: bool = False
     tie_word_embeddings: bool = False
     final_logit_softcapping: float | None = None
+    # the sliding layers' own RoPE (Gemma 3's local base), when it differs from ``rope``
+    local_rope: Rope | None = None
+    nope_layers: bool = False  # some layers attend without RoPE (config.no_rope_layers)
+    embedding_multiplier: float | None = None  # Granite's scalings
+    residual_multiplier: float | None = None
+    logits_scaling: float | None = None
     init: str = "scaled_normal"
     alibi_trainable: bool = False
     # whether the family's config carries per-layer attention types (layer_types / a window pattern)
@@ -213,6 +223,19 @@ class Architecture:
     def sliding_window(self) -> int | None:
         """The window the sliding layers use (None when no layer slides)."""
         return next((layer.sliding_window for layer in self.layers if layer.sliding), None)
+
+    @property
+    def rope_by_layer_type(self) -> bool:
+        """Whether each attention type has its own RoPE (transformers 5's per-layer-type rope_parameters)."""
+        return self.local_rope is not None
+
+    def rope_parameters(self) -> dict[str, Any] | None:
+        """transformers 5's ``rope_parameters``: one table, or one per attention type."""
+        if self.rope is None:
+            return None
+        if self.local_rope is None:
+            return self.rope.parameters()
+        return {FULL: self.rope.parameters(), SLIDING: self.local_rope.parameters()}
 
     @property
     def alibi(self) -> bool:

@@ -10,6 +10,7 @@ path, for ``manifest.validate``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from .. import schema
@@ -29,6 +30,7 @@ def accepted_keys(model_keys: Iterable[str], structure: Mapping[str, Any]) -> se
         | set(schema.STRUCTURE)
         | set(schema.UNIVERSAL_MODEL_KEYS)
         | set(schema.companions(structure, keys))
+        | schema.optional_companions(structure)
     )
 
 
@@ -103,6 +105,17 @@ def sparse_layer(model: Mapping[str, Any], index: int, pattern_keys: Iterable[st
     )
 
 
+def no_rope_layers_of(model: Mapping[str, Any], layers: int) -> list[int]:
+    """Per layer, 1 where RoPE turns queries and keys and 0 where it does not: ``no_rope_layers`` as
+    given; else every ``no_rope_layer_interval``-th layer has none (as SmolLM3's configuration derives it)."""
+    given = model.get("no_rope_layers")
+    if isinstance(given, (list, tuple)) and len(given) == layers:
+        return [int(x) for x in given]
+    interval = model.get("no_rope_layer_interval", 4)
+    interval = int(interval) if _number(interval) and interval > 0 else 4
+    return [int((i + 1) % interval != 0) for i in range(layers)]
+
+
 def resolve(
     model: Mapping[str, Any],
     *,
@@ -134,6 +147,18 @@ def resolve(
     rope = rope_of(model) if s["position_embedding"] == "rope" else None
     experts = experts_of(model, s, keys) if s["mlp"] == "moe" else None
     patterned = experts.pattern_keys if experts else ()
+    if rope is not None and s["rope_interleaved"]:
+        rope = replace(rope, interleaved=True)
+    local_rope = None
+    if rope is not None and s["rope_local_base_freq"] is not None and windowed:
+        # the sliding layers' RoPE: its own base, unscaled, the rotated fraction of the full layers'
+        local_rope = Rope(
+            theta=float(s["rope_local_base_freq"]),
+            partial_rotary_factor=rope.partial_rotary_factor,
+            interleaved=rope.interleaved,
+        )
+    nope = rope is not None and bool(s["nope_layers"])
+    with_rope = no_rope_layers_of(model, len(types)) if nope else [1] * len(types)
     return Architecture(
         family=family,
         names=frozen_mapping({**DEFAULT_NAMES, **(names or {})}),
@@ -157,6 +182,9 @@ def resolve(
             qkv_bias=bool(s["qkv_bias"]),
             softcap=s["attn_logit_softcapping"],
             query_pre_attn_scalar=s["query_pre_attn_scalar"],
+            multiplier=s["attention_multiplier"],
+            sinks=bool(s["attention_sinks"]),
+            output_gate=bool(s["attention_output_gate"]),
         ),
         mlp=Mlp(
             kind=s["mlp"],
@@ -171,7 +199,7 @@ def resolve(
                 index=i,
                 attention_type=kind,
                 sliding_window=window if kind == SLIDING else None,
-                rope=rope is not None,
+                rope=None if not with_rope[i] else (local_rope if local_rope and kind == SLIDING else rope),
                 mlp="sparse" if experts and sparse_layer(model, i, patterned) else "dense",
             )
             for i, kind in enumerate(types)
@@ -182,6 +210,11 @@ def resolve(
         lm_head_bias=bool(s["lm_head_bias"]),
         tie_word_embeddings=bool(model.get("tie_word_embeddings", False)),
         final_logit_softcapping=s["final_logit_softcapping"],
+        local_rope=local_rope,
+        nope_layers=nope,
+        embedding_multiplier=s["embedding_multiplier"],
+        residual_multiplier=s["residual_multiplier"],
+        logits_scaling=s["logits_scaling"],
         init=s["init"],
         alibi_trainable=bool(model.get("alibi_trainable", False)),
         per_layer_types=per_layer,
@@ -304,6 +337,7 @@ def problems(model: Mapping[str, Any], test: Mapping[str, Any] | None = None) ->
     test = test if isinstance(test, Mapping) else {}
     backend = test.get("attn_implementation")
     out.extend(_score_checks(structure, backend))
+    out.extend(_position_and_scale_checks(model, structure, backend))
     if position == "alibi" and isinstance(backend, str) and backend.startswith("flash_attention"):
         out.append(
             (
@@ -389,4 +423,83 @@ def _moe_checks(model: Mapping[str, Any], structure: Mapping[str, Any]) -> list[
                     f"names layer {beyond[0]}; the model has {layers} (0 to {layers - 1})",
                 )
             )
+    return out
+
+
+def _position_and_scale_checks(
+    model: Mapping[str, Any], structure: Mapping[str, Any], backend: Any
+) -> list[tuple[str, str]]:
+    """Per-layer positions, attention sinks and Granite's multipliers against what they act on."""
+    out: list[tuple[str, str]] = []
+    position = structure["position_embedding"]
+    single = structure["attention"] == "single_head"
+    if structure["nope_layers"] and position != "rope":
+        out.append(("model.nope_layers", f"NoPE layers leave out RoPE; position_embedding is {position!r}"))
+    flags = model.get("no_rope_layers")
+    if isinstance(flags, list):
+        layers = model.get("num_hidden_layers")
+        if not structure["nope_layers"]:
+            out.append(("model.no_rope_layers", "is read only with model.nope_layers = true"))
+        elif _number(layers) and len(flags) != layers:
+            out.append(("model.no_rope_layers", f"has {len(flags)} entries for num_hidden_layers = {layers}"))
+    if structure["rope_local_base_freq"] is not None and position != "rope":
+        out.append(
+            (
+                "model.rope_local_base_freq",
+                f"a second RoPE base needs position_embedding = rope, not {position!r}",
+            )
+        )
+    if structure["attention_sinks"]:
+        if single or position == "alibi":
+            out.append(("model.attention_sinks", "sinks need multi_head attention without ALiBi"))
+        if structure["attn_logit_softcapping"] is not None:
+            out.append(
+                (
+                    "model.attention_sinks",
+                    "no attention function both soft-caps scores and adds sinks; unset one",
+                )
+            )
+        if backend == "sdpa":
+            out.append(
+                (
+                    "test.attn_implementation",
+                    "sdpa takes no sink logits (model.attention_sinks = true); use eager or flex_attention",
+                )
+            )
+    if structure["attention_multiplier"] is not None:
+        if structure["query_pre_attn_scalar"] is not None:
+            out.append(
+                (
+                    "model.attention_multiplier",
+                    "both it and query_pre_attn_scalar set the score scale; unset one",
+                )
+            )
+        if single:
+            out.append(
+                ("model.attention_multiplier", "single_head attention scores by its own rule; unset it")
+            )
+    if structure["attention_output_gate"] and (single or structure["qkv_layout"] != "separate"):
+        out.append(
+            (
+                "model.attention_output_gate",
+                "the gate comes from q_proj: it needs multi_head attention with qkv_layout = separate",
+            )
+        )
+    if structure["rope_interleaved"] and position != "rope":
+        out.append(
+            ("model.rope_interleaved", f"interleaves RoPE's pairs; position_embedding is {position!r}")
+        )
+    if structure["residual_multiplier"] is not None and (
+        structure["norm_position"] != "pre" or structure["parallel_residual"]
+    ):
+        out.append(
+            (
+                "model.residual_multiplier",
+                "scales the sublayers of pre-norm blocks (norm_position = pre, no parallel residual)",
+            )
+        )
+    if structure["embedding_multiplier"] is not None and structure["embedding_scale"] != "none":
+        out.append(
+            ("model.embedding_multiplier", "embedding_scale already scales the embeddings; unset one of them")
+        )
     return out

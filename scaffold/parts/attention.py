@@ -63,3 +63,30 @@ def split_qkv(
     sizes = (num_heads * head_dim, num_key_value_heads * head_dim, num_key_value_heads * head_dim)
     q, k, v = (x.view(*qkv.shape[:-1], -1, head_dim).transpose(1, 2) for x in qkv.split(sizes, dim=-1))
     return q, k, v
+
+
+def sink_eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    s_aux: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with a learned sink logit per head (gpt-oss): softmax over [scores, sink], the sink's column
+    dropped, so each query may give part of its attention to nothing. ``s_aux``: the (heads,) sink logits."""
+    groups = getattr(module, "num_key_value_groups", 1)  # query heads per KV head
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    sinks = s_aux.reshape(1, -1, 1, 1).expand(query.shape[0], -1, query.shape[-2], -1)  # (B, H, T, 1)
+    logits = torch.cat([scores, sinks], dim=-1)
+    logits = logits - logits.max(dim=-1, keepdim=True).values  # no overflow in half precision
+    weights = nn.functional.softmax(logits, dim=-1, dtype=logits.dtype)[..., :-1]  # the sink's column dropped
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training).to(value.dtype)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
+    return out, weights

@@ -194,3 +194,24 @@ def apply_partial_rotary_pos_emb(
     rot = cos.shape[-1]
     q_rot, k_rot = apply_rotary_pos_emb(q[..., :rot], k[..., :rot], cos, sin)
     return torch.cat((q_rot, q[..., rot:]), dim=-1), torch.cat((k_rot, k[..., rot:]), dim=-1)
+
+
+def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): adjacent features as pairs (GLM, GPT-J, Llama 4)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_interleaved_rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interleaved RoPE: each adjacent pair of features turned together, over the first ``cos.shape[-1]``
+    features of each head (all of them unless partial), the rest passed through (as transformers' GLM)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    # the tables hold each frequency twice, half after half: once per pair, side by side, instead
+    cos = cos[..., : cos.shape[-1] // 2].repeat_interleave(2, dim=-1)
+    sin = sin[..., : sin.shape[-1] // 2].repeat_interleave(2, dim=-1)
+    rot = cos.shape[-1]
+    q_rot = q[..., :rot] * cos + rotate_interleaved(q[..., :rot]) * sin
+    k_rot = k[..., :rot] * cos + rotate_interleaved(k[..., :rot]) * sin
+    return torch.cat((q_rot, q[..., rot:]), dim=-1), torch.cat((k_rot, k[..., rot:]), dim=-1)

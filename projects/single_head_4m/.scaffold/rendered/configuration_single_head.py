@@ -59,6 +59,10 @@ class ScaffoldSingleHeadConfig(PreTrainedConfig):
     qk_norm: str = "none"
     qkv_bias: bool = False
     init: str = "scaled_normal"
+    nope_layers: bool = False
+    attention_sinks: bool = False
+    attention_output_gate: bool = False
+    rope_interleaved: bool = False
 
 
 __all__ = ["ScaffoldSingleHeadConfig"]
