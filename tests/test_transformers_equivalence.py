@@ -429,13 +429,13 @@ def test_lora_targets_of_the_card(family, tmp_path_factory):
     peft = pytest.importorskip("peft")
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
-    from scaffold import schema
+    from scaffold.arch import for_blueprint
     from scaffold.blueprints import load
     from scaffold.render import lora_targets
 
     hf, ours = pair(family, tmp_path_factory)
     bp = load(family)
-    targets = lora_targets(schema.structure_of({**bp.structure, **model_table(hf.config, family)}), bp.names)
+    targets = lora_targets(for_blueprint(bp, {**bp.structure, **model_table(hf.config, family)}))
     if hf.config.model_type in DEFAULTS:  # else PEFT's defaults fail for transformers' class too
         assert set(DEFAULTS[hf.config.model_type]) <= set(targets)
     with pytest.raises(ValueError, match="target_modules"):
