@@ -31,6 +31,7 @@ PART_MODULES = (
     "activations",
     "deepnet",
     "init",
+    "loss",
 )
 
 
