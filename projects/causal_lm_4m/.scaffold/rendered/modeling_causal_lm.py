@@ -157,25 +157,24 @@ def eager_attention_forward(
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of ``hidden @ weight.T + bias`` (soft-capped when ``softcap`` is set) against
-    ``targets``, computed ``chunk_size`` tokens at a time; tokens whose target is ``ignore_index`` count zero.
+    ``targets``, computed in ``chunks`` runs of tokens; tokens whose target is ``ignore_index`` count zero.
 
-    ``hidden``: (N, d); ``weight``: (V, d); ``bias``: (V,) or None; ``targets``: (N,) int64. Logits are
+    ``hidden``: (N, d) with N a multiple of ``chunks``; ``weight``: (V, d); ``bias``: (V,) or None;
+    ``targets``: (N,) int64. Logits are
     taken in float32 as transformers' ``ForCausalLMLoss`` does. Returns a float32 scalar. The gradients
     are computed in forward when any input needs one, so backward may run once only (no ``retain_graph``).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, softcap, ignore_index: int = -100):
+    def forward(ctx, hidden, weight, bias, targets, chunks: int, softcap, ignore_index: int = -100):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        n = hidden.shape[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_hidden = [] if ctx.needs_input_grad[0] else None
         # weight gradients summed over chunks in float32 (in place when the weights are float32 already)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
-        for start in range(0, n, chunk_size):
-            h = hidden[start : start + chunk_size]  # (c, d)
-            t = targets[start : start + chunk_size]
+        # (chunks * c, d) -> chunks of (c, d): the caller pads to a multiple of `chunks`
+        for h, t in zip(hidden.view(chunks, -1, hidden.shape[-1]).unbind(0), targets.view(chunks, -1).unbind(0)):
             logits = (h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())).float()  # (c, V)
             if softcap is not None:
                 capped = torch.tanh(logits / softcap)  # logits -> cap * tanh(logits / cap)
@@ -195,7 +194,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 del capped
             grad = grad.to(weight.dtype)
             if grad_hidden is not None:
-                torch.mm(grad, weight, out=grad_hidden[start : start + chunk_size])
+                grad_hidden.append(grad @ weight)
             if grad_weight is not None:
                 if grad_weight.dtype == h.dtype:
                     grad_weight.addmm_(grad.t(), h)
@@ -204,7 +203,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += grad.sum(0, dtype=torch.float32)
             del grad, logits
-        ctx.grads = (grad_hidden, grad_weight, grad_bias)
+        ctx.grads = (None if grad_hidden is None else torch.cat(grad_hidden), grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
 
@@ -241,7 +240,8 @@ def chunked_causal_lm_loss(
     position predicts nothing) unless ``shift_labels`` gives the targets already shifted; the loss is the
     mean over tokens whose label is not ``ignore_index``, or their sum divided by ``num_items_in_batch``
     when given (gradient accumulation). ``chunk_size`` tokens go through the head at once (by default as
-    many as make about 32M logits, 128 MB in float32).
+    many as make about 32M logits, 128 MB in float32); under ``torch.compile`` the tokens are split into 16
+    chunks instead, so that one compiled graph serves every sequence length.
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
@@ -251,7 +251,15 @@ def chunked_causal_lm_loss(
         raise ValueError(f"{hidden.shape[0]} positions of hidden states but {targets.shape[0]} labels")
     if chunk_size is None:
         chunk_size = max(1, 2**25 // weight.shape[0])
-    total = ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_size, softcap, ignore_index)
+    if torch.compiler.is_compiling():
+        # a number of chunks fixed in advance: one computed from the number of tokens would specialise the
+        # compiled graph on the sequence length, a recompile for each new length
+        chunks = 16
+    else:
+        chunks = max(1, -(-hidden.shape[0] // chunk_size))
+    pad = -hidden.shape[0] % chunks  # padding tokens: no target, so no loss and no gradient
+    hidden, targets = F.pad(hidden, (0, 0, 0, pad)), F.pad(targets, (0, pad), value=ignore_index)
+    total = ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunks, softcap, ignore_index)
     if num_items_in_batch is None:
         return total / (targets != ignore_index).sum()  # 0 / 0 = nan without a target, as cross_entropy
     if torch.is_tensor(num_items_in_batch):
@@ -507,6 +515,7 @@ class CausalLMForCausalLM(CausalLMPreTrainedModel, GenerationMixin):
             # Evaluation (eval() or no_grad) and config.chunked_loss=False compute the logits as below.
             loss = chunked_causal_lm_loss(
                 hidden[:, keep, :], head.weight, head.bias, labels,
+                chunk_size=self.config.loss_chunk_size,
                 **loss_kwargs,
             )
         else:
