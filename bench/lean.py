@@ -182,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     cases = ["eager"] + (["compiled"] if args.compile else [])
     for case in cases:
         wall, cpu = time_steps(
-            {"generated": gen, "transformers": hf}, args.batch, args.seq, args.warmup, args.rounds, case == "compiled"
+            {"generated": gen, "transformers": hf},
+            args.batch,
+            args.seq,
+            args.warmup,
+            args.rounds,
+            case == "compiled",
         )
         row: dict[str, Any] = {
             "case": case,
@@ -203,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                 row["hf_rss_mib"] = r["transformers"]["rss_peak_bytes"] / 2**20
                 row["rss ratio"] = row["gen_rss_mib"] / row["hf_rss_mib"]
                 row["rss_reliable"] = r["generated"]["rss_reliable"] and r["transformers"]["rss_reliable"]
-        print(f"{case}: " + ", ".join(f"{k} {C._cell(row.get(k))}" for k, _ in COLUMNS[2:] if k in row), flush=True)
+        print(
+            f"{case}: " + ", ".join(f"{k} {C._cell(row.get(k))}" for k, _ in COLUMNS[2:] if k in row),
+            flush=True,
+        )
         rows.append(row)
     C.write_json(
         args.results_dir / "lean_cpu.json",

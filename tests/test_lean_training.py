@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers.loss.loss_utils import ForCausalLMLoss
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from scaffold.parts.loss import ChunkedLinearCrossEntropy, chunked_causal_lm_loss
 
@@ -96,7 +96,11 @@ class LargestTensor(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
                 continue  # a view (weight.t()) or an in-place result
@@ -183,10 +187,17 @@ def test_trainer_evaluation_gets_logits_for_compute_metrics(tiny_llama_dir, tmp_
         return {"top1": float((pred.predictions[:, :-1].argmax(-1) == pred.label_ids[:, 1:]).mean())}
 
     args = TrainingArguments(
-        tmp_path / "out", per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2,
-        report_to=[], save_strategy="no", use_cpu=True,
+        tmp_path / "out",
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, compute_metrics=compute_metrics)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data, compute_metrics=compute_metrics
+    )
     trainer.train()
     metrics = trainer.evaluate()
     assert seen == [(8, 16, 300)] and "eval_top1" in metrics and metrics["eval_loss"] > 0
