@@ -159,6 +159,7 @@ def plan_parts(a: Architecture) -> list[str]:
         parts += ["sink_eager_attention_forward"]
     if a.mlp.act == "gelu_pytorch_tanh":
         parts += ["gelu_pytorch_tanh"]
+    parts += ["ChunkedLinearCrossEntropy", "chunked_causal_lm_loss", "is_plain_linear"]
     if a.norm.position == "deepnorm":
         parts += ["deepnet_alpha"]
     if a.init == "deepnet":

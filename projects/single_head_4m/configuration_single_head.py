@@ -37,6 +37,11 @@ class ScaffoldSingleHeadConfig(PreTrainedConfig):
     alibi_trainable: bool = True
     tie_word_embeddings: bool = True
     use_cache: bool = True
+    # training with labels computes the loss a chunk of tokens at a time, without the (batch, seq, vocab)
+    # logits (outputs.logits is None then); False computes the logits and transformers' loss on them
+    chunked_loss: bool = True
+    # tokens per chunk of that loss (None: as many as make about 32M logits, 128 MB in float32)
+    loss_chunk_size: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None

@@ -32,6 +32,7 @@ PART_MODULES = (
     "deepnet",
     "init",
     "moe",
+    "loss",
 )
 
 

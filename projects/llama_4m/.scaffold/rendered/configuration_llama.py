@@ -45,6 +45,11 @@ class ScaffoldLlamaConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
+    # training with labels computes the loss a chunk of tokens at a time, without the (batch, seq, vocab)
+    # logits (outputs.logits is None then); False computes the logits and transformers' loss on them
+    chunked_loss: bool = True
+    # tokens per chunk of that loss (None: as many as make about 32M logits, 128 MB in float32)
+    loss_chunk_size: int | None = None
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
     pad_token_id: int | None = None
