@@ -413,6 +413,8 @@ def lora_targets(a: Architecture) -> list[str]:
         mlp = [names["gate_up_proj"], names["down_proj"]]
     else:
         mlp = [names[k] for k in ("gate_proj", "up_proj", "down_proj")]
+    if a.mlp.experts is not None and a.mlp.experts.shared_expert == "gated":
+        mlp.append("shared_expert_gate")  # Qwen2-MoE's sigmoid gate on the shared expert (a linear layer)
     return attention + mlp
 
 

@@ -233,8 +233,9 @@ DIFFERENT_PREFIX = "Scaffold"
 def differences(bp: Any, model: Mapping[str, Any]) -> list[str]:
     """The structural keys in which ``model`` differs from the network of the transformers class
     ``bp``'s family reproduces (``[]``: it is that network). Number-valued structural keys differ by
-    presence (transformers' class applies its own default when config.json lacks one); a fraction of
-    rotary features is the family's when its class rotates a fraction at all."""
+    presence (transformers' class applies its own default when config.json lacks one); the keys the
+    family's transformers class reads from its config (``config_structure`` in blueprint.toml: biases,
+    GPT-NeoX's parallel residual, a rotated fraction) keep its network with any value."""
     stock_preset = bp.preset(None).get("model", {})
     stock = schema.structure_of(
         {**bp.structure, **{k: stock_preset.get(k) for k in schema.NUMERIC_STRUCTURE}}
@@ -247,8 +248,6 @@ def differences(bp: Any, model: Mapping[str, Any]) -> list[str]:
             continue  # init only, or a key transformers' class reads from its config (any value is its network)
         if key in schema.NUMERIC_STRUCTURE:
             same = (value is None) == (theirs is None)
-        elif key == "partial_rotary_factor":
-            same = value == theirs or theirs < 1
         else:
             same = value == theirs
         if not same:
