@@ -21,8 +21,9 @@ def build_model_dir(
 ) -> Path:
     """``scaffold new NAME --from BLUEPRINT --preset PRESET --set model.*`` then ``scaffold build``
     into ``work_dir/models/NAME`` (no weights); returns the model directory."""
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
 
     work_dir = Path(work_dir)
     overrides = {"model": dict(model)} if model else None

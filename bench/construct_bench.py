@@ -50,8 +50,9 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
 
 
 def model_dir(work: Path, preset: str) -> Path:
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
 
     name = preset.replace(".", "_")
     project = create_project(name, "llama", projects_dir=work / "projects", preset=preset, force=True)
@@ -86,7 +87,7 @@ def construction(work: Path, repeat: int, skip_7b: bool) -> list[tuple[str, str,
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights as hf_no_init
 
-    from scaffold.construct import construct
+    from scaffold.build.construct import construct
 
     rows = []
     presets = ["llama3.2_1b"] if skip_7b else ["llama2_7b", "llama3.2_1b"]
@@ -145,8 +146,8 @@ def checkpoints(work: Path, repeat: int) -> list[tuple[str, str, float]]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from scaffold.checkpoint import load_checkpoint, save_checkpoint
-    from scaffold.construct import construct
+    from scaffold.build.checkpoint import load_checkpoint, save_checkpoint
+    from scaffold.build.construct import construct
 
     path = model_dir(work, "117m")
     torch.manual_seed(0)

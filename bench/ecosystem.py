@@ -38,7 +38,7 @@ def weighted_model_dir(work: Path, family: str) -> Path:
     """The family's tiny model directory with seeded weights, saved as a trained model would be."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from scaffold.blueprints import load as load_blueprint
+    from scaffold.spec.blueprints import load as load_blueprint
 
     blueprint = load_blueprint(family)
     heads = blueprint.preset(blueprint.default_preset)["model"].get("num_attention_heads", 2)

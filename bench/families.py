@@ -55,7 +55,7 @@ THRESHOLD = 0.97
 
 def reproduced_families() -> dict[str, str]:
     """Built-in family name -> the transformers model_type it reproduces."""
-    from scaffold.blueprints import builtin_names, load
+    from scaffold.spec.blueprints import builtin_names, load
 
     out = {}
     for name in builtin_names():
@@ -88,8 +88,9 @@ def make_pair(family: str, model_type: str, work: Path, dtype, device, attn: str
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from scaffold.build import build, load_project
-    from scaffold.importer import import_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.importer import import_project
 
     torch.manual_seed(0)
     config = AutoConfig.for_model(model_type, **shape)
@@ -108,7 +109,7 @@ def make_pair(family: str, model_type: str, work: Path, dtype, device, attn: str
     gen = AutoModelForCausalLM.from_config(gen_config, trust_remote_code=True, dtype=torch.float32)
     # from the checkpoint transformers wrote: its names on disk can differ from those in memory (GPT-NeoX's
     # head is embed_out on disk, lm_head in transformers' module)
-    from scaffold.checkpoint import load_checkpoint
+    from scaffold.build.checkpoint import load_checkpoint
 
     load_checkpoint(source, gen)
     gen, hf = gen.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)

@@ -163,8 +163,9 @@ def prepare(out_dir: Path) -> None:
     import families
     from transformers import AutoConfig
 
-    from scaffold.build import build, load_project
-    from scaffold.importer import import_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.importer import import_project
 
     for family, model_type in families.reproduced_families().items():
         name = f"family_{family}"

@@ -3,7 +3,7 @@
 For each shape it trains the same model with the same data in one process and then with each parallel
 mode over N processes (one GPU each, NCCL; N = every power of two up to the GPUs present, 1 included,
 so a one-GPU machine measures the cost of the wrappers alone), through scaffold's own launcher
-(:func:`scaffold.distributed.launch`, the code ``scaffold test --nproc`` runs), and records tokens/s
+(:func:`scaffold.run.distributed.launch`, the code ``scaffold test --nproc`` runs), and records tokens/s
 (summed over ranks for ddp and fsdp2; the batch's for tp, whose ranks share every token), peak memory
 per rank (``torch.cuda.max_memory_allocated``) and the largest loss difference from the single
 process. bf16 weights (FSDP2: bf16 parameters, float32 gradient reduction), sdpa, random tokens; the
@@ -77,8 +77,8 @@ def process_counts(device: str) -> list[int]:
 def run_all(
     plan_dir: Path, results: Path, device: str, quick: bool, steps: int, timeout: float
 ) -> list[dict]:
-    from scaffold.distributed import DistributedOptions, launch
-    from scaffold.smoke import TestOptions, run
+    from scaffold.run.distributed import DistributedOptions, launch
+    from scaffold.run.smoke import TestOptions, run
 
     plan = json.loads((plan_dir / "plan.json").read_text())
     shapes = ["tiny"] if quick else [s for s in plan["shapes"] if s != "tiny"]

@@ -4,7 +4,7 @@ transformers' ``Qwen3ForCausalLM``, same weights, side by side in one run, repor
 The shape is Qwen3's vocabulary (151,936 tokens) over small hidden sizes, so the output head and its
 loss dominate the step as they do in small and mid-sized models: transformers' class holds the
 (batch, seq, vocab) logits, their float32 log-softmax and their gradients; the generated class takes
-the loss a chunk of tokens at a time (scaffold/parts/loss.py) and never holds them. Both models come
+the loss a chunk of tokens at a time (scaffold/codegen/parts/loss.py) and never holds them. Both models come
 from one transformers model: it is saved, turned into a project with ``scaffold import``, built and
 loaded as a user would (``trust_remote_code=True``), given transformers' weights with ``strict=True``,
 and the logits and the training loss compared (the loss to 1e-5).

@@ -39,9 +39,10 @@ def build_pair(args, tmp: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.blueprints import load as load_blueprint
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
+    from scaffold.spec.blueprints import load as load_blueprint
 
     bp = load_blueprint(args.family)
     experts_key = "num_local_experts" if args.family == "mixtral" else "num_experts"

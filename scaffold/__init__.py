@@ -15,7 +15,7 @@ __all__ = ["__version__", "default_dtype", "no_init_weights"]
 def __getattr__(name: str):
     # construction helpers import torch: load them on first use only
     if name in ("no_init_weights", "default_dtype"):
-        from . import construct
+        from scaffold.build import construct
 
         return getattr(construct, name)
     raise AttributeError(f"module 'scaffold' has no attribute {name!r}")

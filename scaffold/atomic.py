@@ -1,7 +1,7 @@
 """Folders that are replaced whole or not at all: staging, swap, lock and sweep.
 
-``scaffold new``, ``scaffold build``, a project's re-render or update (:func:`scaffold.update.commit`)
-and a checkpoint save (:func:`scaffold.checkpoint.save_checkpoint`) write a folder ``TARGET`` the same
+``scaffold new``, ``scaffold build``, a project's re-render or update (:func:`scaffold.project.update.commit`)
+and a checkpoint save (:func:`scaffold.build.checkpoint.save_checkpoint`) write a folder ``TARGET`` the same
 way:
 
 1. take the lock ``.TARGET.lock`` beside it (:func:`locked`); a second writer of the same folder
@@ -27,6 +27,7 @@ import errno
 import fcntl
 import glob
 import hashlib
+import json
 import math
 import os
 import re
@@ -38,8 +39,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .errors import ProjectError
-from .files import ANSWERS_FILE, BUILD_RECORD
+from scaffold.errors import IntegrityError, ProjectError
+from scaffold.files import ANSWERS_FILE, BUILD_RECORD
 
 # -- reading state and project files safely -------------------------------------------------------
 
@@ -57,8 +58,6 @@ def read_bytes_inside(path: str | Path, root: str | Path, *, missing_ok: bool = 
     :class:`IntegrityError` (exit 3) naming the file.
     """
     import stat
-
-    from .errors import IntegrityError
 
     path = Path(path)
     real, top = os.path.realpath(path), os.path.realpath(root)
@@ -92,7 +91,6 @@ def read_bytes_inside(path: str | Path, root: str | Path, *, missing_ok: bool = 
 def read_text_inside(path: str | Path, root: str | Path, *, missing_ok: bool = False) -> str | None:
     """:func:`read_bytes_inside` decoded as UTF-8; other bytes are an :class:`IntegrityError` naming
     the file and the byte (never replaced, so nothing is lost when the text is written back)."""
-    from .errors import IntegrityError
 
     raw = read_bytes_inside(path, root, missing_ok=missing_ok)
     if raw is None:
@@ -123,9 +121,8 @@ def nesting_depth(text: str) -> int:
 
 def loads_json(text: str, path: str | Path) -> object:
     """JSON parsed, nesting bounded: too deep or not JSON is an :class:`IntegrityError` naming ``path``."""
-    import json
 
-    from .errors import IntegrityError
+    from scaffold.errors import IntegrityError
 
     if nesting_depth(text) > MAX_NESTING:
         raise IntegrityError(
@@ -303,7 +300,7 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, flushed, then
     renamed over it. A failure (a full disk, permissions) is a :class:`FileAccessError` naming the
     path and the operation, and leaves any previous file as it was, never a 0-byte one."""
-    from .errors import file_access_error
+    from scaffold.errors import file_access_error
 
     path = Path(path)
     if path.is_dir():
@@ -487,7 +484,6 @@ LISTED = 5  # entries named when a folder is refused
 def is_build_dir(path: Path) -> bool:
     """Whether ``path`` holds a valid build record: ``scaffold-build.json`` parses, and every file in
     the folder is one the record lists (contents may be stale; recorded files may be missing)."""
-    import json
 
     try:
         stamp = json.loads((path / BUILD_RECORD).read_text(encoding="utf-8"))
@@ -496,7 +492,6 @@ def is_build_dir(path: Path) -> bool:
     files = stamp.get("files") if isinstance(stamp, dict) else None
     if not isinstance(files, dict):
         return False
-    from .verify import files_on_disk
 
     return files_on_disk(path) <= set(files)
 
@@ -645,3 +640,16 @@ def sweep_scratch(root: str | Path | None = None) -> list[Path]:
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(Path(entry.path))
     return removed
+
+
+IGNORED_DIRS = ("__pycache__",)  # Python writes these next to modules it imports
+
+
+def files_on_disk(path: Path) -> set[str]:
+    """Every file under ``path`` (relative, posix), leaving out the record and Python's caches."""
+    out = set()
+    for p in path.rglob("*"):
+        rel = p.relative_to(path)
+        if p.is_file() and rel.as_posix() != BUILD_RECORD and not set(rel.parts) & set(IGNORED_DIRS):
+            out.add(rel.as_posix())
+    return out

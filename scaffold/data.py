@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import sha256_file
-from .errors import DataError, one_line
+from scaffold.atomic import sha256_file
+from scaffold.errors import DataError, one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -222,7 +222,7 @@ def data_files_in(folder: Path) -> list[Path]:
 
 def read_manifest(path: Path, config: str | None = None) -> DatasetSource:
     """A dataset manifest (``dataset.toml``) with one of its configurations chosen."""
-    from .atomic import MAX_NESTING, nesting_depth
+    from scaffold.atomic import MAX_NESTING, nesting_depth
 
     try:
         text = path.read_text(encoding="utf-8")

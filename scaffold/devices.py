@@ -1,7 +1,7 @@
 """Devices and dtypes: which names scaffold accepts, what they resolve to, and how much memory there is.
 
 Every other module asks here: the manifest's ``test.dtype`` is checked against :data:`TEST_DTYPE_NAMES`
-(:mod:`scaffold.schema`), ``scaffold test``, ``build`` and ``show`` resolve ``--dtype`` with
+(:mod:`scaffold.spec.schema`), ``scaffold test``, ``build`` and ``show`` resolve ``--dtype`` with
 :func:`resolve_dtype` and ``--device`` with :func:`resolve_device`, construction and checkpoints take
 any dtype name :func:`to_dtype` knows, and checkpoints name dtypes as safetensors does
 (:data:`SAFETENSORS_DTYPES`). The name tables come first and need no torch, so the schema (and with it
@@ -15,7 +15,7 @@ import resource
 import sys
 from typing import Any
 
-from .errors import DeviceError
+from scaffold.errors import DeviceError
 
 # -- dtype names (no torch) ------------------------------------------------------------------------
 

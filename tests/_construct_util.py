@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from click.testing import CliRunner
 
-from scaffold.build import build, load_project
+from scaffold.build import build
 from scaffold.cli import cli
-from scaffold.render import create_project
+from scaffold.project import load_project
+from scaffold.project.new import create_project
 
 REPO = Path(__file__).resolve().parents[1]
 TINY: dict[str, Any] = {

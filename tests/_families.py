@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from scaffold.blueprints import builtin_names
-from scaffold.blueprints import load as load_blueprint
-
-from ._parity import TINY_HF
+from scaffold.spec.blueprints import builtin_names
+from scaffold.spec.blueprints import load as load_blueprint
+from tests._parity import TINY_HF
 
 ALL: tuple[str, ...] = tuple(builtin_names())
 SEED: tuple[str, ...] = ("llama", "causal_lm", "deepone", "single_head")

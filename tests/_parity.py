@@ -51,8 +51,8 @@ def tiny_hf_model(model_type: str, seed: int = 0, **overrides: Any):
 
 def model_table(hf_config, blueprint: str) -> dict[str, Any]:
     """The manifest ``[model]`` table reproducing ``hf_config`` (the mapping ``scaffold import`` uses)."""
-    from scaffold.blueprints import load
-    from scaffold.importer import model_table as table
+    from scaffold.project.importer import model_table as table
+    from scaffold.spec.blueprints import load
 
     return table(hf_config.to_dict(), load(blueprint))
 
@@ -62,8 +62,9 @@ def scaffold_model(tmp_path: Path, blueprint: str, model: dict[str, Any], attn_i
     the Auto classes in fp32, as a user would."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
 
     project = create_project(
         "parity", blueprint, projects_dir=tmp_path / "projects", overrides={"model": model}
@@ -102,7 +103,7 @@ def assert_parity(
     table = model if model is not None else model_table(hf_model.config, blueprint)
     ours = scaffold_model(tmp_path, blueprint, table)
     if checkpoint:
-        from scaffold.checkpoint import load_checkpoint
+        from scaffold.build.checkpoint import load_checkpoint
 
         hf_model.save_pretrained(tmp_path / "transformers")
         load_checkpoint(tmp_path / "transformers", ours)

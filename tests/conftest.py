@@ -76,14 +76,15 @@ def make_project(
     tmp_path: Path, name: str = "tiny", blueprint: str = "llama", model: dict | None = None, **sections
 ):
     """Create a project with the real `scaffold new` code path; returns its folder."""
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     overrides = {"model": dict(TINY_LLAMA if model is None else model), **sections}
     return create_project(name, blueprint, projects_dir=tmp_path / "projects", overrides=overrides)
 
 
 def build_project(project: Path, **kwargs) -> Path:
-    from scaffold.build import build, load_project
+    from scaffold.build import build
+    from scaffold.project import load_project
 
     return build(load_project(project), **kwargs).output_dir
 

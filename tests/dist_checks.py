@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from scaffold.checkpoint import load_checkpoint
-from scaffold.construct import construct
-from scaffold.distributed import _save_full, shard_fsdp2, split_batches
+from scaffold.build.checkpoint import load_checkpoint
+from scaffold.build.construct import construct
+from scaffold.run.distributed import _save_full, shard_fsdp2, split_batches
 
 LR = 0.1  # plain SGD: an update proportional to the gradient, so sharded and whole training agree closely
 

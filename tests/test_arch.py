@@ -8,14 +8,14 @@ from dataclasses import FrozenInstanceError
 
 import pytest
 
-from scaffold import arch, schema
+from scaffold import arch
 from scaffold.arch.hf_config import from_hf, to_hf
-from scaffold.blueprints import load as load_blueprint
-from scaffold.diagram import diagram_structure, text_diagram
-from scaffold.plans import base_model_tp_plan, head_tp_plan, layout_for, replicated_linears
-
-from ._families import ALL, tiny
-from ._parity import scaffold_model
+from scaffold.codegen.diagram import diagram_structure, text_diagram
+from scaffold.codegen.plans import base_model_tp_plan, head_tp_plan, layout_for, replicated_linears
+from scaffold.spec import schema
+from scaffold.spec.blueprints import load as load_blueprint
+from tests._families import ALL, tiny
+from tests._parity import scaffold_model
 
 
 def _resolved(family: str, **model):

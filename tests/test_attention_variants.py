@@ -9,8 +9,8 @@ import torch
 
 from scaffold import arch
 from scaffold.arch.hf_config import from_hf, to_hf
-from scaffold.blueprints import load as load_blueprint
-from scaffold.parts.attention import sink_eager_attention_forward
+from scaffold.codegen.parts.attention import sink_eager_attention_forward
+from scaffold.spec.blueprints import load as load_blueprint
 from tests._parity import TINY_HF, assert_close, assert_packed_equals_alone
 
 
@@ -94,7 +94,7 @@ def test_sink_attention_equals_gpt_oss_eager():
 
 
 def _project(tmp_path, name, family="llama", test=None, **model):
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     sizes = {k: v for k, v in TINY_HF.items() if k in load_blueprint(family).model_keys}
     return create_project(
@@ -108,7 +108,8 @@ def _project(tmp_path, name, family="llama", test=None, **model):
 def _load(project, backend="eager"):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.build import build, load_project
+    from scaffold.build import build
+    from scaffold.project import load_project
 
     out = build(load_project(project)).output_dir
     config = AutoConfig.from_pretrained(out, trust_remote_code=True, attn_implementation=backend)
@@ -239,7 +240,7 @@ REFUSED = [
 )
 def test_manifest_names_the_bad_key(tmp_path, family, model, test, key, message):
     from scaffold.errors import ManifestError
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     overrides = {"model": model, "test": {"attn_implementation": "eager", **(test or {})}}
     with pytest.raises(ManifestError) as err:
@@ -254,7 +255,7 @@ def test_manifest_names_the_bad_key(tmp_path, family, model, test, key, message)
 def test_interleaved_rope_equals_glm():
     from transformers.models.glm.modeling_glm import apply_rotary_pos_emb as glm
 
-    from scaffold.parts.rotary import RotaryEmbedding, apply_interleaved_rotary_pos_emb
+    from scaffold.codegen.parts.rotary import RotaryEmbedding, apply_interleaved_rotary_pos_emb
 
     torch.manual_seed(0)
     q, k = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 5, 16)
@@ -268,7 +269,7 @@ def test_interleaved_rope_equals_glm():
 
 
 def apply_half(q, k, cos, sin):
-    from scaffold.parts.rotary import apply_partial_rotary_pos_emb
+    from scaffold.codegen.parts.rotary import apply_partial_rotary_pos_emb
 
     return apply_partial_rotary_pos_emb(q, k, cos, sin)
 
@@ -276,7 +277,7 @@ def apply_half(q, k, cos, sin):
 def test_l2_norm_equals_llama4s():
     from transformers.models.llama4.modeling_llama4 import Llama4TextL2Norm
 
-    from scaffold.parts.norms import weightless_rms_norm
+    from scaffold.codegen.parts.norms import weightless_rms_norm
 
     x = torch.randn(2, 4, 5, 16, dtype=torch.bfloat16)
     assert torch.equal(weightless_rms_norm(x, 1e-5), Llama4TextL2Norm(1e-5)(x))

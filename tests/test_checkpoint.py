@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from scaffold.checkpoint import (
+from scaffold.build.checkpoint import (
     INDEX_NAME,
     WEIGHTS_NAME,
     find_checkpoint,
@@ -25,10 +25,9 @@ from scaffold.checkpoint import (
     parse_size,
     save_checkpoint,
 )
-from scaffold.construct import construct, no_init_weights
+from scaffold.build.construct import construct, no_init_weights
 from scaffold.errors import CheckpointError, UsageError
-
-from ._construct_util import REPO, build_model_dir, load_model, logits, make_project, snapshot
+from tests._construct_util import REPO, build_model_dir, load_model, logits, make_project, snapshot
 
 SMALL_SHARDS = 20_000  # bytes: the tiny model (~150 KB) splits into several shards
 
@@ -353,7 +352,7 @@ import os, signal, sys, torch
 import safetensors.torch as st
 sys.path.insert(0, {tests!r})
 from _construct_util import load_model
-from scaffold.checkpoint import save_checkpoint
+from scaffold.build.checkpoint import save_checkpoint
 real = st.save_file
 calls = []
 def dying(*args, **kwargs):
@@ -444,7 +443,7 @@ sys.path.insert(0, {tests!r})
 import scaffold.atomic as atomic
 atomic.exchange = lambda *_: False  # the two renames of systems without an atomic exchange
 from _construct_util import load_model
-from scaffold.checkpoint import save_checkpoint
+from scaffold.build.checkpoint import save_checkpoint
 save_checkpoint({target!r}, load_model({model_dir!r}), max_shard_size={shard})
 """
 

@@ -13,11 +13,11 @@ import torch
 import transformers
 
 from scaffold.arch import for_blueprint
-from scaffold.blueprints import load as load_blueprint
-from scaffold.build import build, load_project
-from scaffold.render import create_project
-
-from ._families import tiny
+from scaffold.build import build
+from scaffold.project import load_project
+from scaffold.project.new import create_project
+from scaffold.spec.blueprints import load as load_blueprint
+from tests._families import tiny
 
 # (family, one structural change or None for the family's own structure)
 CASES = [

@@ -10,8 +10,7 @@ from click.testing import CliRunner
 
 from scaffold.cli import cli
 from scaffold.errors import EXIT_USAGE
-
-from .conftest import TINY_LLAMA
+from tests.conftest import TINY_LLAMA
 
 TINY_SETS = [f"--set=model.{k}={v}" for k, v in TINY_LLAMA.items()]
 
@@ -91,7 +90,7 @@ def test_new_build_test(runner, tmp_path):
 
 
 def test_new_from_a_blueprint_path(runner, tmp_path):
-    from scaffold.blueprints import builtin_dirs
+    from scaffold.spec.blueprints import builtin_dirs
 
     path = next(d for d in builtin_dirs() if d.is_dir()) / "llama"
     result = invoke(runner, "new", "p", "--from", path, "--projects-dir", "elsewhere", *TINY_SETS)

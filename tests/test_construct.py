@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig
 
 import scaffold
-from scaffold.construct import (
+from scaffold.build.construct import (
     construct,
     default_dtype,
     init_is_disabled,
@@ -24,10 +24,9 @@ from scaffold.construct import (
     materialize,
     no_init_weights,
 )
+from scaffold.codegen.parts.rotary import rope_inv_freq
 from scaffold.errors import DeviceError
-from scaffold.parts.rotary import rope_inv_freq
-
-from ._construct_util import TINY, build_model_dir, load_model, logits, make_project
+from tests._construct_util import TINY, build_model_dir, load_model, logits, make_project
 
 # A module written to disk and imported *before* any no_init_weights block, binding init
 # functions at import time, as torch's own modules and much user code do.
@@ -245,9 +244,10 @@ def test_seed_usage_no_init_and_default_dtype_together(tiny_dirs):
 @pytest.fixture(scope="module")
 def big_dirs(tmp_path_factory):
     """Model directories (no weights) of the 7B-class presets."""
-    from scaffold.blueprints import load as load_blueprint
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
+    from scaffold.spec.blueprints import load as load_blueprint
 
     projects = tmp_path_factory.mktemp("big")
     out = {}

@@ -11,14 +11,14 @@ import torch
 from click.testing import CliRunner
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from scaffold.build import build, load_project
+from scaffold.build import build
 from scaffold.cli import cli
 from scaffold.data import Batches, iter_texts, open_batches, resolve
 from scaffold.errors import DataError
-from scaffold.render import create_project
-from scaffold.smoke import log_interval
-
-from .conftest import skip_unreliable_flex
+from scaffold.project import load_project
+from scaffold.project.new import create_project
+from scaffold.run.smoke import log_interval
+from tests.conftest import skip_unreliable_flex
 
 TINY = {
     "hidden_size": 32,

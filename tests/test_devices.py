@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from scaffold import construct, devices, schema, smoke
+from scaffold import devices
+from scaffold.build import construct
 from scaffold.cli import cli
 from scaffold.devices import (
     DTYPE_ALIASES,
@@ -32,6 +33,8 @@ from scaffold.devices import (
     to_dtype,
 )
 from scaffold.errors import EXIT_USAGE, DeviceError
+from scaffold.run import smoke
+from scaffold.spec import schema
 
 REPO = Path(__file__).resolve().parents[1]
 # names no table should accept: other dtypes, other spellings, torch's module prefix where the
@@ -166,6 +169,6 @@ def test_cli_accepts_a_dtype_alias(project):
 
 def test_schema_stays_free_of_torch():
     """The name table needs no torch, so validating a manifest (and `scaffold --help`) never loads it."""
-    code = "import sys, scaffold.schema, scaffold.devices, scaffold.smoke; print('torch' in sys.modules)"
+    code = "import sys, scaffold.spec.schema, scaffold.devices, scaffold.run.smoke; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from scaffold import schema
-from scaffold.blueprints import load as load_blueprint
-from scaffold.diagram import (
+from scaffold.codegen.diagram import (
     mermaid,
     parameter_breakdown,
     project_structure,
     structure_of,
     text_diagram,
 )
-
-from .conftest import ROOT, TINY_LLAMA, make_project
+from scaffold.spec import schema
+from scaffold.spec.blueprints import load as load_blueprint
+from tests.conftest import ROOT, TINY_LLAMA, make_project
 
 LLAMA = load_blueprint("llama").structure
 # what a drawing shows of the structure: every structural key, each layer's attention, the window
@@ -172,7 +171,7 @@ def test_parameter_breakdown_adds_up(tiny_llama_dir):
     import torch
     from transformers import AutoConfig
 
-    from scaffold.construct import construct
+    from scaffold.build.construct import construct
 
     config = AutoConfig.from_pretrained(tiny_llama_dir, trust_remote_code=True)
     model = construct(config, device=torch.device("meta"))
@@ -209,7 +208,8 @@ def _mermaid_of(readme: Path) -> str:
 def test_model_cards_of_two_projects_differ_where_their_structure_does(tmp_path):
     """Projects one key apart (a sliding window: every layer's attention type; the MLP kind): their model
     cards' diagrams differ in that node only; a build override redraws the built card."""
-    from scaffold.build import load_project, model_card
+    from scaffold.build import model_card
+    from scaffold.project import load_project
 
     full = make_project(tmp_path, "full")
     sliding = make_project(tmp_path, "sliding", model={**TINY_LLAMA, "sliding_window": 32})

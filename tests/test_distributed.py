@@ -21,14 +21,15 @@ import torch
 from torch import nn
 
 from scaffold.arch import for_blueprint
-from scaffold.blueprints import load as load_blueprint
-from scaffold.build import build, load_project
-from scaffold.construct import construct, default_dtype
+from scaffold.build import build
+from scaffold.build.construct import construct, default_dtype
+from scaffold.codegen.plans import attention_styles, base_model_tp_plan, mlp_styles, plans_for
 from scaffold.errors import BlueprintError
-from scaffold.plans import Layout, attention_styles, base_model_tp_plan, layout_from, mlp_styles, plans_for
-from scaffold.render import create_project
-
-from ._construct_util import invoke
+from scaffold.project import load_project
+from scaffold.project.new import create_project
+from scaffold.spec.blueprints import load as load_blueprint
+from scaffold.spec.parallel import Layout, layout_from
+from tests._construct_util import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("llama", "causal_lm", "deepone", "single_head")
@@ -73,7 +74,7 @@ def scaffold_processes() -> set[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"scaffold.distributed" in (entry / "cmdline").read_bytes():
+                if b"scaffold.run.distributed" in (entry / "cmdline").read_bytes():
                     pids.add(int(entry.name))
             except OSError:
                 pass
@@ -175,7 +176,7 @@ def test_bad_parallel_table_names_the_key(table, key):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shipped_projects_carry_the_plans_of_their_structure(family):
     """The plans follow from the family's structure and names: the shipped project carries exactly them."""
-    from scaffold import manifest
+    from scaffold.spec import manifest
 
     bp = load_blueprint(family)
     project = ROOT / "projects" / f"{family}_4m"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_families import built_dir
+from tests.test_families import built_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["llama", "causal_lm", "deepone", "single_head", "qwen3", "gpt_neox"]
@@ -39,7 +39,7 @@ def weighted_dir(workdir: Path, family: str) -> Path:
     if family not in _WEIGHTED:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from scaffold.blueprints import load as load_blueprint
+        from scaffold.spec.blueprints import load as load_blueprint
 
         built = built_dir(workdir, family, load_blueprint(family).default_preset)
         config = AutoConfig.from_pretrained(built, trust_remote_code=True)

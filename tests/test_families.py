@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaffold.blueprints import load as load_blueprint
-from scaffold.build import build, load_project
-from scaffold.parts import part_sources
-from scaffold.render import create_project, rerender
-
-from .conftest import skip_unreliable_flex
+from scaffold.build import build
+from scaffold.codegen.parts import part_sources
+from scaffold.project import load_project
+from scaffold.project.new import create_project, rerender
+from scaffold.spec.blueprints import load as load_blueprint
+from tests.conftest import skip_unreliable_flex
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ("causal_lm", "deepone", "single_head")
@@ -359,7 +359,7 @@ def _xavier_bound(w: torch.Tensor, gain: float) -> float:
 
 
 def test_deepone_init_is_deepnets(workdir):
-    from scaffold.parts.deepnet import deepnet_beta
+    from scaffold.codegen.parts.deepnet import deepnet_beta
 
     model = load(built_dir(workdir, "deepone", "4m", tiny=False, num_hidden_layers=8))
     beta = deepnet_beta(8)
@@ -473,7 +473,7 @@ def test_preset_parameter_counts_match_model_specs(workdir, family, preset):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_4m_preset_builds_and_trains_two_steps(workdir, family):
-    from scaffold.smoke import TestOptions, run
+    from scaffold.run.smoke import TestOptions, run
 
     model_dir = built_dir(workdir, family, "4m", tiny=False)
     opts = TestOptions(device="cpu", steps=2, batch_size=2, sequence_length=16, attn_implementation="sdpa")

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaffold import schema
-from scaffold.checkpoint import load_checkpoint, save_checkpoint
-from scaffold.construct import construct
-from scaffold.overrides import FLAGS, TIE
-from scaffold.parts.rotary import rope_inv_freq
-
-from ._construct_util import build_model_dir, config_of, invoke, load_model, make_project, snapshot
+from scaffold.build.checkpoint import load_checkpoint, save_checkpoint
+from scaffold.build.construct import construct
+from scaffold.cli.overrides import FLAGS, TIE
+from scaffold.codegen.parts.rotary import rope_inv_freq
+from scaffold.spec import schema
+from tests._construct_util import build_model_dir, config_of, invoke, load_model, make_project, snapshot
 
 LLAMA3 = {
     "rope_type": "llama3",
@@ -476,7 +475,7 @@ def expected_first_loss(project: Path, checkpoint: Path, tmp_path: Path) -> floa
     """The loss of the checkpoint's weights on scaffold test's first batch, computed here."""
     from transformers import AutoTokenizer
 
-    from scaffold.smoke import TestOptions, batches
+    from scaffold.run.smoke import TestOptions, batches
 
     model_dir = build_model_dir(project, tmp_path / "reference")
     model = construct(model_dir, device="meta")
@@ -634,7 +633,7 @@ def test_show_checks_a_checkpoint(projects, checkpoints):
 
 
 def test_show_a_7b_preset_on_meta(tmp_path):
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     # the published count has Llama 2's 32,000-token vocabulary (a project's follows its tokenizer unless given)
     project = create_project(

@@ -113,8 +113,8 @@ def test_new_force_never_replaces_a_folder_that_is_not_a_project(tmp_path: Path)
 
 def test_checkpoint_save_never_replaces_a_user_folder(tmp_path: Path, tiny_llama_dir: Path):
     """Row: a checkpoint saved into a user's folder (it would be swapped whole): refused."""
-    from scaffold.checkpoint import save_checkpoint
-    from scaffold.construct import construct
+    from scaffold.build.checkpoint import save_checkpoint
+    from scaffold.build.construct import construct
     from scaffold.errors import ProjectError
 
     mine = sentinel_folder(tmp_path / "mine")
@@ -330,7 +330,7 @@ def test_rope_mistakes_are_usage_errors(proj: Path, values: dict, key: str, mess
 
 def test_partial_rotary_width_must_be_even():
     """Row: a partial rotary width that is odd (for families with partial_rotary_factor)."""
-    from scaffold import manifest
+    from scaffold.spec import manifest
 
     model = {"hidden_size": 64, "num_attention_heads": 4, "rope_theta": 1e4, "partial_rotary_factor": 0.25}
     # 0.25 of a 16-wide head rotates 4 channels: fine; 0.3125 rotates 5: refused
@@ -398,7 +398,7 @@ def test_non_finite_numbers_are_refused(proj: Path, key: str, value: str):
 def test_sizes_that_cannot_fit_are_refused_before_allocating(proj: Path):
     """Row: sizes whose parameters or activations cannot fit: the estimate and the free memory, exit 2,
     before anything is allocated (the process stays small)."""
-    from scaffold.smoke import _peak_rss
+    from scaffold.run.smoke import _peak_rss
 
     before = snapshot(proj)
     r = invoke("test", proj, *sets({"model.intermediate_size": 2**30}), "--steps", "1")

@@ -7,10 +7,9 @@ import torch
 from click.testing import CliRunner
 
 from scaffold.cli import cli
+from scaffold.devices import resolve_device
 from scaffold.errors import EXIT_USAGE
-from scaffold.smoke import resolve_device
-
-from .conftest import make_project
+from tests.conftest import make_project
 
 
 def _flex_trains_on_cpu() -> bool:
@@ -63,10 +62,9 @@ def test_flex_on_cpu_is_refused_up_front(tmp_path):
 
 from pathlib import Path  # noqa: E402
 
-from scaffold.blueprints import load as load_blueprint  # noqa: E402
-
-from ._families import ALL  # noqa: E402
-from .test_families import built_dir  # noqa: E402
+from scaffold.spec.blueprints import load as load_blueprint  # noqa: E402
+from tests._families import ALL  # noqa: E402
+from tests.test_families import built_dir  # noqa: E402
 
 FAMILIES = list(ALL)
 
@@ -153,7 +151,7 @@ def test_attentions_and_scores_equal_transformers_llama(tmp_path):
     """The generated Llama's attention weights and sequence scores equal transformers' own classes'."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from ._parity import TINY_HF, scaffold_model
+    from tests._parity import TINY_HF, scaffold_model
 
     hf_config = LlamaConfig(
         **TINY_HF,

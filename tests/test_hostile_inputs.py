@@ -294,7 +294,7 @@ def test_generated_file_not_utf8_is_integrity_and_kept(proj: Path):
 
 def _base_model_folder(tmp_path: Path, *, chat_template: str | None = None) -> Path:
     """A transformers llama folder with a tokenizer, as a base checkpoint ships it (no chat template)."""
-    from scaffold.tokenizer import byte_tokenizer_json
+    from scaffold.project.tokenizer import byte_tokenizer_json
     from tests._parity import tiny_hf_model
 
     source = tmp_path / "base-llama"
@@ -434,7 +434,7 @@ def test_model_code_raising_at_import_names_the_file(proj: Path):
 
 def _run_folder(proj: Path, name: str = "20260101T000000Z-aaaaaa") -> Path:
     """A run record as `scaffold test` writes one: summary, options and two steps."""
-    from scaffold.runs import OPTIONS_FILE, RUNS_DIR, STEPS_FILE, SUMMARY_FILE
+    from scaffold.run.runs import OPTIONS_FILE, RUNS_DIR, STEPS_FILE, SUMMARY_FILE
 
     folder = proj / RUNS_DIR / name
     folder.mkdir(parents=True)

@@ -10,8 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from scaffold.cli import cli
-
-from ._parity import tiny_hf_model
+from tests._parity import tiny_hf_model
 
 
 def invoke(*args):
@@ -60,7 +59,7 @@ def test_import_build_and_load_give_the_original_logits(tmp_path):
     ids=["unknown-model-type", "moe", "mla", "vision", "activation"],
 )
 def test_import_refuses_what_the_parts_cannot_express(tmp_path, edit, message):
-    from ._parity import tiny_hf_config
+    from tests._parity import tiny_hf_config
 
     config = {**tiny_hf_config("llama").to_dict(), **edit}
     file = tmp_path / "config.json"

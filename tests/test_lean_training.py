@@ -1,4 +1,4 @@
-"""Lean training: the chunked linear cross-entropy of every generated ``ForCausalLM`` (scaffold/parts/loss.py)
+"""Lean training: the chunked linear cross-entropy of every generated ``ForCausalLM`` (scaffold/codegen/parts/loss.py)
 gives transformers' loss and gradients without the (batch, seq, vocab) logits, the logits stay there for
 whoever asks for them, and ``torch.compile`` trains the model with no graph break and no recompile across
 sequence lengths. Speed and memory are measured in bench/lean.py, never asserted here."""
@@ -11,10 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from scaffold.parts.loss import ChunkedLinearCrossEntropy, chunked_causal_lm_loss
-
-from ._families import tiny
-from .conftest import TINY_LLAMA, build_project, load_model, make_project
+from scaffold.codegen.parts.loss import ChunkedLinearCrossEntropy, chunked_causal_lm_loss
+from tests._families import tiny
+from tests.conftest import TINY_LLAMA, build_project, load_model, make_project
 
 VOCAB = 300
 

@@ -196,8 +196,8 @@ def test_test_runs_the_edited_code(projects: Path):
     assert first.exit_code == 0 and f"loss {math.log(300):.4f}" not in first.stdout, first.output
     edit(
         project / MODELING,
-        "logits = self.lm_head(hidden[:, keep, :])",
-        "logits = 0 * self.lm_head(hidden[:, keep, :])",
+        "hidden = outputs.last_hidden_state",
+        "hidden = 0 * outputs.last_hidden_state",
     )
     stale = invoke("test", project)
     assert (
@@ -211,7 +211,7 @@ def test_test_runs_the_edited_code(projects: Path):
     status = invoke("diff", project)
     assert status.exit_code == 0
     assert "edited since the last rendering: modeling_llama.py" in status.stdout
-    assert "+        logits = 0 * self.lm_head" in status.stdout
+    assert "+        hidden = 0 * outputs.last_hidden_state" in status.stdout
 
 
 # -- scaffold update -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import TINY_LLAMA, build_project, load_model, make_project, skip_unreliable_flex
+from tests.conftest import TINY_LLAMA, build_project, load_model, make_project, skip_unreliable_flex
 
 LLAMA3_SCALING = {
     "rope_type": "llama3",

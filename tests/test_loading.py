@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY_LLAMA, build_project, make_project
+from tests.conftest import TINY_LLAMA, build_project, make_project
 
 LOADCHECK = Path(__file__).with_name("loadcheck.py")
 
@@ -78,9 +78,9 @@ def test_a_rebuilt_model_with_edited_code_loads_fresh_in_the_same_process(tmp_pa
     first = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
     assert first(ids).logits.abs().sum() > 0
     modeling = project / "modeling_llama.py"
-    line = "logits = self.lm_head(hidden[:, keep, :])"
+    line = "logits = head(hidden[:, keep, :])"
     assert line in modeling.read_text()
-    modeling.write_text(modeling.read_text().replace(line, "logits = 0 * self.lm_head(hidden[:, keep, :])"))
+    modeling.write_text(modeling.read_text().replace(line, "logits = 0 * head(hidden[:, keep, :])"))
     build_project(project, save_weights=True, force=True)
     second = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
     assert torch.equal(second(ids).logits, torch.zeros(1, 3, 300)), "the old model class was loaded"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from scaffold import manifest, schema
-from scaffold.blueprints import load as load_blueprint
 from scaffold.errors import ManifestError, UsageError
+from scaffold.spec import manifest, schema
+from scaffold.spec.blueprints import load as load_blueprint
 
 
 @pytest.fixture()

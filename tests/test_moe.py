@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from scaffold import arch
-from scaffold.blueprints import load as load_blueprint
-
-from ._parity import assert_family_checks, scaffold_model, tiny_hf_config
-from .conftest import TINY_LLAMA
+from scaffold.spec.blueprints import load as load_blueprint
+from tests._parity import assert_family_checks, scaffold_model, tiny_hf_config
+from tests.conftest import TINY_LLAMA
 
 
 def resolved(family: str, **model):
@@ -96,7 +95,7 @@ def test_norm_topk_prob_is_still_transformers_network():
 )
 def test_manifest_names_the_bad_key(tmp_path, blueprint, sets, key, message):
     from scaffold.errors import ManifestError
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     with pytest.raises(ManifestError) as err:
         create_project("bad", blueprint, projects_dir=tmp_path, overrides={"model": sets})
@@ -121,7 +120,7 @@ def _loop_reference(h, index, weights, gate_up, down):
 def test_grouped_experts_equal_a_loop_over_tokens(monkeypatch, path):
     """Both computations (torch's grouped_mm, the padded batched product), forward and gradients,
     with an expert no token chose."""
-    from scaffold.parts import moe
+    from scaffold.codegen.parts import moe
 
     if path == "padded_bmm":
         monkeypatch.setattr(moe, "grouped_mm_usable", lambda x, w: False)
@@ -147,7 +146,7 @@ def test_grouped_experts_equal_a_loop_over_tokens(monkeypatch, path):
 
 
 def test_the_generated_experts_have_no_loop_over_experts(tmp_path):
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     project = create_project("moe", "qwen3_moe", projects_dir=tmp_path)
     source = (project / "modeling_qwen3_moe.py").read_text()
@@ -229,8 +228,8 @@ def test_a_novel_moe_builds_loads_and_trains(tmp_path):
     ids=["qwen3_moe", "mixtral", "qwen2_moe"],
 )
 def test_import_maps_moe_configs(tmp_path, model_type, config, expect):
-    from scaffold.importer import import_project
-    from scaffold.manifest import load
+    from scaffold.project.importer import import_project
+    from scaffold.spec.manifest import load
 
     folder = tmp_path / "hf"
     folder.mkdir()
@@ -243,7 +242,7 @@ def test_import_maps_moe_configs(tmp_path, model_type, config, expect):
 
 def test_import_still_refuses_deepseek_routing(tmp_path):
     from scaffold.errors import UsageError
-    from scaffold.importer import import_project
+    from scaffold.project.importer import import_project
 
     folder = tmp_path / "hf"
     folder.mkdir()
@@ -261,7 +260,7 @@ def test_memory_estimate_counts_the_experts():
     top-k experts: more experts per token, a larger estimate."""
     from types import SimpleNamespace
 
-    from scaffold.smoke import TestOptions, estimate_memory
+    from scaffold.run.smoke import TestOptions, estimate_memory
 
     base = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "vocab_size": 2000}
     dense = estimate_memory(SimpleNamespace(**base), 10**6, TestOptions(device="cpu"))

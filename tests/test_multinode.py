@@ -20,10 +20,9 @@ import pytest
 from click.testing import CliRunner
 
 from scaffold.cli import cli
-from scaffold.distributed import DistributedOptions, Rank, launched, rendezvous_args
 from scaffold.errors import EXIT_USAGE, UsageError
-
-from .conftest import ROOT, build_project, make_project
+from scaffold.run.distributed import DistributedOptions, Rank, launched, rendezvous_args
+from tests.conftest import ROOT, build_project, make_project
 
 TEST = {"device": "cpu", "steps": 3, "batch_size": 2, "sequence_length": 32}
 LOSS = re.compile(r"step (\d+)/\d+\s+loss (\d+\.\d+)")

@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scaffold import schema
-
-from ._parity import assert_family_checks, scaffold_model
-from .test_loading import run_loadcheck
+from scaffold.spec import schema
+from tests._parity import assert_family_checks, scaffold_model
+from tests.test_loading import run_loadcheck
 
 NOVEL = {
     "norm_type": "layernorm",

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from ._parity import assert_family_checks, assert_parity, scaffold_model, tiny_hf_model
+from tests._parity import assert_family_checks, assert_parity, scaffold_model, tiny_hf_model
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ COMBINATIONS = {
 
 @pytest.mark.parametrize("structure", COMBINATIONS.values(), ids=COMBINATIONS.keys())
 def test_llama_with_another_structure_passes_the_family_checks(tmp_path, structure):
-    from scaffold import schema
+    from scaffold.spec import schema
 
     model = scaffold_model(tmp_path, "llama", {**TINY, **structure})
     assert_family_checks(model)
@@ -74,7 +74,7 @@ def test_a_structural_override_on_build_renders_fresh_code(tmp_path):
     from click.testing import CliRunner
 
     from scaffold.cli import cli
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     project = create_project("p", "llama", projects_dir=tmp_path / "projects", overrides={"model": TINY})
     before = (project / "modeling_llama.py").read_text()
@@ -89,7 +89,7 @@ def test_a_structural_override_on_build_renders_fresh_code(tmp_path):
     assert (project / "modeling_llama.py").read_text() == before
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ._parity import assert_family_checks as checks
+    from tests._parity import assert_family_checks as checks
 
     config = AutoConfig.from_pretrained(out, trust_remote_code=True)
     assert config.norm_type == "layernorm" and config.layer_norm_eps == 1e-5
@@ -122,7 +122,7 @@ def test_a_structural_override_on_build_renders_fresh_code(tmp_path):
 )
 def test_impossible_structures_are_named(tmp_path, sets, message):
     from scaffold.errors import ManifestError
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     with pytest.raises(ManifestError) as err:
         create_project(
@@ -134,8 +134,8 @@ def test_impossible_structures_are_named(tmp_path, sets, message):
 
 def test_a_structure_brings_the_keys_it_needs(tmp_path):
     """layernorm on a family that never mentions layer_norm_eps: accepted, and written with its default."""
-    from scaffold import manifest
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
+    from scaffold.spec import manifest
 
     project = create_project(
         "p",
@@ -148,8 +148,8 @@ def test_a_structure_brings_the_keys_it_needs(tmp_path):
 
 
 def test_the_decoder_blueprint_lists_every_structural_key(tmp_path):
-    from scaffold import manifest, schema
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
+    from scaffold.spec import manifest, schema
 
     project = create_project("mine", "decoder", projects_dir=tmp_path)
     model = manifest.load(project / "scaffold.toml")["model"]

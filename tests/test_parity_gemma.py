@@ -130,9 +130,10 @@ REAL_PRESETS = {
 def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.blueprints import load
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
+    from scaffold.spec.blueprints import load
 
     # a project's vocabulary follows its (byte) tokenizer unless given: give the preset's, as published
     vocab = {"model": {"vocab_size": load(family).preset(preset)["model"]["vocab_size"]}}
@@ -177,7 +178,7 @@ def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
 )
 def test_manifest_names_the_bad_key(tmp_path, blueprint, sets, key, message):
     from scaffold.errors import ManifestError
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     with pytest.raises(ManifestError) as err:
         create_project("bad", blueprint, projects_dir=tmp_path, overrides=sets)
@@ -186,7 +187,7 @@ def test_manifest_names_the_bad_key(tmp_path, blueprint, sets, key, message):
 
 
 def test_gemma2_without_soft_caps_renders_no_cap_code_and_offers_sdpa(tmp_path):
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     off = {"attn_logit_softcapping": None, "final_logit_softcapping": None}
     project = create_project("nocap", "gemma2", projects_dir=tmp_path, overrides={"model": off})

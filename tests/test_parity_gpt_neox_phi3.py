@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from scaffold.parts.attention import (
+from scaffold.codegen.parts.attention import (
     eager_attention_forward,
     mha_eager_attention_forward,
     split_qkv,
     split_qkv_per_head,
 )
-from scaffold.parts.rotary import (
+from scaffold.codegen.parts.rotary import (
     RotaryEmbedding,
     apply_partial_rotary_pos_emb,
     rope_attention_factor,
@@ -320,7 +320,7 @@ BAD_STRUCTURES = {
 @pytest.mark.parametrize("case", list(BAD_STRUCTURES), ids=list(BAD_STRUCTURES))
 def test_impossible_structures_are_named_before_anything_is_written(tmp_path, case):
     from scaffold.errors import ManifestError
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     family, model, expected = BAD_STRUCTURES[case]
     with pytest.raises(ManifestError) as err:
@@ -368,8 +368,9 @@ REAL_PRESETS = {
 def test_real_preset_parameter_count_on_meta(tmp_path, family_preset):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
 
     family, preset = family_preset
     model_type, hf_kwargs, published = REAL_PRESETS[family_preset]
@@ -395,8 +396,8 @@ def test_import_reads_gpt_neox_configs_old_and_new(tmp_path):
     (rotary_pct, rotary_emb_base), reproduces the structure: the same [model] either way."""
     import json
 
-    from scaffold.blueprints import load
-    from scaffold.importer import model_table
+    from scaffold.project.importer import model_table
+    from scaffold.spec.blueprints import load
     from tests._parity import tiny_hf_config
 
     hf = tiny_hf_config("gpt_neox", use_parallel_residual=False, rotary_pct=0.5, rotary_emb_base=500.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ._parity import assert_family_checks, assert_parity, model_table, scaffold_model, tiny_hf_model
+from tests._parity import assert_family_checks, assert_parity, model_table, scaffold_model, tiny_hf_model
 
 # --------------------------------------------------------------------------------------------- parity
 # A tiny transformers model of each family (random weights, fp32), its state dict loaded strictly into
@@ -53,7 +53,7 @@ def test_layer_types_choose_each_layers_window(tmp_path):
 def test_the_new_keys_combine_on_another_family(tmp_path):
     """qk_norm, qkv_bias and post_sublayer are structure, not families: set on llama with LayerNorm,
     they build, load, and pass the checks that need no transformers twin."""
-    from .conftest import TINY_LLAMA
+    from tests.conftest import TINY_LLAMA
 
     model = {
         **TINY_LLAMA,
@@ -89,9 +89,10 @@ REAL_PRESETS = {
 def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.blueprints import load as load_blueprint
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
+    from scaffold.spec.blueprints import load as load_blueprint
 
     # a project's vocabulary follows its (byte) tokenizer unless given: give the preset's, as published
     vocab = load_blueprint(family).preset(preset)["model"]["vocab_size"]
@@ -144,7 +145,7 @@ def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
 )
 def test_manifest_names_the_bad_key(tmp_path, blueprint, sets, key, message):
     from scaffold.errors import ManifestError
-    from scaffold.render import create_project
+    from scaffold.project.new import create_project
 
     with pytest.raises(ManifestError) as err:
         create_project("bad", blueprint, projects_dir=tmp_path, overrides={"model": sets})

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from ._parity import assert_parity, model_table, scaffold_model, tiny_hf_model
+from tests._parity import assert_parity, model_table, scaffold_model, tiny_hf_model
 
 EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}  # tiny experts, 2 of 6 per token
 
@@ -112,8 +112,9 @@ def test_a_checkpoint_transformers_saves_loads_and_saves_back(tmp_path, family):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
 
     overrides = {"num_local_experts": 4} if family == "mixtral" else {**EXPERTS, "num_experts": 4}
     hf = tiny_hf_model(family, **overrides)
@@ -149,9 +150,10 @@ REAL_PRESETS = {
 def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.blueprints import load as load_blueprint
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
+    from scaffold.spec.blueprints import load as load_blueprint
 
     model = load_blueprint(family).preset(preset)["model"]
     project = create_project(

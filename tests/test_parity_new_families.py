@@ -114,8 +114,9 @@ def test_import_maps_the_family_both_ways(tmp_path, case):
     config.json transformers' own class reads back to the same network."""
     from transformers import AutoConfig
 
-    from scaffold.build import build, load_project
-    from scaffold.importer import import_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.importer import import_project
 
     model_type, overrides = CASES[case]
     hf = tiny_hf_model(model_type, **overrides)
@@ -162,9 +163,10 @@ MODEL_TYPES = {"smollm3": "smollm3", "gemma3": "gemma3_text", "granite": "granit
 def test_real_preset_parameter_count_on_meta(tmp_path, family, preset):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaffold.blueprints import load as load_blueprint
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
+    from scaffold.spec.blueprints import load as load_blueprint
 
     model = load_blueprint(family).preset(preset)["model"]
     project = create_project(

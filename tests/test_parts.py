@@ -9,20 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaffold.parts import part_sources
-from scaffold.parts.alibi import (
+from scaffold.codegen.parts import part_sources
+from scaffold.codegen.parts.alibi import (
     AlibiSlopes,
     alibi_attention_forward,
     alibi_attention_mask,
     alibi_slopes,
 )
-from scaffold.parts.attention import eager_attention_forward, mha_eager_attention_forward
-from scaffold.parts.deepnet import deepnet_alpha, deepnet_beta
-from scaffold.parts.norms import RMSNorm
-from scaffold.parts.rotary import RotaryEmbedding, apply_rotary_pos_emb, rope_inv_freq
-from scaffold.parts.sinusoidal import SinusoidalPositionEmbedding
-
-from .conftest import skip_unreliable_flex
+from scaffold.codegen.parts.attention import eager_attention_forward, mha_eager_attention_forward
+from scaffold.codegen.parts.deepnet import deepnet_alpha, deepnet_beta
+from scaffold.codegen.parts.norms import RMSNorm
+from scaffold.codegen.parts.rotary import RotaryEmbedding, apply_rotary_pos_emb, rope_inv_freq
+from scaffold.codegen.parts.sinusoidal import SinusoidalPositionEmbedding
+from tests.conftest import skip_unreliable_flex
 
 torch.manual_seed(0)
 
@@ -349,7 +348,7 @@ def test_part_sources_are_whole_definitions():
 
 
 def test_truncated_normal_matches_the_truncated_distribution():
-    from scaffold.parts.init import truncated_normal_
+    from scaffold.codegen.parts.init import truncated_normal_
 
     torch.manual_seed(0)
     x = truncated_normal_(torch.empty(1_000_000), std=0.02)
@@ -361,7 +360,7 @@ def test_truncated_normal_matches_the_truncated_distribution():
 
 
 def test_truncated_normal_leaves_loaded_tensors_alone():
-    from scaffold.parts.init import truncated_normal_
+    from scaffold.codegen.parts.init import truncated_normal_
 
     loaded = torch.ones(4)
     loaded._is_hf_initialized = True
@@ -371,10 +370,10 @@ def test_truncated_normal_leaves_loaded_tensors_alone():
 def test_every_part_is_pasted_by_a_shipped_family():
     """A part no family's structure pastes, nor a structural option turned on over a family (each boolean
     key true, each qk_norm), is dead code: delete it rather than keep testing it."""
-    from scaffold import schema
     from scaffold.arch import for_blueprint
-    from scaffold.blueprints import builtin_names, load
-    from scaffold.render import plan_parts
+    from scaffold.codegen.render import plan_parts
+    from scaffold.spec import schema
+    from scaffold.spec.blueprints import builtin_names, load
 
     pasted = set()
     options = [{k: True} for k, v in schema.STRUCTURE.items() if v is False]

@@ -13,11 +13,11 @@ from transformers.activations import ACT2FN
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm, GemmaTextScaledWordEmbedding
 from transformers.models.gemma2 import modeling_gemma2
 
-from scaffold.parts import part_sources
-from scaffold.parts.activations import gelu_pytorch_tanh
-from scaffold.parts.embedding import ScaledWordEmbedding
-from scaffold.parts.norms import UnitOffsetRMSNorm
-from scaffold.parts.softcap import logit_softcap, softcap_eager_attention_forward
+from scaffold.codegen.parts import part_sources
+from scaffold.codegen.parts.activations import gelu_pytorch_tanh
+from scaffold.codegen.parts.embedding import ScaledWordEmbedding
+from scaffold.codegen.parts.norms import UnitOffsetRMSNorm
+from scaffold.codegen.parts.softcap import logit_softcap, softcap_eager_attention_forward
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 

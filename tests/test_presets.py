@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scaffold.render import create_project
-
-from .conftest import build_project
+from scaffold.project.new import create_project
+from tests.conftest import build_project
 
 # preset -> published parameter count (model-specs.md) and the tolerance we hold it to
 LLAMA_PRESETS = {
@@ -21,7 +20,7 @@ LLAMA_PRESETS = {
 @pytest.fixture(scope="module")
 def preset_dirs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("presets")
-    from scaffold.blueprints import load
+    from scaffold.spec.blueprints import load
 
     bp = load("llama")
     # a project's vocabulary follows its (byte) tokenizer unless given: give the preset's, as published
@@ -67,7 +66,7 @@ def test_llama3_preset_is_tied_and_scaled(preset_dirs):
 
 
 def test_117m_trains_a_step_on_cpu(preset_dirs):
-    from scaffold.smoke import TestOptions, run
+    from scaffold.run.smoke import TestOptions, run
 
     report = run(
         preset_dirs["117m"],

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from scaffold import atomic
-from scaffold.build import build, load_project
-from scaffold.distributed import DistributedOptions, _hung, _loss_stage, _mark, _step_stage, cpu_limit
-from scaffold.render import create_project
-
-from ._construct_util import TINY, invoke
+from scaffold.build import build
+from scaffold.project import load_project
+from scaffold.project.new import create_project
+from scaffold.run.distributed import DistributedOptions, _hung, _loss_stage, _mark, _step_stage, cpu_limit
+from tests._construct_util import TINY, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = {"device": "cpu", "steps": 3, "batch_size": 4, "sequence_length": 16}

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from scaffold.build import record_files
 from scaffold.cli import cli
 from scaffold.files import BUILD_RECORD
-from scaffold.runs import RUNS_DIR
+from scaffold.run.runs import RUNS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -841,7 +841,7 @@ def test_missing_device_refused_before_build(tmp_path: Path, device: str):
     assert r.exit_code == 2
     msg = one_error(r.stderr)
     assert msg.startswith("error: test.device: ") and repr(device) in msg, msg
-    from scaffold.smoke import available_devices
+    from scaffold.devices import available_devices
 
     assert msg.endswith("available: " + ", ".join(available_devices())), msg
     assert snapshot(projects) == before

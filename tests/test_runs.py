@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from scaffold.cli import cli
 from scaffold.errors import TestFailure
-from scaffold.runs import (
+from scaffold.run.runs import (
     CONFIG_FILE,
     OPTIONS_FILE,
     PLOT_FILE,
@@ -24,8 +24,7 @@ from scaffold.runs import (
     recording,
     runs_table,
 )
-
-from .conftest import ROOT, build_project, make_project
+from tests.conftest import ROOT, build_project, make_project
 
 TINY_CAUSAL_LM = {
     "vocab_size": 300,
@@ -152,7 +151,7 @@ def test_a_failed_run_says_so_in_its_summary(tiny_llama_dir, tmp_path):
 KILLED = """
 import os, signal, sys
 from pathlib import Path
-from scaffold.runs import RunRecorder
+from scaffold.run.runs import RunRecorder
 rec = RunRecorder.start(Path(sys.argv[1]), {}, Path(sys.argv[2]), "cpu", 10)
 for step in (1, 2):
     rec.step(step, 6.0 - step, 32, 1e-3, 0.1 * step)

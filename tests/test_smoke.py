@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from scaffold.errors import TestFailure
-from scaffold.smoke import TestOptions, fused_optimizers, train
-
-from .conftest import load_model
+from scaffold.run.smoke import TestOptions, fused_optimizers, train
+from tests.conftest import load_model
 
 
 def fixed_batches(n: int = 4):

@@ -10,12 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from scaffold.cli import cli
+from scaffold.cli.sweep import parse_grid, split_values
 from scaffold.data import resolve
 from scaffold.errors import EXIT_USAGE, DataError, UsageError
-from scaffold.runs import project_runs
-from scaffold.sweep import parse_grid, split_values
-
-from .conftest import ROOT, make_project
+from scaffold.run.runs import project_runs
+from tests.conftest import ROOT, make_project
 
 TEST = {"device": "cpu", "steps": 3, "batch_size": 2, "sequence_length": 32}
 

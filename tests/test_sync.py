@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from scaffold.render import rerender
-from scaffold.runs import PROJECT_OUTPUTS
-
-from .conftest import ROOT
+from scaffold.project.new import rerender
+from scaffold.run.runs import PROJECT_OUTPUTS
+from tests.conftest import ROOT
 
 SHIPPED = sorted(p.parent for p in (ROOT / "projects").glob("*/scaffold.toml"))
 

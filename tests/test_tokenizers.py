@@ -11,12 +11,13 @@ from click.testing import CliRunner
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from scaffold import manifest
-from scaffold import tokenizer as tokmod
-from scaffold.build import build, load_project
+from scaffold.build import build
 from scaffold.cli import cli
 from scaffold.errors import DataError, ManifestError, ProjectError
-from scaffold.render import create_project, rerender
+from scaffold.project import load_project
+from scaffold.project import tokenizer as tokmod
+from scaffold.project.new import create_project, rerender
+from scaffold.spec import manifest
 
 TINY = {
     "hidden_size": 32,

@@ -19,7 +19,7 @@ from itertools import product
 import pytest
 import torch
 
-from ._parity import TINY_HF, assert_close, model_table, scaffold_model, tiny_hf_model
+from tests._parity import TINY_HF, assert_close, model_table, scaffold_model, tiny_hf_model
 
 MIXED = ["full_attention", "sliding_attention"]  # per layer, as transformers' layer_types
 
@@ -300,7 +300,7 @@ def test_config_defaults_and_keywords_build_a_model(family, tmp_path_factory):
 def test_config_has_transformers_keys_and_defaults(family, tmp_path_factory):
     """Every key transformers' config of the family saves is in the config.json scaffold's saves; the
     keys the blueprint takes from transformers have transformers' defaults."""
-    from scaffold.blueprints import load
+    from scaffold.spec.blueprints import load
 
     hf, ours = pair(family, tmp_path_factory)
     cls = config_class(family, tmp_path_factory)
@@ -346,7 +346,7 @@ def test_input_embedding_padding_row(family, tmp_path_factory):
     """The input embedding has a padding row exactly where transformers' class of the family has one."""
     from transformers import AutoModelForCausalLM
 
-    from ._parity import tiny_hf_config
+    from tests._parity import tiny_hf_config
 
     ours = pair(family, tmp_path_factory)[1]
     theirs = AutoModelForCausalLM.from_config(
@@ -430,8 +430,8 @@ def test_lora_targets_of_the_card(family, tmp_path_factory):
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
     from scaffold.arch import for_blueprint
-    from scaffold.blueprints import load
-    from scaffold.render import lora_targets
+    from scaffold.codegen.render import lora_targets
+    from scaffold.spec.blueprints import load
 
     hf, ours = pair(family, tmp_path_factory)
     bp = load(family)
@@ -465,8 +465,9 @@ def test_new_task_heads_and_float64(case, tmp_path):
         AutoModelForTokenClassification,
     )
 
-    from scaffold.build import build, load_project
-    from scaffold.render import create_project
+    from scaffold.build import build
+    from scaffold.project import load_project
+    from scaffold.project.new import create_project
 
     model = {
         k: TINY_HF[k]
@@ -555,9 +556,9 @@ def test_manifest_rope_scaling_builds_transformers_model(case, tmp_path):
 
 
 def test_manifest_longrope_factors_checked():
-    from scaffold import manifest
-    from scaffold.blueprints import load
     from scaffold.errors import ManifestError
+    from scaffold.spec import manifest
+    from scaffold.spec.blueprints import load
 
     bp = load("phi3")
     m = manifest.merge(*bp.base_layers(), bp.preset(bp.default_preset))

@@ -575,7 +575,7 @@ class DeeponeModel(DeeponePreTrainedModel):
 class DeeponeForCausalLM(DeeponePreTrainedModel, GenerationMixin):
     """DeeponeModel with the output head; computes the shifted next-token loss when given labels."""
 
-    # the output head split on the vocabulary and gathered (scaffold/plans.py)
+    # the output head split on the vocabulary and gathered (scaffold/codegen/plans.py)
     _tp_plan = {"lm_head": "colwise_rep"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 

@@ -629,7 +629,7 @@ class LlamaModel(LlamaPreTrainedModel):
 class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     """LlamaModel with the output head; computes the shifted next-token loss when given labels."""
 
-    # the output head split on the vocabulary and gathered (scaffold/plans.py)
+    # the output head split on the vocabulary and gathered (scaffold/codegen/plans.py)
     _tp_plan = {"lm_head": "colwise_rep"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 

@@ -10,7 +10,7 @@ class ScaffoldSingleHeadConfig(PreTrainedConfig):
 
     model_type = "scaffold_single_head"
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
-    # tensor- and pipeline-parallel plans, read by from_pretrained(tp_plan="auto") (scaffold/plans.py)
+    # tensor- and pipeline-parallel plans, read by from_pretrained(tp_plan="auto") (scaffold/codegen/plans.py)
     base_model_tp_plan = {
         "layers.*.self_attn.qk_proj": "colwise_rep",
         "layers.*.self_attn.v_proj": "colwise_rep",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import UsageError
-from .model import Architecture
+from scaffold.arch.model import Architecture
+from scaffold.errors import UsageError
 
 ROPE_MANIFEST_KEYS = ("rope_theta", "rope_scaling", "partial_rotary_factor", "rope_local_base_freq")
 LAYER_TYPES = ("full_attention", "sliding_attention")

@@ -1,0 +1,5 @@
+"""``python -m scaffold.cli``: the command line."""
+
+from scaffold.cli import main
+
+main()

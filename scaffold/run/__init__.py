@@ -1,0 +1,1 @@
+"""Running a built model: ``scaffold test`` (smoke), distributed runs, run records."""
