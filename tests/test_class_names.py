@@ -121,3 +121,37 @@ def test_differences_ignore_init_and_numbers():
     assert a.transformers_class is None and a.differences == ("attn_logit_softcapping",)
     assert a.causal_lm_class == "ScaffoldGemma2ForCausalLM"
     assert for_blueprint(bp, {**m, "attn_logit_softcapping": 20.0}).transformers_class == "Gemma2ForCausalLM"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_peft_defaults_on_the_folder_apply_to_this_network_or_refuse(case, saved):
+    """TRL's SFTTrainer(model="dir", peft_config=LoraConfig()) path: the class built from the folder, then
+    PEFT's default targets looked up by its model_type. Transformers' own class (a stock build, the same
+    network) gets PEFT's targets for it; a different network is our code, whose model type PEFT does not
+    know, and PEFT refuses with its own message instead of adapting transformers' network."""
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    peft = pytest.importorskip("peft")
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    _, change = case
+    model_dir, ours = saved[_ids(case)]
+    built = trl_utils.create_model_from_path(str(model_dir), trust_remote_code=True, dtype=torch.float32)
+    # (a stock family PEFT has no defaults for, Phi-3's, refuses as transformers' own class does)
+    if change is None and built.config.to_dict()["model_type"] in DEFAULTS:
+        adapted = peft.get_peft_model(built, peft.LoraConfig(task_type="CAUSAL_LM"))
+        torch.testing.assert_close(_logits(adapted), _logits(ours), atol=1e-5, rtol=1e-5)  # LoRA starts at 0
+    else:
+        with pytest.raises(ValueError, match="target_modules"):
+            peft.get_peft_model(built, peft.LoraConfig(task_type="CAUSAL_LM"))
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=[_ids(c) for c in CASES[:3]])
+def test_pipeline_given_the_folder_builds_this_network(case, saved):
+    """transformers' pipeline given the folder (trust_remote_code) runs the generated code: its model's
+    logits are ours."""
+    from transformers import pipeline
+
+    model_dir, ours = saved[_ids(case)]
+    pipe = pipeline("text-generation", model=str(model_dir), trust_remote_code=True, dtype=torch.float32)
+    torch.testing.assert_close(_logits(pipe.model), _logits(ours), atol=1e-5, rtol=1e-5)
+    assert type(pipe.model).__name__ == type(ours).__name__
