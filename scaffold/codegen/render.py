@@ -36,7 +36,6 @@ TORCH_ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_pytorch_tanh",
 }
 NORM_CLASSES = {"rmsnorm": "RMSNorm", "layernorm": "nn.LayerNorm", "rmsnorm_unit_offset": "UnitOffsetRMSNorm"}
-NORM_EPS = {"rmsnorm": "rms_norm_eps", "layernorm": "layer_norm_eps", "rmsnorm_unit_offset": "rms_norm_eps"}
 # The config fields, in the order the configuration file lists them; keys a structure or family adds
 # that are not here follow, sorted.
 CONFIG_ORDER = (
