@@ -1,9 +1,8 @@
 """lm-eval's ``HFLM`` on built model directories: its log-likelihoods against the model's own logits.
 
-lm-eval is not in scaffold's ``dev`` extra (it brings scipy, scikit-learn, nltk and more: about 355 MB
-and 50 s on top of scaffold's environment), so this is a script a user runs rather than a test::
+lm-eval is in scaffold's ``dev`` extra; tests/test_ecosystem.py runs :func:`check` per family, and this
+script prints the numbers::
 
-    pip install lm-eval
     PYTHONPATH=$PWD python bench/ecosystem.py            # llama causal_lm deepone single_head qwen3 gpt_neox
     PYTHONPATH=$PWD python bench/ecosystem.py --families llama qwen3
 

@@ -155,3 +155,15 @@ def test_pipeline_given_the_folder_builds_this_network(case, saved):
     pipe = pipeline("text-generation", model=str(model_dir), trust_remote_code=True, dtype=torch.float32)
     torch.testing.assert_close(_logits(pipe.model), _logits(ours), atol=1e-5, rtol=1e-5)
     assert type(pipe.model).__name__ == type(ours).__name__
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_lm_eval_given_the_folder_builds_this_network(case, saved):
+    """lm-eval's ``HFLM(pretrained="dir", trust_remote_code=True)`` (it builds its model with
+    ``AutoModelForCausalLM`` from the folder): the network it evaluates has our logits, for a stock
+    build and for a changed structure alike."""
+    huggingface = pytest.importorskip("lm_eval.models.huggingface")
+    model_dir, ours = saved[_ids(case)]
+    lm = huggingface.HFLM(pretrained=str(model_dir), trust_remote_code=True, device="cpu", dtype="float32")
+    torch.testing.assert_close(_logits(lm.model), _logits(ours), atol=1e-5, rtol=1e-5)
+    assert type(lm.model).__name__ == type(ours).__name__

@@ -3,8 +3,8 @@
 Each family is built with ``scaffold new`` / ``scaffold build`` at tiny size, given weights (a seeded
 init, spread so that greedy decoding does not repeat one token) with ``save_pretrained``, and then used
 only through the tools' own entry points with ``trust_remote_code=True``, as README's "Using the model
-with..." section shows. lm-eval's ``HFLM`` is checked by ``bench/ecosystem.py`` (its dependencies are
-too heavy for the dev extra), which the last test runs where lm-eval is installed.
+with..." section shows. lm-eval's ``HFLM`` (in the dev extra) is checked by ``bench/ecosystem.py``'s
+``check``, which the last test runs.
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def test_trl_packing_keeps_documents_apart(workdir, family, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lm_eval_loglikelihood_equals_the_logits(workdir, family):
-    """bench/ecosystem.py's check, where lm-eval is installed (it is not in the dev extra: too heavy)."""
+    """bench/ecosystem.py's check: HFLM's log-likelihoods are the sums of our logits' log-softmax."""
     pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install lm-eval)")
     sys.path.insert(0, str(ROOT / "bench"))
     from ecosystem import check
